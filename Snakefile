@@ -1,0 +1,22 @@
+# ICL as kernel regression (Han et al., TMLR 2025): the whole study from `snakemake --cores N`.
+# Setup only: config and its validation, then one rule file per stage.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/models.smk"
+include: "rules/prompts.smk"
+include: "rules/extract.smk"
+include: "rules/analysis.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    input:
+        paths.report(),

@@ -1,0 +1,56 @@
+# Shared setup: config validation, the path builder and input functions of every stage.
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, workflow.basedir)
+
+from workflow_scripts import paths
+from workflow_scripts.config import ConfigError, validate_config
+from workflow_scripts.extract import n_shards
+
+try:
+    validate_config(config)
+except ConfigError as err:
+    raise WorkflowError(f"invalid config:\n{err}")
+
+STUDY = config["study"]
+# The dispatcher every rule runs; it calls the rule's stage function in workflow_scripts.
+STEP = str(Path(workflow.basedir) / "workflow_scripts" / "step.py")
+
+
+wildcard_constraints:
+    model="|".join(map(re.escape, config["models"])),
+    task="|".join(map(re.escape, config["tasks"])),
+    setting="|".join(map(re.escape, config["settings"])),
+    seed=r"\d+",
+    shard=r"\d{3}",
+
+
+def prompt_sets():
+    """(model, task, seed, setting) of every prompt set in the study."""
+    return [
+        dict(model=m, task=t, seed=s, setting=st)
+        for m in STUDY["models"]
+        for t in STUDY["tasks"]
+        for s in STUDY["seeds"]
+        for st in STUDY["settings"]
+    ]
+
+
+def shard_ids():
+    return [f"{i:03d}" for i in range(n_shards(config["prompts"]["n_eval"], config["extraction"]["shard_size"]))]
+
+
+def shards_of(wildcards):
+    return [paths.shard(wildcards.model, wildcards.task, wildcards.seed, wildcards.setting, s) for s in shard_ids()]
+
+
+def task_source_file(wildcards):
+    """Local tasks are read in place (so Snakemake tracks the file); others are fetched first."""
+    task = config["tasks"][wildcards.task]
+    return task["path"] if task["source"] == "local" else paths.task_source(wildcards.task)
+
+
+def analysis_outputs(name):
+    return [paths.analysis(name, **s) for s in prompt_sets()]

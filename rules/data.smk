@@ -1,0 +1,30 @@
+# Stage 1: task data, fetched (registry or hub) and normalized to resources/data/{task}.parquet.
+
+
+rule fetch_task_source:
+    output:
+        paths.task_source(),
+    params:
+        task=lambda wc: config["tasks"][wc.task],
+        cache=paths.downloads("data"),
+    log:
+        paths.log("fetch_task_source", "{task}"),
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        STEP
+
+
+rule prepare_task:
+    input:
+        source=task_source_file,
+    output:
+        paths.task_data(),
+    params:
+        task=lambda wc: config["tasks"][wc.task],
+    log:
+        paths.log("prepare_task", "{task}"),
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        STEP

@@ -1,0 +1,20 @@
+# Stage 4: the model's forward passes, one Parquet shard of last-token outputs per job.
+
+
+rule extract_shard:
+    input:
+        prompts=paths.prompts(),
+        manifest=paths.model_manifest(),
+    output:
+        paths.shard(),
+    params:
+        extraction=config["extraction"],
+    threads: config["extraction"]["threads"]
+    resources:
+        mem_mb=4000,
+    log:
+        paths.log("extract_shard", "{model}", "{task}", "seed{seed}", "{setting}", "{shard}"),
+    conda:
+        "../envs/gpu.yaml"
+    script:
+        STEP

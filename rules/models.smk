@@ -1,0 +1,15 @@
+# Stage 2: a loadable model per config entry, described by resources/models/{model}/manifest.json.
+
+
+rule prepare_model:
+    output:
+        manifest=paths.model_manifest(),
+    params:
+        model=lambda wc: config["models"][wc.model],
+        cache=paths.downloads("models"),
+    log:
+        paths.log("prepare_model", "{model}"),
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        STEP

@@ -1,0 +1,19 @@
+# Stage 3: one tokenized prompt set per model x task x seed x setting.
+
+
+rule build_prompts:
+    input:
+        data=paths.task_data(),
+        manifest=paths.model_manifest(),
+    output:
+        paths.prompts(),
+    params:
+        task=lambda wc: config["tasks"][wc.task],
+        prompts=config["prompts"],
+        setting=lambda wc: config["settings"][wc.setting],
+    log:
+        paths.log("build_prompts", "{model}", "{task}", "seed{seed}", "{setting}"),
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        STEP

@@ -1,0 +1,15 @@
+# Synthetic check of Theorem 1 (paper Appendix C, Table 3): kernel regression with the
+# operator kernel vs the exact Bayesian posterior on random HMM mixtures. CPU only, numpy.
+rule theory:
+    output:
+        table=paths.theory("table.parquet"),
+        figure=paths.theory("convergence.png"),
+        summary=paths.theory("summary.md"),
+    params:
+        theory=config["theory"],
+    log:
+        paths.log("theory"),
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        STEP

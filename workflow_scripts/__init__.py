@@ -1,0 +1,1 @@
+"""ICL-as-kernel-regression analysis pipeline: the importable logic behind the Snakemake rules."""

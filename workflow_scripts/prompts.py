@@ -1,0 +1,209 @@
+"""ICL prompts: split a task, sample demonstrations, render the template, tokenize once with spans.
+
+Later stages never re-tokenize: every position they need (each x_i span, each y_i label token,
+the query span) is recorded here from the tokenizer's character offsets.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import config as config_mod
+from . import models, schemas
+
+log = logging.getLogger(__name__)
+
+
+class PromptError(ValueError):
+    """Prompts that cannot be built as configured; the message names the key and the numbers."""
+
+
+@dataclass(frozen=True)
+class Split:
+    eval: np.ndarray
+    dev: np.ndarray
+    pool: np.ndarray
+
+
+def per_class_counts(total: int, n_classes: int) -> list[int]:
+    """Split `total` over classes as evenly as possible (the first classes take the remainder)."""
+    return [total // n_classes + (c < total % n_classes) for c in range(n_classes)]
+
+
+def split_examples(labels: np.ndarray, n_classes: int, n_eval: int, n_dev: int, seed: int, task: str) -> Split:
+    """Class-balanced test and dev sets; everything else is the demonstration pool."""
+    rng = np.random.default_rng(seed)
+    want_eval = per_class_counts(n_eval, n_classes)
+    want_dev = per_class_counts(n_dev, n_classes)
+    parts: dict[str, list[np.ndarray]] = {"eval": [], "dev": [], "pool": []}
+    for c in range(n_classes):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        need = want_eval[c] + want_dev[c]
+        if len(members) <= need:
+            raise PromptError(
+                f"task {task!r}: class {c} has {len(members)} examples, but prompts.n_eval={n_eval} and "
+                f"prompts.n_dev={n_dev} need {need} of them plus at least one for the demonstration pool"
+            )
+        parts["eval"].append(members[: want_eval[c]])
+        parts["dev"].append(members[want_eval[c] : need])
+        parts["pool"].append(members[need:])
+    return Split(*(np.sort(np.concatenate(parts[p])) for p in ("eval", "dev", "pool")))
+
+
+def sample_balanced(pool_labels: np.ndarray, k: int, n_classes: int, rng: np.random.Generator) -> np.ndarray:
+    """k pool indices, as class-balanced as k allows (leftover slots go to random classes), shuffled."""
+    counts = np.full(n_classes, k // n_classes)
+    counts[rng.choice(n_classes, size=k % n_classes, replace=False)] += 1
+    chosen = []
+    for c in range(n_classes):
+        members = np.flatnonzero(pool_labels == c)
+        if counts[c] > len(members):
+            raise PromptError(f"prompts.k={k} needs {counts[c]} demonstrations of class {c}, the pool has {len(members)}")
+        chosen.append(rng.choice(members, size=counts[c], replace=False))
+    return rng.permutation(np.concatenate(chosen))
+
+
+@dataclass(frozen=True)
+class Rendered:
+    text: str
+    x_chars: list[tuple[int, int]]  # each demonstration's input part
+    y_chars: list[tuple[int, int]]  # each demonstration's label word
+    query_char: int
+
+
+def render(template: dict, demos: list[tuple[dict, str]], query: dict) -> Rendered:
+    """Write demonstrations (fields, label word) and the query into one prompt, noting char spans."""
+    text = template["prefix"]
+    x_chars, y_chars = [], []
+    for fields, word in demos:
+        start = len(text)
+        text += template["input"].format(**fields)
+        x_chars.append((start, len(text)))
+        before, after = template["output"].split("{label}")
+        text += before
+        y_chars.append((len(text), len(text) + len(word)))
+        text += word + after + template["separator"]
+    query_char = len(text)
+    text += template["input"].format(**query)
+    return Rendered(text, x_chars, y_chars, query_char)
+
+
+def _token_at(offsets: np.ndarray, char: int) -> int:
+    """The first token that ends after `char` (tokens may drop leading whitespace from offsets)."""
+    real = offsets[:, 1] > offsets[:, 0]
+    return int(np.flatnonzero(real & (offsets[:, 1] > char))[0])
+
+
+def tokenize(tokenizer, rendered: Rendered, label_words: list[str]) -> dict:
+    """Token ids and the token positions of every span; each label word must be exactly one token."""
+    enc = tokenizer(rendered.text, return_offsets_mapping=True, add_special_tokens=True)
+    ids = np.asarray(enc["input_ids"], dtype=np.int32)
+    offsets = np.asarray(enc["offset_mapping"], dtype=np.int64)
+    x_start, y_pos = [], []
+    for (xs, _), (ys, ye), word in zip(rendered.x_chars, rendered.y_chars, label_words):
+        overlapping = np.flatnonzero((offsets[:, 0] < ye) & (offsets[:, 1] > ys))
+        pieces = [tokenizer.decode([int(ids[i])]) for i in overlapping]
+        if len(overlapping) != 1 or pieces[0].strip() != word.strip():
+            raise PromptError(
+                f"label word {word!r} is not one token in context: it tokenizes as {pieces}; "
+                "choose another word in the task's label_words (or change template.output)"
+            )
+        x_start.append(_token_at(offsets, xs))
+        y_pos.append(int(overlapping[0]))
+    return {
+        "input_ids": ids.tolist(),
+        "x_start": x_start,
+        "x_end": list(y_pos),
+        "y_pos": y_pos,
+        "query_start": _token_at(offsets, rendered.query_char),
+        "query_end": len(ids),
+    }
+
+
+def label_token_ids(tokenizer, template: dict, words: list[str], example: dict) -> list[int]:
+    """Token id of each label word as it appears in context, checked to be one token and distinct."""
+    ids = []
+    for word in words:
+        rendered = render(template, [(example, word)], example)
+        spans = tokenize(tokenizer, rendered, [word])
+        ids.append(spans["input_ids"][spans["y_pos"][0]])
+    if len(set(ids)) != len(ids):
+        raise PromptError(f"label words {words} map to the same token ids {ids}; they must be distinct")
+    return ids
+
+
+def _fields(row) -> dict:
+    fields = {"text": row.text}
+    if row.text_b is not None and not pd.isna(row.text_b):
+        fields["text_b"] = row.text_b
+    return fields
+
+
+def build_prompts(
+    data: pd.DataFrame, task_cfg: dict, prompt_cfg: dict, setting: dict, seed: int, tokenizer, task: str
+) -> dict:
+    """All prompts of one task x seed x setting, as columns of the PROMPTS schema."""
+    if prompt_cfg["max_chars"]:
+        data = data[data.text.str.len() + data.text_b.fillna("").str.len() <= prompt_cfg["max_chars"]]
+    data = data.reset_index(drop=True)
+    n_classes = len(task_cfg["classes"])
+    labels = data.label.to_numpy()
+    split = split_examples(labels, n_classes, prompt_cfg["n_eval"], prompt_cfg["n_dev"], prompt_cfg["split_seed"], task)
+    k = prompt_cfg["k"]
+    if k > len(split.pool):
+        raise PromptError(f"prompts.k={k} is larger than the demonstration pool of task {task!r} ({len(split.pool)} examples)")
+    words = list(config_mod.label_words(task_cfg).values())[:n_classes]
+    template = task_cfg["template"]
+    rows = list(data.itertuples())
+    token_ids = label_token_ids(tokenizer, template, words, _fields(rows[split.eval[0]]))
+    rng = np.random.default_rng(seed)
+    columns: dict[str, list] = {name: [] for name in schemas.PROMPTS.names}
+    for prompt_id, i in enumerate(split.eval):
+        if setting["selection"] != "random":
+            raise PromptError(f"setting selection {setting['selection']!r} is not implemented")
+        demos = split.pool[sample_balanced(labels[split.pool], k, n_classes, rng)]
+        demo_words = [words[labels[j]] for j in demos]
+        rendered = render(template, [(_fields(rows[j]), w) for j, w in zip(demos, demo_words)], _fields(rows[i]))
+        spans = tokenize(tokenizer, rendered, demo_words)
+        found = [spans["input_ids"][p] for p in spans["y_pos"]]
+        expected = [token_ids[labels[j]] for j in demos]
+        if found != expected:
+            raise PromptError(f"task {task!r} prompt {prompt_id}: label tokens {found} differ from {expected} in context")
+        row = {
+            "prompt_id": prompt_id,
+            "example_id": rows[i].example_id,
+            "label": int(labels[i]),
+            "demo_ids": [rows[j].example_id for j in demos],
+            "demo_labels": [int(labels[j]) for j in demos],
+            "text": rendered.text,
+            "label_token_ids": token_ids,
+            **spans,
+        }
+        for name in columns:
+            columns[name].append(row[name])
+    lengths = [len(ids) for ids in columns["input_ids"]]
+    log.info("task %s seed %d: %d prompts, tokens min %d mean %.0f max %d", task, seed, len(lengths), min(lengths), np.mean(lengths), max(lengths))
+    return columns
+
+
+def write_prompts(
+    data_path: str | Path, manifest_path: str | Path, task: str, task_cfg: dict, prompt_cfg: dict,
+    setting: dict, seed: int, out: str | Path,
+) -> None:
+    data = schemas.read_table(data_path, schemas.TASK_DATA).to_pandas()
+    tokenizer = models.load_tokenizer(models.read_manifest(manifest_path))
+    if not getattr(tokenizer, "is_fast", False):
+        raise PromptError(f"the tokenizer of {manifest_path} is not a fast tokenizer; character offsets are needed")
+    columns = build_prompts(data, task_cfg, prompt_cfg, setting, seed, tokenizer, task)
+    schemas.write_table(columns, schemas.PROMPTS, out)
+
+
+def from_snakemake(smk) -> None:
+    write_prompts(
+        smk.input.data, smk.input.manifest, smk.wildcards.task, smk.params.task, smk.params.prompts,
+        smk.params.setting, int(smk.wildcards.seed), smk.output[0],
+    )

