@@ -14,6 +14,7 @@ include: "rules/models.smk"
 include: "rules/prompts.smk"
 include: "rules/extract.smk"
 include: "rules/analysis.smk"
+include: "rules/theory.smk"
 include: "rules/report.smk"
 
 

@@ -26,7 +26,8 @@ def load_params(path: Path) -> dict:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     root = Path(__file__).resolve().parents[1]
-    candidates = [Path(a) for a in sys.argv[1:]] or [root / "theory_config_snippet.yaml", root / "config.yaml"]
+    defaults = [root / "theory_config_snippet.yaml", root / "config.yaml"]
+    candidates = [Path(a) for a in sys.argv[1:]] or defaults
     source = next(p for p in candidates if p.is_file() and "theory" in (yaml.safe_load(p.read_text()) or {}))
     params = load_params(source)
     with tempfile.TemporaryDirectory() as folder:
@@ -34,7 +35,9 @@ def main() -> None:
         smk = SimpleNamespace(
             params=SimpleNamespace(theory=params),
             output=SimpleNamespace(
-                table=str(out / "table.parquet"), figure=str(out / "convergence.png"), summary=str(out / "summary.md")
+                table=str(out / "table.parquet"),
+                figure=str(out / "convergence.png"),
+                summary=str(out / "summary.md"),
             ),
         )
         started = time.perf_counter()

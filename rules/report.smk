@@ -6,6 +6,8 @@ rule report:
         heads=analysis_outputs("heads.parquet"),
         summaries=analysis_outputs("summary.parquet"),
         maps=analysis_outputs("attention_map.parquet"),
+        theory=paths.theory("summary.md"),
+        theory_figure=paths.theory("convergence.png"),
     output:
         report=paths.report(),
         figures=directory(paths.report_figure("")),

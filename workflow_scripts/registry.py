@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -31,11 +32,14 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def pip_download(requirement: str, dest: str | Path, sdist: bool = False, deps: bool = False) -> list[Path]:
-    """Download `requirement` (and its dependencies if `deps`) into `dest`; return the new files."""
-    dest = Path(dest)
+def pip_download(requirement: str, cache: str | Path, sdist: bool = False, deps: bool = False) -> list[Path]:
+    """Download `requirement` (and its dependencies if `deps`); the requirement's own file comes first.
+
+    Each requirement gets its own folder under `cache`, so parallel jobs never mistake each
+    other's downloads for their own, and a second call finds the files already there.
+    """
+    dest = Path(cache) / requirement.replace("==", "-")
     dest.mkdir(parents=True, exist_ok=True)
-    before = set(dest.iterdir())
     cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "-d", str(dest), requirement]
     if not deps:
         cmd.append("--no-deps")
@@ -46,16 +50,18 @@ def pip_download(requirement: str, dest: str | Path, sdist: bool = False, deps: 
     log.info(done.stdout[-2000:])
     if done.returncode != 0:
         raise RegistryError(f"pip download {requirement} failed:\n{done.stderr[-2000:]}")
-    files = sorted(set(dest.iterdir()) - before) or _already_there(dest, requirement)
-    if not files:
-        raise RegistryError(f"pip download {requirement} produced no file in {dest}")
-    return files
-
-
-def _already_there(dest: Path, requirement: str) -> list[Path]:
     name, version = requirement.split("==")
-    stem = f"{name.replace('-', '_').lower()}-{version}"
-    return [p for p in dest.iterdir() if p.name.replace("-", "_").lower().startswith(stem.replace("-", "_"))]
+    stem = _normalize(f"{name}-{version}") + "_"
+    files = sorted(p for p in dest.iterdir() if p.is_file() and not p.name.startswith("."))
+    own = [p for p in files if _normalize(p.name).startswith(stem)]
+    if not own:
+        raise RegistryError(f"pip download {requirement} left no {stem}* file in {dest}")
+    return own + [p for p in files if p not in own] if deps else own
+
+
+def _normalize(name: str) -> str:
+    """Distribution file names spell a project's separators as -, _ or . interchangeably."""
+    return re.sub(r"[-_.]+", "_", name.lower())
 
 
 def check_sha256(path: Path, expected: str, what: str) -> None:

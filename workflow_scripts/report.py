@@ -110,7 +110,21 @@ def attention_figure(group: pd.DataFrame, title: str, out: Path, dpi: int) -> No
     plt.close(fig)
 
 
-def render_report(sets: pd.DataFrame, study: dict, options: dict, out: Path, fig_dir: Path) -> str:
+def theory_section(summary: Path, figure: Path, out: Path) -> list[str]:
+    """The synthetic Theorem 1 check, as its own rule wrote it, with its figure."""
+    return [
+        "## Theorem 1 on synthetic HMMs (Appendix C)",
+        "",
+        summary.read_text().strip(),
+        "",
+        f"![kernel regression vs. posterior]({figure.relative_to(out.parent)})",
+        "",
+    ]
+
+
+def render_report(
+    sets: pd.DataFrame, study: dict, options: dict, out: Path, fig_dir: Path, theory: list[str]
+) -> str:
     fig_dir.mkdir(parents=True, exist_ok=True)
     lines = [
         f"# {options['title']}",
@@ -156,11 +170,13 @@ def render_report(sets: pd.DataFrame, study: dict, options: dict, out: Path, fig
             f"![per-head reconstruction]({rel}/{stem}__heads.png)",
             "",
         ]
-    text = "\n".join(lines) + "\n"
+    text = "\n".join(lines + theory) + "\n"
     out.write_text(text)
     return text
 
 
 def from_snakemake(smk) -> None:
     sets = load_sets(smk.params.sets, smk.input.heads, smk.input.summaries, smk.input.maps)
-    render_report(sets, smk.params.study, smk.params.options, Path(smk.output.report), Path(smk.output.figures))
+    out = Path(smk.output.report)
+    theory = theory_section(Path(smk.input.theory), Path(smk.input.theory_figure), out)
+    render_report(sets, smk.params.study, smk.params.options, out, Path(smk.output.figures), theory)

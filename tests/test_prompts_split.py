@@ -1,0 +1,162 @@
+"""Tests of the tokenizer-free parts of prompt building: splits, balanced sampling, rendering."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from workflow_scripts import prompts as pr
+from workflow_scripts.prompts import PromptError
+
+
+@pytest.mark.parametrize("total,n_classes", [(10, 3), (2, 3), (9, 3), (0, 2), (7, 7), (101, 4)])
+def test_per_class_counts(total, n_classes):
+    counts = pr.per_class_counts(total, n_classes)
+    assert len(counts) == n_classes
+    assert sum(counts) == total
+    assert max(counts) - min(counts) <= 1
+    assert counts == sorted(counts, reverse=True)  # the first classes take the remainder
+
+
+def test_per_class_counts_hand():
+    assert pr.per_class_counts(10, 3) == [4, 3, 3]
+    assert pr.per_class_counts(2, 3) == [1, 1, 0]
+
+
+def labels_with(counts: list[int], seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).permutation(np.repeat(np.arange(len(counts)), counts))
+
+
+def test_split_examples_partition_and_balance():
+    labels = labels_with([30, 25, 20])
+    split = pr.split_examples(labels, 3, n_eval=10, n_dev=5, seed=7, task="t")
+    parts = [set(split.eval.tolist()), set(split.dev.tolist()), set(split.pool.tolist())]
+    assert sum(map(len, parts)) == len(labels)
+    assert set().union(*parts) == set(range(len(labels)))
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    assert np.bincount(labels[split.eval], minlength=3).tolist() == [4, 3, 3]
+    assert np.bincount(labels[split.dev], minlength=3).tolist() == [2, 2, 1]
+    assert np.bincount(labels[split.pool], minlength=3).tolist() == [24, 20, 16]
+    for part in (split.eval, split.dev, split.pool):
+        assert np.all(np.diff(part) > 0)  # sorted, no duplicates
+
+
+def test_split_examples_is_seeded():
+    labels = labels_with([40, 40])
+    a = pr.split_examples(labels, 2, 10, 4, seed=3, task="t")
+    b = pr.split_examples(labels, 2, 10, 4, seed=3, task="t")
+    c = pr.split_examples(labels, 2, 10, 4, seed=4, task="t")
+    for x, y in zip((a.eval, a.dev, a.pool), (b.eval, b.dev, b.pool)):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a.eval, c.eval)
+
+
+def test_split_examples_no_dev():
+    labels = labels_with([5, 5])
+    split = pr.split_examples(labels, 2, 4, 0, seed=0, task="t")
+    assert len(split.dev) == 0 and len(split.eval) == 4 and len(split.pool) == 6
+
+
+@pytest.mark.parametrize("count", [3, 4])
+def test_split_examples_too_few(count):
+    # class 1 needs 2 eval + 2 dev and one left for the pool
+    labels = labels_with([20, count])
+    with pytest.raises(PromptError) as info:
+        pr.split_examples(labels, 2, n_eval=4, n_dev=4, seed=0, task="reviews")
+    msg = str(info.value)
+    assert "prompts.n_eval=4" in msg and "prompts.n_dev=4" in msg
+    assert f"has {count} examples" in msg and "'reviews'" in msg and "class 1" in msg
+
+
+def test_split_examples_exactly_enough():
+    labels = labels_with([20, 5])
+    split = pr.split_examples(labels, 2, n_eval=4, n_dev=4, seed=0, task="t")
+    assert np.bincount(labels[split.pool]).tolist() == [16, 1]
+
+
+@pytest.mark.parametrize("k,n_classes", [(7, 3), (8, 2), (2, 3), (9, 3)])
+def test_sample_balanced(k, n_classes):
+    pool_labels = labels_with([6] * n_classes, seed=k)
+    for seed in range(10):
+        idx = pr.sample_balanced(pool_labels, k, n_classes, np.random.default_rng(seed))
+        assert len(idx) == k
+        assert len(set(idx.tolist())) == k
+        assert idx.min() >= 0 and idx.max() < len(pool_labels)
+        counts = np.bincount(pool_labels[idx], minlength=n_classes)
+        assert counts.max() - counts.min() <= 1
+        assert counts.min() == k // n_classes
+
+
+def test_sample_balanced_seeded_and_varied():
+    pool_labels = labels_with([10, 10, 10])
+    a = pr.sample_balanced(pool_labels, 6, 3, np.random.default_rng(1))
+    b = pr.sample_balanced(pool_labels, 6, 3, np.random.default_rng(1))
+    np.testing.assert_array_equal(a, b)
+    draws = {tuple(pr.sample_balanced(pool_labels, 6, 3, np.random.default_rng(s))) for s in range(5)}
+    assert len(draws) > 1
+
+
+def test_sample_balanced_leftover_slots_go_to_random_classes():
+    pool_labels = labels_with([10, 10, 10])
+    extra = np.zeros(3, dtype=int)
+    for s in range(60):
+        idx = pr.sample_balanced(pool_labels, 4, 3, np.random.default_rng(s))
+        extra[np.bincount(pool_labels[idx], minlength=3).argmax()] += 1
+    assert (extra > 0).all()  # the slot of k % n_classes is not always class 0
+
+
+def test_sample_balanced_k_too_large_for_a_class():
+    pool_labels = np.array([0, 0, 0, 1, 1, 2])
+    with pytest.raises(PromptError) as info:
+        pr.sample_balanced(pool_labels, 6, 3, np.random.default_rng(0))
+    msg = str(info.value)
+    assert "prompts.k=6" in msg and "class 2" in msg and "pool has 1" in msg
+
+
+TEMPLATE = {"prefix": "Classify.\n", "input": "Review: {text}\nSentiment:", "output": " {label}", "separator": "\n\n"}
+
+
+def test_render_spans():
+    demos = [({"text": "a good film"}, "positive"), ({"text": "bad"}, "negative"), ({"text": "fine"}, "positive")]
+    r = pr.render(TEMPLATE, demos, {"text": "the query"})
+    expected = (
+        "Classify.\n"
+        "Review: a good film\nSentiment: positive\n\n"
+        "Review: bad\nSentiment: negative\n\n"
+        "Review: fine\nSentiment: positive\n\n"
+        "Review: the query\nSentiment:"
+    )
+    assert r.text == expected
+    assert len(r.x_chars) == len(r.y_chars) == 3
+    for (xs, xe), (ys, ye), (fields, word) in zip(r.x_chars, r.y_chars, demos):
+        assert r.text[xs:xe] == f"Review: {fields['text']}\nSentiment:"
+        assert r.text[ys:ye] == word
+        assert r.text[xe:ys] == " "
+    assert r.text[r.query_char:] == "Review: the query\nSentiment:"
+    assert r.x_chars[0][0] == len("Classify.\n")
+
+
+def test_render_pairs_and_label_suffix():
+    template = {"prefix": "", "input": "{text} Question: {text_b} Answer:", "output": " {label}.", "separator": "\n"}
+    demos = [({"text": "It rains.", "text_b": "Wet?"}, "yes"), ({"text": "Sun.", "text_b": "Snow?"}, "no")]
+    r = pr.render(template, demos, {"text": "Cold.", "text_b": "Ice?"})
+    assert r.text == (
+        "It rains. Question: Wet? Answer: yes.\n"
+        "Sun. Question: Snow? Answer: no.\n"
+        "Cold. Question: Ice? Answer:"
+    )
+    assert [r.text[s:e] for s, e in r.y_chars] == ["yes", "no"]
+    assert [r.text[s:e] for s, e in r.x_chars] == ["It rains. Question: Wet? Answer:", "Sun. Question: Snow? Answer:"]
+    assert r.x_chars[0][0] == 0
+    assert r.text[r.query_char:].startswith("Cold.")
+
+
+def test_render_text_with_braces_is_not_reformatted():
+    r = pr.render(TEMPLATE, [({"text": "a {weird} film"}, "positive")], {"text": "{x}"})
+    assert r.text[slice(*r.x_chars[0])] == "Review: a {weird} film\nSentiment:"
+    assert r.text[r.query_char:] == "Review: {x}\nSentiment:"
+
+
+def test_render_zero_demos():
+    r = pr.render(TEMPLATE, [], {"text": "q"})
+    assert r.text == "Classify.\nReview: q\nSentiment:"
+    assert r.x_chars == [] and r.y_chars == [] and r.query_char == len("Classify.\n")

@@ -1,0 +1,177 @@
+"""The whole DAG through snakemake on a tiny study: a random-weight llama and a toy local task.
+
+One module-scoped run; the tests after it change one thing at a time and check what re-ran.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from workflow_scripts import paths, schemas
+
+from .conftest import REPO, toy_sentiment_rows
+
+pytestmark = pytest.mark.workflow
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2"]
+
+
+def tiny_config(model_dir: Path, data_file: Path) -> dict:
+    return {
+        "study": {"models": ["tiny"], "tasks": ["toy"], "seeds": [0], "settings": ["random"]},
+        "models": {"tiny": {"source": "local", "path": str(model_dir)}},
+        "tasks": {
+            "toy": {
+                "source": "local",
+                "path": str(data_file),
+                "columns": {"text": "text", "label": "label"},
+                "classes": ["negative", "positive"],
+                "label_map": {"neg": "negative", "pos": "positive"},
+                "template": {"input": "Review: {text}\nSentiment:"},
+            }
+        },
+        "prompts": {"n_eval": 8, "k": 4},
+        "extraction": {"shard_size": 4},
+        "theory": {
+            "hmm_seeds": [0], "n_tasks": 2, "n_states": 6, "n_observations": 12, "n_demos": [1, 2, 4],
+            "n_prompts": 8, "sigma_samples": 32, "bootstrap_resamples": 20,
+        },
+    }
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*SNAKEMAKE, "--directory", str(workdir), *args], capture_output=True, text=True)
+
+
+def planned_jobs(workdir: Path) -> dict[str, int]:
+    """Rule -> job count that a dry run would execute now (empty when nothing is to be done)."""
+    done = snakemake(workdir, "--dry-run")
+    assert done.returncode == 0, done.stderr + done.stdout
+    lines = done.stdout.splitlines()
+    if "Job stats:" not in lines:
+        return {}
+    jobs = {}
+    for line in lines[lines.index("Job stats:") + 3 :]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        jobs[parts[0]] = int(parts[1])
+    return jobs
+
+
+def write_config(workdir: Path, config: dict) -> None:
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def mtimes(workdir: Path, pattern: str) -> dict[str, float]:
+    return {str(p.relative_to(workdir)): p.stat().st_mtime_ns for p in sorted(workdir.glob(pattern))}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, tiny_llama_dir) -> tuple[Path, dict]:
+    workdir = tmp_path_factory.mktemp("study")
+    data_file = workdir / "toy.csv"
+    pd.DataFrame(toy_sentiment_rows()).to_csv(data_file, index=False)
+    config = tiny_config(tiny_llama_dir, data_file)
+    write_config(workdir, config)
+    started = time.perf_counter()
+    done = snakemake(workdir)
+    assert done.returncode == 0, done.stderr[-5000:]
+    print(f"tiny study: {time.perf_counter() - started:.1f} s")
+    return workdir, config
+
+
+def test_full_run_writes_every_stage(study):
+    workdir, _ = study
+    prompts = schemas.read_table(workdir / paths.prompts("tiny", "toy", 0, "random"), schemas.PROMPTS)
+    assert prompts.num_rows == 8
+    shards = sorted((workdir / paths.prompt_set("tiny", "toy", 0, "random") / "shards").glob("*.parquet"))
+    assert [p.name for p in shards] == ["000.parquet", "001.parquet"]
+    rows = schemas.read_tables(shards, schemas.SHARD)
+    assert sorted(rows.column("prompt_id").to_pylist()) == list(range(8))
+    assert set(rows.column("n_layers").to_pylist()) == {2} and set(rows.column("n_heads").to_pylist()) == {4}
+    heads = schemas.read_table(workdir / paths.analysis("heads.parquet", "tiny", "toy", 0, "random"), schemas.HEADS)
+    assert heads.num_rows == 2 * 4 * 3
+    report = (workdir / paths.report()).read_text()
+    assert "## tiny / toy / random" in report and "Theorem 1" in report
+    for figure in ("tiny__toy__random__attention.png", "tiny__toy__random__heads.png"):
+        assert (workdir / paths.report_figure(figure)).stat().st_size > 1000
+    assert (workdir / paths.log("extract_shard", "tiny", "toy", "seed0", "random", "000")).is_file()
+
+
+def test_rerun_with_nothing_changed_does_nothing_quickly(study):
+    workdir, _ = study
+    started = time.perf_counter()
+    done = snakemake(workdir)
+    elapsed = time.perf_counter() - started
+    assert done.returncode == 0, done.stderr
+    assert "Nothing to be done" in done.stdout + done.stderr
+    assert elapsed <= 10, f"a no-op rerun took {elapsed:.1f} s"
+
+
+def test_adding_a_seed_runs_only_the_new_jobs(study):
+    workdir, config = study
+    before = mtimes(workdir, "results/tiny/toy/seed0/**/*.parquet")
+    config["study"]["seeds"] = [0, 1]
+    write_config(workdir, config)
+    jobs = planned_jobs(workdir)
+    assert jobs.get("extract_shard") == 2 and jobs.get("build_prompts") == 1, jobs
+    assert "prepare_model" not in jobs and "prepare_task" not in jobs and "theory" not in jobs
+    done = snakemake(workdir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert mtimes(workdir, "results/tiny/toy/seed0/**/*.parquet") == before
+    assert (workdir / paths.analysis("heads.parquet", "tiny", "toy", 1, "random")).is_file()
+    assert "Seeds: 0, 1" in (workdir / paths.report()).read_text()
+
+
+def test_changing_a_report_option_reruns_only_the_report(study):
+    workdir, config = study
+    before = mtimes(workdir, "results/tiny/**/*.parquet")
+    config["report"] = {"title": "A retitled study"}
+    write_config(workdir, config)
+    assert planned_jobs(workdir) == {"report": 1, "all": 1}
+    done = snakemake(workdir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert mtimes(workdir, "results/tiny/**/*.parquet") == before
+    assert (workdir / paths.report()).read_text().startswith("# A retitled study")
+
+
+def test_same_seed_gives_byte_identical_prompts(study, tmp_path):
+    workdir, _ = study
+    original = workdir / paths.prompts("tiny", "toy", 0, "random")
+    copy = original.read_bytes()
+    target = paths.prompts("tiny", "toy", 0, "random")
+    done = snakemake(workdir, target, "--forcerun", target)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert original.read_bytes() == copy
+
+
+def test_bad_input_stops_before_any_model_runs(tmp_path, tiny_llama_dir):
+    data_file = tmp_path / "toy.csv"
+    pd.DataFrame(toy_sentiment_rows()).to_csv(data_file, index=False)
+    config = tiny_config(tiny_llama_dir, data_file)
+    config["prompts"]["n_eval"] = 70  # 35 per class, but each class has 32 examples
+    write_config(tmp_path, config)
+    done = snakemake(tmp_path)
+    assert done.returncode != 0
+    assert "prompts.n_eval=70" in done.stdout + done.stderr
+    assert not list(tmp_path.glob("results/**/shards/*.parquet"))
+
+
+def test_unknown_config_key_fails_at_parse_time(tmp_path, tiny_llama_dir):
+    data_file = tmp_path / "toy.csv"
+    pd.DataFrame(toy_sentiment_rows()).to_csv(data_file, index=False)
+    config = tiny_config(tiny_llama_dir, data_file)
+    config["prompts"]["n_shots"] = 4
+    write_config(tmp_path, config)
+    done = snakemake(tmp_path, "--dry-run")
+    assert done.returncode != 0
+    output = done.stdout + done.stderr
+    assert "config key 'prompts'" in output and "n_shots" in output
+    assert not (tmp_path / "resources").exists()
