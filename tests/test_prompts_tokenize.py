@@ -1,0 +1,98 @@
+"""Prompt tokenization with SmolLM2's real BPE tokenizer: recorded positions point at the right tokens."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from workflow_scripts import prompts, schemas
+from workflow_scripts.prompts import PromptError
+
+from .conftest import toy_sentiment_rows
+
+TEMPLATE = {"prefix": "Classify.\n\n", "input": "Review: {text}\nSentiment:", "output": " {label}", "separator": "\n\n"}
+TASK = {
+    "classes": ["negative", "positive"],
+    "label_words": {"negative": "bad", "positive": "good"},
+    "template": TEMPLATE,
+}
+PROMPT_CFG = {"n_eval": 10, "n_dev": 4, "k": 6, "split_seed": 3, "max_chars": 0}
+
+
+def toy_data() -> pd.DataFrame:
+    rows = toy_sentiment_rows()
+    return pd.DataFrame(
+        {
+            "example_id": [f"toy-{i}" for i in range(len(rows))],
+            "text": [r["text"] for r in rows],
+            "text_b": [None] * len(rows),
+            "label": [int(r["label"] == "pos") for r in rows],
+            "label_name": ["positive" if r["label"] == "pos" else "negative" for r in rows],
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def built(tokenizer) -> dict:
+    return prompts.build_prompts(toy_data(), TASK, PROMPT_CFG, {"selection": "random"}, 7, tokenizer, "toy")
+
+
+def test_every_label_position_decodes_to_that_demos_label_word(built, tokenizer):
+    words = ["bad", "good"]
+    for ids, y_pos, labels in zip(built["input_ids"], built["y_pos"], built["demo_labels"]):
+        assert len(y_pos) == PROMPT_CFG["k"]
+        for pos, label in zip(y_pos, labels):
+            assert tokenizer.decode([ids[pos]]).strip() == words[label]
+
+
+def test_spans_decode_to_the_demonstration_and_query_inputs(built, tokenizer):
+    data = toy_data().set_index("example_id")
+    for i in range(len(built["prompt_id"])):
+        ids = built["input_ids"][i]
+        for demo_id, start, end in zip(built["demo_ids"][i], built["x_start"][i], built["x_end"][i]):
+            text = tokenizer.decode(ids[start:end])
+            assert text.strip() == TEMPLATE["input"].format(text=data.loc[demo_id, "text"]).strip()
+        query = tokenizer.decode(ids[built["query_start"][i] : built["query_end"][i]])
+        assert query.strip() == TEMPLATE["input"].format(text=data.loc[built["example_id"][i], "text"]).strip()
+        assert built["query_end"][i] == len(ids)
+        assert tokenizer.decode(ids) == built["text"][i]
+
+
+def test_demonstrations_come_from_the_pool_and_never_include_the_query(built):
+    queries = set(built["example_id"])
+    for example_id, demos in zip(built["example_id"], built["demo_ids"]):
+        assert example_id not in demos and not queries & set(demos)
+        assert len(set(demos)) == len(demos)
+    assert np.bincount(built["label"]).tolist() == [5, 5]
+
+
+def test_label_token_ids_are_the_tokens_the_model_should_predict(built, tokenizer):
+    ids = built["label_token_ids"][0]
+    assert [tokenizer.decode([i]).strip() for i in ids] == ["bad", "good"]
+    # The query ends right where a label word would follow: " good" is then one token, that id.
+    text = built["text"][0] + " good"
+    assert tokenizer(text)["input_ids"][-1] == ids[1]
+
+
+def test_a_multi_token_label_word_is_rejected_with_its_tokens(tokenizer):
+    task = {**TASK, "label_words": {"negative": "bad", "positive": "superlativeness"}}
+    with pytest.raises(PromptError, match="'superlativeness' is not one token in context"):
+        prompts.build_prompts(toy_data(), task, PROMPT_CFG, {"selection": "random"}, 7, tokenizer, "toy")
+
+
+def test_k_larger_than_the_pool_is_rejected(tokenizer):
+    cfg = {**PROMPT_CFG, "k": 100}
+    with pytest.raises(PromptError, match="prompts.k=100 is larger than the demonstration pool"):
+        prompts.build_prompts(toy_data(), TASK, cfg, {"selection": "random"}, 7, tokenizer, "toy")
+
+
+def test_same_seed_same_bytes_other_seed_other_demos(tokenizer, tmp_path):
+    paths = []
+    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+        columns = prompts.build_prompts(toy_data(), TASK, PROMPT_CFG, {"selection": "random"}, seed, tokenizer, "toy")
+        schemas.write_table(columns, schemas.PROMPTS, tmp_path / f"{name}.parquet")
+        paths.append(tmp_path / f"{name}.parquet")
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    a = schemas.read_table(paths[0], schemas.PROMPTS).column("demo_ids").to_pylist()
+    c = schemas.read_table(paths[2], schemas.PROMPTS).column("demo_ids").to_pylist()
+    assert a != c
