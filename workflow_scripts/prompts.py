@@ -144,9 +144,14 @@ def _fields(row) -> dict:
 
 
 def build_prompts(
-    data: pd.DataFrame, task_cfg: dict, prompt_cfg: dict, setting: dict, seed: int, tokenizer, task: str
+    data: pd.DataFrame, task_cfg: dict, prompt_cfg: dict, setting: dict, seed: int, tokenizer, task: str,
+    part: str = "eval",
 ) -> dict:
-    """All prompts of one task x seed x setting, as columns of the PROMPTS schema."""
+    """All prompts of one task x seed x setting, as columns of the PROMPTS schema.
+
+    `part` picks the queries: the test examples ("eval") or the dev examples ("dev", for choosing
+    templates without looking at the test set).
+    """
     if prompt_cfg["max_chars"]:
         data = data[data.text.str.len() + data.text_b.fillna("").str.len() <= prompt_cfg["max_chars"]]
     data = data.reset_index(drop=True)
@@ -159,10 +164,11 @@ def build_prompts(
     words = list(config_mod.label_words(task_cfg).values())[:n_classes]
     template = task_cfg["template"]
     rows = list(data.itertuples())
-    token_ids = label_token_ids(tokenizer, template, words, _fields(rows[split.eval[0]]))
+    queries = getattr(split, part)
+    token_ids = label_token_ids(tokenizer, template, words, _fields(rows[queries[0]]))
     rng = np.random.default_rng(seed)
     columns: dict[str, list] = {name: [] for name in schemas.PROMPTS.names}
-    for prompt_id, i in enumerate(split.eval):
+    for prompt_id, i in enumerate(queries):
         if setting["selection"] != "random":
             raise PromptError(f"setting selection {setting['selection']!r} is not implemented")
         demos = split.pool[sample_balanced(labels[split.pool], k, n_classes, rng)]
