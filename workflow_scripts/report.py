@@ -113,8 +113,6 @@ def attention_figure(group: pd.DataFrame, title: str, out: Path, dpi: int) -> No
 def theory_section(summary: Path, figure: Path, out: Path) -> list[str]:
     """The synthetic Theorem 1 check, as its own rule wrote it, with its figure."""
     return [
-        "## Theorem 1 on synthetic HMMs (Appendix C)",
-        "",
         summary.read_text().strip(),
         "",
         f"![kernel regression vs. posterior]({figure.relative_to(out.parent)})",

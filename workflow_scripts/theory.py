@@ -590,7 +590,7 @@ def summary_markdown(rows: list[dict[str, Any]], params: dict[str, Any]) -> str:
     kernels = list(params["kernels"])
     level = round(100 * params["ci_level"])
     lines = [
-        "### Theorem 1 on synthetic HMMs (paper Appendix C, Table 3)",
+        "## Theorem 1 on synthetic HMMs (paper Appendix C, Table 3)",
         "",
         f"{len(params['hmm_seeds'])} random HMMs x {params['n_prompts']} prompts; {params['n_tasks']} tasks, "
         f"{params['n_states']} states, {params['n_observations']} observations ({params['n_labels']} labels, "

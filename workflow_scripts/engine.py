@@ -1,0 +1,235 @@
+"""Last-token capture at the cost of a plain forward pass.
+
+The forward pass keeps the model's fast attention (SDPA). A wrapper registered in transformers'
+attention-function registry sees each layer's query and keys exactly as the model uses them
+(rotary applied, grouped-query heads, the padding/causal/sliding-window mask) and computes only
+the LAST query's attention row, instead of the T x T maps that output_attentions materializes.
+Architectures whose attention does not go through the registry (GPT-J's own `_attn`) are wrapped
+at that method. A forward in which not every layer reported fails loudly.
+"""
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+CAPTURE = "icl_capture"
+_STATE: contextvars.ContextVar["_Capture | None"] = contextvars.ContextVar("icl_capture", default=None)
+
+
+class EngineError(RuntimeError):
+    """A model or input the engine cannot capture exactly."""
+
+
+@dataclass
+class _Capture:
+    """What one batched forward records, layer by layer, in call order."""
+
+    spans: torch.Tensor | None  # (B, k, 2) demonstration spans [x_start, y_pos] in padded coordinates
+    kv_positions: torch.Tensor | None  # (B, P) positions whose keys/values to keep
+    kv_layers: set[int] | None
+    rows: list[torch.Tensor] = field(default_factory=list)  # per layer (B, H, T) float32
+    keys: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B, KVH, P, D)
+    values: dict[int, torch.Tensor] = field(default_factory=dict)
+    top_keys: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B, H, k, D)
+    top_values: dict[int, torch.Tensor] = field(default_factory=dict)
+    top_pos: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B, H, k)
+
+    def record(self, query, key, value, attention_mask, scaling) -> None:
+        layer = len(self.rows)
+        batch, n_heads, _, dim = query.shape
+        n_kv, n_tokens = key.shape[1], key.shape[2]
+        if n_heads % n_kv:
+            raise EngineError(f"layer {layer}: {n_heads} query heads do not divide over {n_kv} key/value heads")
+        group = n_heads // n_kv
+        # repeat_kv: query head h reads key/value head h // group; grouping the query avoids copying keys
+        last = query[:, :, -1].float().view(batch, n_kv, group, dim)
+        scale = scaling if scaling is not None else dim**-0.5
+        scores = torch.einsum("bkgd,bktd->bkgt", last, key.float()).reshape(batch, n_heads, n_tokens) * scale
+        if attention_mask is not None:
+            mask = attention_mask[:, :, -1, :n_tokens]
+            scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
+        row = torch.softmax(scores, dim=-1)
+        self.rows.append(row)
+        if self.kv_layers is None or layer not in self.kv_layers:
+            return
+        if self.kv_positions is not None:
+            index = self.kv_positions[:, None, :, None].expand(-1, n_kv, -1, dim)
+            self.keys[layer] = key.gather(2, index)
+            self.values[layer] = value.gather(2, index)
+        if self.spans is not None:
+            positions = torch.arange(n_tokens, device=row.device)
+            inside = (positions >= self.spans[..., :1]) & (positions <= self.spans[..., 1:])  # (B, k, T)
+            top = row[:, :, None, :].masked_fill(~inside[:, None], -1.0).argmax(-1)  # (B, H, k)
+            b = torch.arange(batch, device=row.device)[:, None, None]
+            kv_head = (torch.arange(n_heads, device=row.device) // group)[None, :, None]
+            self.top_pos[layer] = top
+            self.top_keys[layer] = key[b, kv_head, top]
+            self.top_values[layer] = value[b, kv_head, top]
+
+
+def capture_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Registered attention function: record the last row, then run SDPA as the model would."""
+    unsupported = [k for k in ("s_aux", "position_bias", "softcap") if kwargs.get(k) is not None]
+    if unsupported:
+        raise EngineError(f"{type(module).__name__}: {unsupported} are not supported by the engine (SDPA cannot apply them)")
+    state = _STATE.get()
+    if state is not None:
+        state.record(query, key, value, attention_mask, scaling)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    AttentionInterface.register(CAPTURE, capture_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(CAPTURE, sdpa_mask)
+
+
+def _wrap_gptj(model) -> None:
+    """GPT-J computes attention in its own `_attn` (fp32, eager); record from the same inputs."""
+    for module in model.modules():
+        if type(module).__name__ == "GPTJAttention" and not hasattr(module, "_icl_original_attn"):
+            module._icl_original_attn = module._attn
+
+            def wrapped(query, key, value, attention_mask=None, _module=module):
+                state = _STATE.get()
+                if state is not None:
+                    state.record(query, key, value, attention_mask, 1.0 / float(_module.scale_attn))
+                return _module._icl_original_attn(query, key, value, attention_mask)
+
+            module._attn = wrapped
+
+
+def prepare(model):
+    """Switch a loaded causal LM to the capturing attention (in place) and return it."""
+    _register()
+    if model.config.model_type == "gptj":
+        _wrap_gptj(model)
+    else:
+        model.set_attn_implementation(CAPTURE)
+    return model
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The model's stack of decoder blocks (the ModuleList as long as the number of layers)."""
+    n = model.config.num_hidden_layers
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
+            return module
+    raise EngineError(f"{type(model).__name__}: cannot find its {n} decoder layers")
+
+
+def left_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """input_ids, attention_mask and position_ids of a left-padded batch."""
+    width = max(map(len, batch))
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, row in enumerate(batch):
+        ids[i, width - len(row) :] = torch.tensor(row)
+        mask[i, width - len(row) :] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids, mask, positions
+
+
+@dataclass(frozen=True)
+class Request:
+    """One prompt: token ids, the label-word ids to score, and what else to keep."""
+
+    input_ids: list[int]
+    label_token_ids: list[int]
+    spans: list[tuple[int, int]] = ()  # (x_start, y_pos) per demonstration
+    kv_positions: list[int] = ()  # keep keys/values here (e.g. each y_i -1..+3)
+    hidden_positions: list[int] = ()
+
+
+def run_batch(model, requests: list[Request], kv_layers: list[int] | None = None,
+              hidden_layers: list[int] | None = None) -> list[dict]:
+    """One left-padded forward; per prompt the label logits, attention (L, H, T) and optional captures."""
+    device = next(model.parameters()).device
+    pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    ids, mask, positions = left_pad([r.input_ids for r in requests], pad_id)
+    width = ids.shape[1]
+    offsets = [width - len(r.input_ids) for r in requests]
+    same_k = len({len(r.spans) for r in requests}) == 1 and requests[0].spans
+    spans = torch.tensor([[(s + o, y + o) for s, y in r.spans] for r, o in zip(requests, offsets)], device=device) if same_k else None
+    same_p = len({len(r.kv_positions) for r in requests}) == 1 and requests[0].kv_positions
+    kv_pos = torch.tensor([[p + o for p in r.kv_positions] for r, o in zip(requests, offsets)], device=device) if same_p else None
+    state = _Capture(spans=spans, kv_positions=kv_pos, kv_layers=set(kv_layers) if kv_layers is not None else None)
+    hidden: dict[int, torch.Tensor] = {}
+    hooks = []
+    if hidden_layers and requests[0].hidden_positions:
+        h_pos = torch.tensor([[p + o for p in r.hidden_positions] for r, o in zip(requests, offsets)], device=device)
+        layers = decoder_layers(model)
+        for layer in hidden_layers:
+            def hook(_module, _args, output, _layer=layer):
+                out = output[0] if isinstance(output, tuple) else output
+                hidden[_layer] = out.gather(1, h_pos[..., None].expand(-1, -1, out.shape[-1]))
+            hooks.append(layers[layer].register_forward_hook(hook))
+    token = _STATE.set(state)
+    try:
+        with torch.inference_mode():
+            out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                        use_cache=False, logits_to_keep=1)
+    finally:
+        _STATE.reset(token)
+        for h in hooks:
+            h.remove()
+    n_layers = model.config.num_hidden_layers
+    if len(state.rows) != n_layers:
+        raise EngineError(
+            f"{type(model).__name__} ({model.config.model_type}): {len(state.rows)} of {n_layers} layers reported "
+            "their attention; this architecture's attention does not go through the engine"
+        )
+    # One device-to-host copy per kind of capture; per-prompt slices are then numpy views.
+    captured = {
+        "attention": torch.stack(state.rows, dim=1),  # (B, L, H, T)
+        "label_logits": out.logits[:, -1].float(),
+        "keys": _stack_layers(state.keys), "values": _stack_layers(state.values),
+        "top_positions": _stack_layers(state.top_pos), "top_keys": _stack_layers(state.top_keys),
+        "top_values": _stack_layers(state.top_values), "hidden": _stack_layers(hidden),
+    }
+    host = {name: t.cpu().numpy() for name, t in captured.items() if t is not None}
+    results = []
+    for i, (r, o) in enumerate(zip(requests, offsets)):
+        result = {name: array[i] for name, array in host.items()}
+        result["attention"] = result["attention"][..., o:]
+        result["label_logits"] = result["label_logits"][r.label_token_ids]
+        if "top_positions" in result:
+            result["top_positions"] = result["top_positions"] - o
+        results.append(result)
+    return results
+
+
+def _stack_layers(by_layer: dict[int, torch.Tensor]) -> torch.Tensor | None:
+    """(B, layers, ...) in layer order, float32 for floating captures; None when nothing was captured."""
+    if not by_layer:
+        return None
+    stacked = torch.stack([by_layer[l] for l in sorted(by_layer)], dim=1)
+    return stacked.float() if stacked.is_floating_point() else stacked
+
+
+def run(model, requests: list[Request], batch_size: int, **captures) -> list[dict]:
+    """All requests, length-bucketed into batches; on CUDA a batch that runs out of memory is split."""
+    order = sorted(range(len(requests)), key=lambda i: len(requests[i].input_ids))
+    results: list[dict | None] = [None] * len(requests)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        for i, result in zip(chunk, _run_splitting(model, [requests[i] for i in chunk], **captures)):
+            results[i] = result
+    return results
+
+
+def _run_splitting(model, requests: list[Request], **captures) -> list[dict]:
+    try:
+        return run_batch(model, requests, **captures)
+    except torch.cuda.OutOfMemoryError:
+        if len(requests) == 1:
+            raise
+        torch.cuda.empty_cache()
+        half = len(requests) // 2
+        return _run_splitting(model, requests[:half], **captures) + _run_splitting(model, requests[half:], **captures)
