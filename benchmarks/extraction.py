@@ -1,5 +1,6 @@
 """Extraction cost, side by side in one run: (a) a plain SDPA forward with last-position logits,
-(b) the naive eager output_attentions + output_hidden_states forward, (c) the capture engine.
+(b) the naive eager output_attentions + output_hidden_states forward, (c) the capture engine as the
+default extraction runs it, (d) the engine also keeping keys, values and hidden states in every layer.
 
     python benchmarks/extraction.py --model resources/models/smollm2-135m/manifest.json
     python benchmarks/extraction.py --model random:smollm2-135m --device cuda --dtype bfloat16
@@ -7,9 +8,10 @@
 
 Prints, for each prompt length T and batch size, the median seconds per prompt and the peak memory
 of each method, with the ratios c/a (engine overhead over a plain forward), b/c (speed-up over the
-naive approach) and c/b (memory). CPU peak memory is the growth of the process's resident-set
-high-water mark (reset after loading) during that method alone, so each (method, T, batch) runs in a
-fresh subprocess that no earlier allocation has warmed; on CUDA it is torch's peak allocation.
+naive approach) and c/b (memory). Timing interleaves the methods repeat by repeat in one process,
+so drift in the machine's speed falls on all alike. CPU peak memory is the growth of the resident-set
+high-water mark during one forward of that method alone, in a fresh subprocess that no earlier
+allocation has warmed; on CUDA it is torch's peak allocation.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ RANDOM_CONFIGS = {
     "llama-1b": dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
                      num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=4096),
 }
-METHODS = ("plain", "eager", "engine")
+METHODS = ("plain", "eager", "engine", "engine_kv")
 
 
 def load(model_arg: str, device: str, dtype: str, attn: str):
@@ -62,58 +64,74 @@ def _reset_peak_rss() -> int:
     return _status_kib("VmRSS")
 
 
-def measure(args, model=None) -> dict:
-    """One method at one (T, batch): median seconds per prompt and peak memory in MiB.
-
-    Without `model` (CPU) the model is loaded here, in a fresh process; with one (CUDA, where peak
-    memory can be reset in-process) it is switched to the method's attention implementation.
-    """
+def method_call(model, method: str, T: int, batch: int, device: str):
+    """Switch `model` to `method` and return a function that runs one forward of it."""
     import torch
 
     from workflow_scripts import engine
 
-    torch.set_num_threads(args.threads)
-    if model is None:
-        model = load(args.model, args.device, args.dtype, "eager" if args.method == "eager" else "sdpa")
-    else:
-        model.set_attn_implementation({"plain": "sdpa", "eager": "eager"}.get(args.method, "sdpa"))
-    if args.method == "engine":
+    model.set_attn_implementation("eager" if method == "eager" else "sdpa")
+    if method.startswith("engine"):
         engine.prepare(model)
-    vocab = model.config.vocab_size
-    batch = torch.randint(100, vocab - 1, (args.batch, args.T))
+    ids = torch.randint(100, model.config.vocab_size - 1, (batch, T), generator=torch.Generator().manual_seed(T))
     k = 8
-    spans = [(1 + i * (args.T // k), (i + 1) * (args.T // k) - 2) for i in range(k)]
-    requests = [engine.Request(row.tolist(), [5, 6], spans=spans, kv_positions=[min(y + d, args.T - 1) for _, y in spans for d in (-1, 0, 1, 2, 3)])
-                for row in batch]
+    spans = [(1 + i * (T // k), (i + 1) * (T // k) - 2) for i in range(k)]
+    every = list(range(model.config.num_hidden_layers))
+    full = [engine.Request(row.tolist(), [5, 6], spans=spans, kv_positions=[min(y + d, T - 1) for _, y in spans for d in (-1, 0, 1, 2, 3)],
+                           hidden_positions=[T - 1]) for row in ids]
+    rows_only = [engine.Request(r.input_ids, r.label_token_ids) for r in full]
 
     def once():
         with torch.inference_mode():
-            if args.method == "plain":
-                model(input_ids=batch.to(args.device), use_cache=False, logits_to_keep=1)
-            elif args.method == "eager":
-                out = model(input_ids=batch.to(args.device), use_cache=False, logits_to_keep=1,
+            if method == "plain":
+                model(input_ids=ids.to(device), use_cache=False, logits_to_keep=1)
+            elif method == "eager":
+                out = model(input_ids=ids.to(device), use_cache=False, logits_to_keep=1,
                             output_attentions=True, output_hidden_states=True)
                 torch.stack([a[:, :, -1, :] for a in out.attentions]).cpu()
+            elif method == "engine":
+                engine.run_batch(model, rows_only)
             else:
-                engine.run_batch(model, requests, kv_layers=list(range(model.config.num_hidden_layers)))
-        if args.device == "cuda":
+                engine.run_batch(model, full, kv_layers=every, hidden_layers=every)
+        if device == "cuda":
             torch.cuda.synchronize()
 
-    cuda = args.device == "cuda"
-    if cuda:
+    return once
+
+
+def seconds_per_prompt(model, T: int, batch: int, args) -> dict[str, float]:
+    """Median seconds per prompt of every method, the methods interleaved repeat by repeat so that
+    drift in the machine's speed falls on all of them alike."""
+    times: dict[str, list[float]] = {m: [] for m in METHODS}
+    for method in METHODS:
+        method_call(model, method, T, batch, args.device)()  # warm-up
+    for _ in range(args.repeats):
+        for method in METHODS:
+            once = method_call(model, method, T, batch, args.device)
+            start = time.perf_counter()
+            once()
+            times[method].append(time.perf_counter() - start)
+    return {m: statistics.median(t) / batch for m, t in times.items()}
+
+
+def peak_mib(model, method: str, T: int, batch: int, device: str) -> float:
+    """Peak memory of one forward of `method` above what the loaded model already holds."""
+    import torch
+
+    once = method_call(model, method, T, batch, device)
+    # Touch every weight first (safetensors are memory-mapped and page in on first use), so the
+    # peak is the method's activations, not the weights arriving.
+    method_call(model, "plain", 8, 1, device)()
+    once = method_call(model, method, T, batch, device)
+    if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    else:
-        base = _reset_peak_rss()
-    once()  # warm-up (and the memory peak: every repeat allocates the same)
-    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else (_status_kib("VmHWM") - base) / 1024
-    times = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
         once()
-        times.append(time.perf_counter() - start)
-    return {"seconds_per_prompt": statistics.median(times) / args.batch, "peak_mib": peak}
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    base = _reset_peak_rss()
+    once()
+    return (_status_kib("VmHWM") - base) / 1024
 
 
 def main() -> None:
@@ -130,30 +148,39 @@ def main() -> None:
     parser.add_argument("--T", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.method:  # child process: one measurement, as JSON
-        print(json.dumps(measure(args)))
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.method:  # child process: the memory peak of one method, in a process no other method warmed
+        print(json.dumps(peak_mib(load(args.model, args.device, args.dtype, "sdpa"), args.method, args.T, args.batch, args.device)))
         return
     print(f"model {args.model}, device {args.device}, dtype {args.dtype}, threads {args.threads}, repeats {args.repeats}")
-    header = f"{'T':>5} {'batch':>5} | {'a plain s':>9} {'b eager s':>9} {'c engine s':>10} | {'c/a':>5} {'b/c':>5} | {'a MiB':>7} {'b MiB':>7} {'c MiB':>7} {'c/b mem':>7}"
+    print("a: plain SDPA forward, last-position logits; b: eager output_attentions + output_hidden_states;")
+    print("c: engine (attention rows + label logits, the default extraction); d: engine also keeping keys/values")
+    print("   at 40 positions, highest-attention keys/values and the last hidden state in EVERY layer")
+    header = (f"{'T':>5} {'batch':>5} | {'a plain s':>9} {'b eager s':>9} {'c engine s':>10} {'d +kv s':>8} | {'c/a':>5} {'d/a':>5} {'b/c':>5} "
+              f"| {'a MiB':>6} {'b MiB':>6} {'c MiB':>6} {'d MiB':>6} {'c/b mem':>7}")
     print(header)
     print("-" * len(header))
-    shared = load(args.model, args.device, args.dtype, "sdpa") if args.device == "cuda" else None
+    model = load(args.model, args.device, args.dtype, "sdpa")
     for T in args.lengths:
         for batch in args.batches:
-            r = {}
+            secs = seconds_per_prompt(model, T, batch, args)
+            mem = {}
             for method in METHODS:
-                if shared is not None:
-                    r[method] = measure(argparse.Namespace(**{**vars(args), "method": method, "T": T, "batch": batch}), shared)
+                if args.device == "cuda":
+                    mem[method] = peak_mib(model, method, T, batch, args.device)
                     continue
                 cmd = [sys.executable, __file__, "--model", args.model, "--device", args.device, "--dtype", args.dtype,
-                       "--threads", str(args.threads), "--repeats", str(args.repeats), "--method", method, "--T", str(T), "--batch", str(batch)]
+                       "--threads", str(args.threads), "--method", method, "--T", str(T), "--batch", str(batch)]
                 done = subprocess.run(cmd, capture_output=True, text=True)
                 if done.returncode != 0:
                     raise SystemExit(f"{method} T={T} batch={batch} failed:\n{done.stderr[-3000:]}")
-                r[method] = json.loads(done.stdout.strip().splitlines()[-1])
-            a, b, c = (r[m]["seconds_per_prompt"] for m in METHODS)
-            ma, mb, mc = (r[m]["peak_mib"] for m in METHODS)
-            print(f"{T:>5} {batch:>5} | {a:9.4f} {b:9.4f} {c:10.4f} | {c / a:5.2f} {b / c:5.2f} | {ma:7.0f} {mb:7.0f} {mc:7.0f} {mc / max(mb, 1e-9):7.2f}", flush=True)
+                mem[method] = json.loads(done.stdout.strip().splitlines()[-1])
+            a, b, c, d = (secs[m] for m in METHODS)
+            ma, mb, mc, md = (mem[m] for m in METHODS)
+            print(f"{T:>5} {batch:>5} | {a:9.4f} {b:9.4f} {c:10.4f} {d:8.4f} | {c / a:5.2f} {d / a:5.2f} {b / c:5.2f} "
+                  f"| {ma:6.0f} {mb:6.0f} {mc:6.0f} {md:6.0f} {mc / max(mb, 1e-9):7.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ sys.path.insert(0, workflow.basedir)
 
 from workflow_scripts import paths
 from workflow_scripts.config import ConfigError, validate_config
-from workflow_scripts.extract import n_shards
 
 try:
     validate_config(config)
@@ -38,12 +37,9 @@ def prompt_sets():
     ]
 
 
-def shard_ids():
-    return [f"{i:03d}" for i in range(n_shards(config["prompts"]["n_eval"], config["extraction"]["shard_size"]))]
-
-
 def shards_of(wildcards):
-    return [paths.shard(wildcards.model, wildcards.task, wildcards.seed, wildcards.setting, s) for s in shard_ids()]
+    ids = paths.shard_ids(config["prompts"]["n_eval"], config["extraction"]["shard_size"])
+    return [paths.shard(wildcards.model, wildcards.task, wildcards.seed, wildcards.setting, s) for s in ids]
 
 
 def task_source_file(wildcards):

@@ -94,7 +94,7 @@ def tables(*specs):
         for name in prompts:
             prompts[name].append(row[name])
         for name in shards:
-            shards[name].append(shard[name])
+            shards[name].append(shard.get(name))  # optional captures stay null
     return (pa.Table.from_pydict(prompts, schema=schemas.PROMPTS),
             pa.Table.from_pydict(shards, schema=schemas.SHARD))
 

@@ -1,4 +1,4 @@
-"""Extraction on a tiny random llama: shard contents against independent forward passes."""
+"""Extraction on a tiny random llama: shard contents against the eager oracle and the schema."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,47 +6,82 @@ import pyarrow as pa
 import pytest
 import torch
 
-from workflow_scripts import extract, models, schemas
+from workflow_scripts import engine, extract, models, paths, schemas
 from workflow_scripts.extract import ExtractionError
+
+CFG = {"batch_size": 2, "kv_layers": [], "kv_max_prompts": 200, "hidden_layers": [], "hidden_positions": ["last"]}
+
+
+def load(tiny_llama_dir, attn: str):
+    manifest = {"path": str(tiny_llama_dir), "revision": None, "trust_remote_code": False}
+    return models.load_model(manifest, "cpu", "float32", attn_implementation=attn)
 
 
 @pytest.fixture(scope="module")
-def model(tiny_llama_dir):
-    manifest = {"path": str(tiny_llama_dir), "revision": None, "trust_remote_code": False}
-    return models.load_model(manifest, "cpu", "float32", attn_implementation="eager")
+def oracle_model(tiny_llama_dir):
+    return load(tiny_llama_dir, "eager")
+
+
+@pytest.fixture(scope="module")
+def engine_model(tiny_llama_dir):
+    return engine.prepare(load(tiny_llama_dir, "sdpa"))
 
 
 def prompt_table(n: int = 3) -> pa.Table:
     rng = np.random.default_rng(0)
-    ids = [rng.integers(3, 40000, size=12 + 5 * i).tolist() for i in range(n)]
-    return pa.table({"prompt_id": list(range(n)), "input_ids": ids, "label_token_ids": [[1000, 2000, 3000]] * n})
+    ids = [rng.integers(3, 40000, size=20 + 5 * i).tolist() for i in range(n)]
+    return pa.table({
+        "prompt_id": list(range(n)), "input_ids": ids, "label_token_ids": [[1000, 2000, 3000]] * n,
+        "x_start": [[1, 7]] * n, "y_pos": [[5, 11]] * n, "query_start": [14] * n,
+    })
 
 
-def test_shard_rows_match_independent_forward_passes(model):
+def test_shard_rows_match_the_eager_oracle(engine_model, oracle_model):
     table = prompt_table()
-    columns = extract.extract_shard(table, model, "cpu")
+    columns = extract.extract_shard(table, engine_model, CFG)
     for i, ids in enumerate(table.column("input_ids").to_pylist()):
-        with torch.inference_mode():
-            full = model(input_ids=torch.tensor([ids]), use_cache=False)
-            eager = model(input_ids=torch.tensor([ids]), output_attentions=True, use_cache=False)
-        logits = full.logits[0, -1, [1000, 2000, 3000]].numpy()
+        logits, rows = extract.eager_outputs(oracle_model, ids, [1000, 2000, 3000])
         np.testing.assert_allclose(columns["label_logits"][i], logits, rtol=1e-5, atol=1e-5)
         assert columns["prediction"][i] == int(np.argmax(logits))
-        rows = np.stack([a[0, :, -1, :].numpy() for a in eager.attentions])
         stored = np.asarray(columns["attention"][i], dtype=np.float32).reshape(2, 4, len(ids))
         np.testing.assert_allclose(stored, rows, atol=1e-3)  # float16 storage
         np.testing.assert_allclose(stored.sum(-1), 1.0, atol=5e-3)
         assert (columns["n_tokens"][i], columns["n_layers"][i], columns["n_heads"][i]) == (len(ids), 2, 4)
+        assert columns["keys"][i] is None and columns["hidden"][i] is None
 
 
-def test_shard_file_round_trips_through_the_schema(model, tmp_path):
-    columns = extract.extract_shard(prompt_table(2), model, "cpu")
+def test_keys_values_and_hidden_states_round_trip_through_the_schema(engine_model, tmp_path):
+    cfg = {**CFG, "kv_layers": [1], "kv_max_prompts": 2, "hidden_layers": [0, 1], "hidden_positions": ["last", "labels"]}
+    table = prompt_table(3)
     out = tmp_path / "000.parquet"
-    schemas.write_table(columns, schemas.SHARD, out)
-    table = schemas.read_table(out, schemas.SHARD)
-    assert table.schema.field("attention").type == pa.list_(pa.float16())
-    assert table.column("prompt_id").to_pylist() == [0, 1]
+    schemas.write_table(extract.extract_shard(table, engine_model, cfg), schemas.SHARD, out)
+    shard = schemas.read_table(out, schemas.SHARD).to_pylist()
     assert [p.name for p in tmp_path.iterdir()] == ["000.parquet"]  # no temporary file left
+    first, third = shard[0], shard[2]
+    assert first["kv_layers"] == [1] and first["kv_positions"] == [4, 5, 6, 7, 8, 10, 11, 12, 13, 14]
+    assert first["kv_shape"] == [1, 2, 10, 8] and len(first["keys"]) == 1 * 2 * 10 * 8
+    assert first["top_shape"] == [1, 4, 2, 8]
+    top = np.asarray(first["top_positions"]).reshape(1, 4, 2)
+    assert ((top[..., 0] >= 1) & (top[..., 0] <= 5)).all() and ((top[..., 1] >= 7) & (top[..., 1] <= 11)).all()
+    assert third["keys"] is None and third["kv_shape"] is None  # beyond kv_max_prompts
+    assert first["hidden_shape"] == [2, 3, 32] and first["hidden_positions"] == [19, 5, 11]
+    # hidden state of layer 0 at the last token equals the decoder layer's own output
+    with torch.inference_mode():
+        states = engine_model(input_ids=torch.tensor([table.column("input_ids")[0].as_py()]), output_hidden_states=True).hidden_states
+    hidden = np.asarray(first["hidden"], dtype=np.float32).reshape(2, 3, 32)
+    np.testing.assert_allclose(hidden[0, 0], states[1][0, -1].numpy(), atol=2e-2, rtol=1e-2)
+
+
+def test_prompt_longer_than_the_context_names_the_prompt(engine_model):
+    table = prompt_table(1)
+    long = pa.table({**{n: table.column(n) for n in table.column_names}, "input_ids": [list(range(3, 3000))]})
+    with pytest.raises(ExtractionError, match="results/x/prompts.parquet: prompt 0 has 2997 tokens, more than the model's context of 2048"):
+        extract.extract_shard(long, engine_model, CFG, "results/x/prompts.parquet")
+
+
+def test_layers_beyond_the_model_are_a_config_error():
+    with pytest.raises(ExtractionError, match=r"extraction.kv_layers': layers \[5\]"):
+        extract.check_layers({**CFG, "kv_layers": [0, 5]}, 2)
 
 
 def test_non_finite_attention_names_the_prompt_and_layer():
@@ -59,7 +94,7 @@ def test_non_finite_attention_names_the_prompt_and_layer():
 
 
 def test_shard_bookkeeping():
-    assert extract.n_shards(120, 40) == 3 and extract.n_shards(121, 40) == 4
+    assert paths.shard_ids(120, 40) == ["000", "001", "002"] and len(paths.shard_ids(121, 40)) == 4
     table = prompt_table(5)
     assert extract.shard_rows(table, 1, 2).column("prompt_id").to_pylist() == [2, 3]
     assert extract.shard_rows(table, 2, 2).column("prompt_id").to_pylist() == [4]

@@ -128,7 +128,7 @@ def synthetic_set(n_prompts: int = 12, seed: int = 0):
             "attention": att16.ravel().tolist(),
         }
         for name in shards:
-            shards[name].append(shard[name])
+            shards[name].append(shard.get(name))  # optional captures stay null
         truth.append({"att": att16.astype(np.float64), "x_start": x_start, "y_pos": y_pos,
                       "demo_labels": demo_labels, "label": label, "prediction": prediction})
     prompts_t = pa.Table.from_pydict(prompts, schema=schemas.PROMPTS)

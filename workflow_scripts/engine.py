@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextvars
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 

@@ -1,28 +1,26 @@
 """Run the model over one shard of prompts and keep what the analyses need from the last token.
 
-This is the simple eager-attention implementation: output_attentions=True materializes every
-layer's T x T map and keeps only the last row. It stays as the oracle for faster engines.
+Production runs go through the capture engine (engine.py: the forward pass keeps SDPA and only the
+last query's attention row is computed). `eager_outputs` is the plain output_attentions path the
+engine is checked against.
 """
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from . import models, schemas
+from . import engine, models, schemas
 
 log = logging.getLogger(__name__)
+
+LABEL_OFFSETS = (-1, 0, 1, 2, 3)  # key/value positions around each demonstration's label token
 
 
 class ExtractionError(RuntimeError):
     """A forward pass whose numbers cannot be trusted; the shard is not written."""
-
-
-def n_shards(n_prompts: int, shard_size: int) -> int:
-    return math.ceil(n_prompts / shard_size)
 
 
 def shard_rows(prompts: pa.Table, shard: int, shard_size: int) -> pa.Table:
@@ -41,11 +39,11 @@ def resolve_device(device: str, dtype: str) -> tuple[str, str]:
     return device, dtype
 
 
-def last_token_outputs(model, input_ids: list[int], label_token_ids: list[int], device: str) -> tuple[np.ndarray, np.ndarray]:
-    """(label-word logits, attention row of shape layers x heads x tokens) at the last position."""
+def eager_outputs(model, input_ids: list[int], label_token_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The oracle: (label-word logits, attention row layers x heads x tokens) from output_attentions."""
     import torch
 
-    ids = torch.tensor([input_ids], device=device)
+    ids = torch.tensor([input_ids], device=next(model.parameters()).device)
     with torch.inference_mode():
         out = model(input_ids=ids, output_attentions=True, use_cache=False, logits_to_keep=1)
     logits = out.logits[0, -1, label_token_ids].float().cpu().numpy()
@@ -61,28 +59,95 @@ def check_finite(prompt_id: int, logits: np.ndarray, attention: np.ndarray) -> N
         raise ExtractionError(f"prompt {prompt_id}: attention row of layer {int(bad[0])} has NaN or Inf")
 
 
-def extract_shard(prompts: pa.Table, model, device: str) -> dict:
-    """Columns of the SHARD schema for every prompt in `prompts`."""
-    from tqdm import tqdm
+def check_layers(cfg: dict, n_layers: int) -> None:
+    for key in ("kv_layers", "hidden_layers"):
+        bad = [layer for layer in cfg[key] if layer >= n_layers]
+        if bad:
+            raise ExtractionError(f"config key 'extraction.{key}': layers {bad} do not exist (the model has {n_layers})")
 
+
+def context_length(model) -> int | None:
+    config = model.config
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+
+def requests_for(rows: list[dict], cfg: dict, where: str, max_length: int | None) -> list[engine.Request]:
+    """Engine requests for prompt rows; keys/values only for the first `kv_max_prompts` prompts."""
+    requests = []
+    for row in rows:
+        n = len(row["input_ids"])
+        if max_length is not None and n > max_length:
+            raise ExtractionError(
+                f"{where}: prompt {row['prompt_id']} has {n} tokens, more than the model's context of "
+                f"{max_length}; lower prompts.k or prompts.max_chars"
+            )
+        keep_kv = cfg["kv_layers"] and row["prompt_id"] < cfg["kv_max_prompts"]
+        hidden = {"last": [n - 1], "query_start": [row["query_start"]], "labels": list(row["y_pos"])}
+        requests.append(
+            engine.Request(
+                input_ids=row["input_ids"],
+                label_token_ids=row["label_token_ids"],
+                spans=list(zip(row["x_start"], row["y_pos"])) if keep_kv else (),
+                kv_positions=[min(y + d, n - 1) for y in row["y_pos"] for d in LABEL_OFFSETS] if keep_kv else (),
+                hidden_positions=[p for name in cfg["hidden_positions"] for p in hidden[name]] if cfg["hidden_layers"] else (),
+            )
+        )
+    return requests
+
+
+def _flat(result: dict, name: str) -> tuple[np.ndarray | None, list[int] | None]:
+    if name not in result:
+        return None, None
+    return result[name].astype(np.float16).ravel(), list(result[name].shape)
+
+
+def shard_columns(rows: list[dict], results: list[dict], requests: list[engine.Request], cfg: dict) -> dict:
+    """Columns of the SHARD schema, checking every prompt's numbers are finite."""
     columns: dict[str, list] = {name: [] for name in schemas.SHARD.names}
-    rows = prompts.select(["prompt_id", "input_ids", "label_token_ids"]).to_pylist()
-    for row in tqdm(rows, desc="prompts", mininterval=10):
-        logits, attention = last_token_outputs(model, row["input_ids"], row["label_token_ids"], device)
-        check_finite(row["prompt_id"], logits, attention)
-        n_layers, n_heads, n_tokens = attention.shape
+    for row, result, request in zip(rows, results, requests):
+        check_finite(row["prompt_id"], result["label_logits"], result["attention"])
+        n_layers, n_heads, n_tokens = result["attention"].shape
+        keys, kv_shape = _flat(result, "keys")
+        hidden, hidden_shape = _flat(result, "hidden")
         values = {
             "prompt_id": row["prompt_id"],
             "n_tokens": n_tokens,
             "n_layers": n_layers,
             "n_heads": n_heads,
-            "label_logits": logits.tolist(),
-            "prediction": int(np.argmax(logits)),
-            "attention": attention.astype(np.float16).ravel(),
+            "label_logits": result["label_logits"].tolist(),
+            "prediction": int(np.argmax(result["label_logits"])),
+            "attention": result["attention"].astype(np.float16).ravel(),
+            "kv_layers": cfg["kv_layers"] if keys is not None else None,
+            "kv_positions": list(request.kv_positions) if keys is not None else None,
+            "kv_shape": kv_shape,
+            "keys": keys,
+            "values": _flat(result, "values")[0],
+            "top_positions": result["top_positions"].astype(np.int32).ravel() if keys is not None else None,
+            "top_shape": list(result["top_keys"].shape) if keys is not None else None,
+            "top_keys": _flat(result, "top_keys")[0],
+            "top_values": _flat(result, "top_values")[0],
+            "hidden_layers": cfg["hidden_layers"] if hidden is not None else None,
+            "hidden_positions": list(request.hidden_positions) if hidden is not None else None,
+            "hidden_shape": hidden_shape,
+            "hidden": hidden,
         }
         for name, value in values.items():
             columns[name].append(value)
     return columns
+
+
+def extract_shard(prompts: pa.Table, model, cfg: dict, where: str = "prompts") -> dict:
+    """Run one shard of prompts through the engine-prepared `model`."""
+    from tqdm import tqdm
+
+    rows = prompts.select(["prompt_id", "input_ids", "label_token_ids", "x_start", "y_pos", "query_start"]).to_pylist()
+    requests = requests_for(rows, cfg, where, context_length(model))
+    results: list[dict] = []
+    step = cfg["batch_size"] * 8  # progress in chunks; the engine buckets by length within each
+    for start in tqdm(range(0, len(requests), step), desc="prompts", mininterval=10):
+        results += engine.run(model, requests[start : start + step], cfg["batch_size"],
+                              kv_layers=cfg["kv_layers"], hidden_layers=cfg["hidden_layers"])
+    return shard_columns(rows, results, requests, cfg)
 
 
 def write_shard(prompts_path: str | Path, manifest_path: str | Path, shard: int, cfg: dict, out: str | Path) -> None:
@@ -93,9 +158,10 @@ def write_shard(prompts_path: str | Path, manifest_path: str | Path, shard: int,
     prompts = shard_rows(schemas.read_table(prompts_path, schemas.PROMPTS), shard, cfg["shard_size"])
     if prompts.num_rows == 0:
         raise ExtractionError(f"{prompts_path}: shard {shard} is empty (extraction.shard_size={cfg['shard_size']})")
-    model = models.load_model(models.read_manifest(manifest_path), device, dtype, attn_implementation="eager")
-    log.info("shard %d: %d prompts on %s (%s)", shard, prompts.num_rows, device, dtype)
-    schemas.write_table(extract_shard(prompts, model, device), schemas.SHARD, out)
+    model = engine.prepare(models.load_model(models.read_manifest(manifest_path), device, dtype, attn_implementation="sdpa"))
+    check_layers(cfg, model.config.num_hidden_layers)
+    log.info("shard %d: %d prompts on %s (%s), batch size %d", shard, prompts.num_rows, device, dtype, cfg["batch_size"])
+    schemas.write_table(extract_shard(prompts, model, cfg, str(prompts_path)), schemas.SHARD, out)
 
 
 def from_snakemake(smk) -> None:

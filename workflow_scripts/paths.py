@@ -5,6 +5,8 @@ values, the concrete path. Rules and tests use the same functions, so the layout
 """
 from __future__ import annotations
 
+import math
+
 RESOURCES = "resources"
 RESULTS = "results"
 LOGS = "logs"
@@ -55,6 +57,11 @@ def report() -> str:
 
 def report_figure(name: str) -> str:
     return f"{RESULTS}/report/{name}"
+
+
+def shard_ids(n_prompts: int, shard_size: int) -> list[str]:
+    """Names of the shards that hold n_prompts prompts, shard_size each (the last may be shorter)."""
+    return [f"{i:03d}" for i in range(math.ceil(n_prompts / shard_size))]
 
 
 def log(rule: str, *parts) -> str:

@@ -48,6 +48,12 @@ PROMPTS = pa.schema(
 
 # results/.../shards/{shard}.parquet: what the model computed for each prompt.
 # attention is the last token's attention row, flattened from (n_layers, n_heads, n_tokens).
+# Optional captures (null when not configured), flattened in C order:
+#   keys, values:           (len(kv_layers), n_kv_heads, len(kv_positions), head_dim) = kv_shape
+#   top_positions:          (len(kv_layers), n_heads, k) highest-attention position within [x_i, y_i]
+#   top_keys, top_values:   (len(kv_layers), n_heads, k, head_dim) = top_shape, at those positions
+#   hidden:                 (len(hidden_layers), len(hidden_positions), hidden_size) = hidden_shape
+_f16s = pa.list_(pa.float16())
 SHARD = pa.schema(
     [
         ("prompt_id", _i32),
@@ -56,7 +62,20 @@ SHARD = pa.schema(
         ("n_heads", _i32),
         ("label_logits", pa.list_(pa.float32())),
         ("prediction", _i32),
-        ("attention", pa.list_(pa.float16())),
+        ("attention", _f16s),
+        ("kv_layers", _ints),
+        ("kv_positions", _ints),
+        ("kv_shape", _ints),
+        ("keys", _f16s),
+        ("values", _f16s),
+        ("top_positions", _ints),
+        ("top_shape", _ints),
+        ("top_keys", _f16s),
+        ("top_values", _f16s),
+        ("hidden_layers", _ints),
+        ("hidden_positions", _ints),
+        ("hidden_shape", _ints),
+        ("hidden", _f16s),
     ]
 )
 
