@@ -67,3 +67,13 @@ def toy_sentiment_rows() -> list[dict]:
             for j, noun in enumerate(NOUNS[:4]):
                 rows.append({"text": f"the {noun} is {adjective} and {words[(i + j + 1) % len(words)]}", "label": label})
     return rows
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory) -> Path:
+    """The real SmolLM2-135M-Instruct, converted from the GGUF its package ships (about a minute)."""
+    from workflow_scripts import models
+
+    out = tmp_path_factory.mktemp("smollm2") / "hf"
+    models.convert_gguf(smollm2_gguf(), out)
+    return out

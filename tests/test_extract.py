@@ -105,3 +105,10 @@ def test_cuda_requested_without_a_gpu_is_a_config_error(monkeypatch):
     with pytest.raises(ExtractionError, match="extraction.device"):
         extract.resolve_device("cuda", "auto")
     assert extract.resolve_device("auto", "auto") == ("cpu", "float32")
+
+
+def test_same_inputs_give_identical_shard_bytes(engine_model, tmp_path):
+    cfg = {**CFG, "kv_layers": [0], "hidden_layers": [1]}
+    for name in ("a", "b"):
+        schemas.write_table(extract.extract_shard(prompt_table(3), engine_model, cfg), schemas.SHARD, tmp_path / f"{name}.parquet")
+    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()

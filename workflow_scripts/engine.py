@@ -23,14 +23,28 @@ class EngineError(RuntimeError):
     """A model or input the engine cannot capture exactly."""
 
 
+def attention_rows(last_query: torch.Tensor, keys: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T * scale + bias) for the last query: q (L, B, H, D), keys (L, B, KVH, T, D),
+    bias (L, B, 1, T) additive mask, scale (L,); returns (L, B, H, T) in float32.
+
+    Query head h reads key head h // (H / KVH) (repeat_kv); grouping the queries avoids copying keys.
+    """
+    n_layers, batch, n_heads, dim = last_query.shape
+    n_kv, n_tokens = keys.shape[2], keys.shape[3]
+    grouped = last_query.float().view(n_layers, batch, n_kv, n_heads // n_kv, dim)
+    scores = torch.einsum("lbkgd,lbktd->lbkgt", grouped, keys.float()).reshape(n_layers, batch, n_heads, n_tokens)
+    return torch.softmax(scores * scale[:, None, None, None] + bias, dim=-1)
+
+
 @dataclass
 class _Capture:
-    """What one batched forward records, layer by layer, in call order."""
+    """What one batched forward records. Layers only stash views during the forward (no extra
+    kernels between the model's own); the rows are computed for all layers at once afterwards."""
 
     spans: torch.Tensor | None  # (B, k, 2) demonstration spans [x_start, y_pos] in padded coordinates
     kv_positions: torch.Tensor | None  # (B, P) positions whose keys/values to keep
     kv_layers: set[int] | None
-    rows: list[torch.Tensor] = field(default_factory=list)  # per layer (B, H, T) float32
+    stash: list[tuple] = field(default_factory=list)  # per layer (last query, key, value, mask row, scale)
     keys: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B, KVH, P, D)
     values: dict[int, torch.Tensor] = field(default_factory=dict)
     top_keys: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B, H, k, D)
@@ -38,23 +52,33 @@ class _Capture:
     top_pos: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B, H, k)
 
     def record(self, query, key, value, attention_mask, scaling) -> None:
-        layer = len(self.rows)
-        batch, n_heads, _, dim = query.shape
-        n_kv, n_tokens = key.shape[1], key.shape[2]
+        n_heads, n_kv = query.shape[1], key.shape[1]
         if n_heads % n_kv:
-            raise EngineError(f"layer {layer}: {n_heads} query heads do not divide over {n_kv} key/value heads")
-        group = n_heads // n_kv
-        # repeat_kv: query head h reads key/value head h // group; grouping the query avoids copying keys
-        last = query[:, :, -1].float().view(batch, n_kv, group, dim)
-        scale = scaling if scaling is not None else dim**-0.5
-        scores = torch.einsum("bkgd,bktd->bkgt", last, key.float()).reshape(batch, n_heads, n_tokens) * scale
-        if attention_mask is not None:
-            mask = attention_mask[:, :, -1, :n_tokens]
-            scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
-        row = torch.softmax(scores, dim=-1)
-        self.rows.append(row)
-        if self.kv_layers is None or layer not in self.kv_layers:
-            return
+            raise EngineError(f"layer {len(self.stash)}: {n_heads} query heads do not divide over {n_kv} key/value heads")
+        mask = attention_mask[:, :, -1, : key.shape[2]] if attention_mask is not None else None
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        keep = self.kv_layers is not None and len(self.stash) in self.kv_layers
+        self.stash.append((query[:, :, -1], key, value if keep else None, mask, float(scale)))
+
+    def finish(self) -> torch.Tensor:
+        """Attention rows (B, L, H, T) of every layer; fills the key/value captures of kept layers."""
+        queries, keys, _, masks, scales = zip(*self.stash)
+        device = keys[0].device
+        biases = [_bias(m, keys[i]) for i, m in enumerate(masks)]
+        scale = torch.tensor(scales, device=device)
+        if len({(q.shape, k.shape) for q, k in zip(queries, keys)}) == 1:
+            rows = attention_rows(torch.stack(queries), torch.stack(keys), torch.stack(biases), scale)
+        else:  # layers of different shapes: one layer at a time, same arithmetic
+            rows = [attention_rows(q[None], k[None], b[None], scale[i : i + 1])[0]
+                    for i, (q, k, b) in enumerate(zip(queries, keys, biases))]
+        for layer, (_, key, value, _, _) in enumerate(self.stash):
+            if value is not None:
+                self._keep(layer, rows[layer], key, value)
+        return torch.stack(list(rows), dim=1)
+
+    def _keep(self, layer: int, row: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
+        batch, n_kv, n_tokens, dim = key.shape
+        n_heads = row.shape[1]
         if self.kv_positions is not None:
             index = self.kv_positions[:, None, :, None].expand(-1, n_kv, -1, dim)
             self.keys[layer] = key.gather(2, index)
@@ -64,10 +88,19 @@ class _Capture:
             inside = (positions >= self.spans[..., :1]) & (positions <= self.spans[..., 1:])  # (B, k, T)
             top = row[:, :, None, :].masked_fill(~inside[:, None], -1.0).argmax(-1)  # (B, H, k)
             b = torch.arange(batch, device=row.device)[:, None, None]
-            kv_head = (torch.arange(n_heads, device=row.device) // group)[None, :, None]
+            kv_head = (torch.arange(n_heads, device=row.device) // (n_heads // n_kv))[None, :, None]
             self.top_pos[layer] = top
             self.top_keys[layer] = key[b, kv_head, top]
             self.top_values[layer] = value[b, kv_head, top]
+
+
+def _bias(mask: torch.Tensor | None, key: torch.Tensor) -> torch.Tensor:
+    """The last query's mask row as an additive float bias (B, 1, T); zeros where SDPA had no mask."""
+    if mask is None:
+        return torch.zeros((key.shape[0], 1, key.shape[2]), device=key.device)
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, device=key.device).masked_fill(~mask, float("-inf"))
+    return mask.float()
 
 
 def capture_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -179,20 +212,21 @@ def run_batch(model, requests: list[Request], kv_layers: list[int] | None = None
         for h in hooks:
             h.remove()
     n_layers = model.config.num_hidden_layers
-    if len(state.rows) != n_layers:
+    if len(state.stash) != n_layers:
         raise EngineError(
-            f"{type(model).__name__} ({model.config.model_type}): {len(state.rows)} of {n_layers} layers reported "
+            f"{type(model).__name__} ({model.config.model_type}): {len(state.stash)} of {n_layers} layers reported "
             "their attention; this architecture's attention does not go through the engine"
         )
     # One device-to-host copy per kind of capture; per-prompt slices are then numpy views.
-    captured = {
-        "attention": torch.stack(state.rows, dim=1),  # (B, L, H, T)
-        "label_logits": out.logits[:, -1].float(),
-        "keys": _stack_layers(state.keys), "values": _stack_layers(state.values),
-        "top_positions": _stack_layers(state.top_pos), "top_keys": _stack_layers(state.top_keys),
-        "top_values": _stack_layers(state.top_values), "hidden": _stack_layers(hidden),
-    }
-    host = {name: t.cpu().numpy() for name, t in captured.items() if t is not None}
+    with torch.inference_mode():
+        captured = {
+            "attention": state.finish(),  # (B, L, H, T)
+            "label_logits": out.logits[:, -1].float(),
+            "keys": _stack_layers(state.keys), "values": _stack_layers(state.values),
+            "top_positions": _stack_layers(state.top_pos), "top_keys": _stack_layers(state.top_keys),
+            "top_values": _stack_layers(state.top_values), "hidden": _stack_layers(hidden),
+        }
+        host = {name: t.cpu().numpy() for name, t in captured.items() if t is not None}
     results = []
     for i, (r, o) in enumerate(zip(requests, offsets)):
         result = {name: array[i] for name, array in host.items()}
