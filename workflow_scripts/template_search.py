@@ -55,9 +55,11 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    from snakemake.utils import update_config
+
     config: dict = {}
-    for path in args.config:
-        config.update(yaml.safe_load(open(path)))
+    for path in args.config:  # merged like snakemake merges --configfile over config.yaml
+        update_config(config, yaml.safe_load(open(path)))
     validate_config(config)
     spec = yaml.safe_load(open(args.candidates))
     manifest = models.read_manifest(paths.model_manifest(spec["model"]))
