@@ -96,10 +96,10 @@ def _task_problems(name: str, task: dict) -> list[str]:
     unmapped = [c for c in classes if c not in task["label_map"].values()]
     if unmapped:
         problems.append(f"config key '{where}.label_map': no raw label maps to classes {unmapped}")
-    words = label_words(task)
-    for cls in words:
+    for cls in task.get("label_words", {}):
         if cls not in classes:
             problems.append(f"config key '{where}.label_words.{cls}': not one of classes {classes}")
+    words = label_words(task)
     if len(set(words.values())) != len(words):
         problems.append(f"config key '{where}.label_words': label words must be distinct, got {words}")
     template = task["template"]
@@ -133,6 +133,4 @@ def _fields(template: str) -> set[str]:
 def label_words(task: dict) -> dict[str, str]:
     """Class name -> label word, in class order (the class name where no word is configured)."""
     words = task.get("label_words", {})
-    return {c: words.get(c, c) for c in task["classes"]} | {
-        c: w for c, w in words.items() if c not in task["classes"]
-    }
+    return {c: words.get(c, c) for c in task["classes"]}

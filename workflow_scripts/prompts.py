@@ -161,7 +161,7 @@ def build_prompts(
     k = prompt_cfg["k"]
     if k > len(split.pool):
         raise PromptError(f"prompts.k={k} is larger than the demonstration pool of task {task!r} ({len(split.pool)} examples)")
-    words = list(config_mod.label_words(task_cfg).values())[:n_classes]
+    words = list(config_mod.label_words(task_cfg).values())
     template = task_cfg["template"]
     rows = list(data.itertuples())
     queries = getattr(split, part)
