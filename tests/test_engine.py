@@ -139,3 +139,14 @@ def test_engine_matches_eager_on_the_real_smollm2(smollm2_dir):
         np.testing.assert_allclose(res["label_logits"], out.logits[0, -1, [1, 2]].numpy(), atol=1e-3)
         alone = engine.run_batch(captured, [Request(p, [1, 2])])[0]
         np.testing.assert_allclose(alone["attention"], rows, atol=1e-5)
+
+
+def test_run_keeps_captures_when_a_batch_would_mix_requests_with_and_without_them():
+    model = engine.prepare(build("llama"))
+    with_kv = [Request(prompt(i, 20 + i), [1, 2], spans=[(1, 4), (6, 9)], kv_positions=[3, 4]) for i in range(3)]
+    without = [Request(prompt(10 + i, 21 + i), [1, 2]) for i in range(3)]
+    results = engine.run(model, with_kv + without, batch_size=4, kv_layers=[1])
+    assert all("keys" in r and r["keys"].shape == (1, 2, 2, 8) for r in results[:3])
+    assert all("keys" not in r for r in results[3:])
+    with pytest.raises(EngineError, match="mixes requests with different captures"):
+        engine.run_batch(model, [with_kv[0], without[0]], kv_layers=[1])

@@ -10,6 +10,7 @@ at that method. A forward in which not every layer reported fails loudly.
 from __future__ import annotations
 
 import contextvars
+import itertools
 from dataclasses import dataclass, field
 
 import torch
@@ -187,10 +188,10 @@ def run_batch(model, requests: list[Request], kv_layers: list[int] | None = None
     ids, mask, positions = left_pad([r.input_ids for r in requests], pad_id)
     width = ids.shape[1]
     offsets = [width - len(r.input_ids) for r in requests]
-    same_k = len({len(r.spans) for r in requests}) == 1 and requests[0].spans
-    spans = torch.tensor([[(s + o, y + o) for s, y in r.spans] for r, o in zip(requests, offsets)], device=device) if same_k else None
-    same_p = len({len(r.kv_positions) for r in requests}) == 1 and requests[0].kv_positions
-    kv_pos = torch.tensor([[p + o for p in r.kv_positions] for r, o in zip(requests, offsets)], device=device) if same_p else None
+    if len({_shape(r) for r in requests}) != 1:
+        raise EngineError("one batch mixes requests with different captures; engine.run groups them")
+    spans = torch.tensor([[(s + o, y + o) for s, y in r.spans] for r, o in zip(requests, offsets)], device=device) if requests[0].spans else None
+    kv_pos = torch.tensor([[p + o for p in r.kv_positions] for r, o in zip(requests, offsets)], device=device) if requests[0].kv_positions else None
     state = _Capture(spans=spans, kv_positions=kv_pos, kv_layers=set(kv_layers) if kv_layers is not None else None)
     hidden: dict[int, torch.Tensor] = {}
     hooks = []
@@ -246,14 +247,22 @@ def _stack_layers(by_layer: dict[int, torch.Tensor]) -> torch.Tensor | None:
     return stacked.float() if stacked.is_floating_point() else stacked
 
 
+def _shape(request: Request) -> tuple[int, int, int]:
+    """What a request captures; a batch's captures are tensors, so its requests must agree."""
+    return len(request.spans), len(request.kv_positions), len(request.hidden_positions)
+
+
 def run(model, requests: list[Request], batch_size: int, **captures) -> list[dict]:
-    """All requests, length-bucketed into batches; on CUDA a batch that runs out of memory is split."""
-    order = sorted(range(len(requests)), key=lambda i: len(requests[i].input_ids))
+    """All requests, grouped by what they capture and length-bucketed into batches; on CUDA a batch
+    that runs out of memory is split and retried."""
+    order = sorted(range(len(requests)), key=lambda i: (_shape(requests[i]), len(requests[i].input_ids)))
     results: list[dict | None] = [None] * len(requests)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        for i, result in zip(chunk, _run_splitting(model, [requests[i] for i in chunk], **captures)):
-            results[i] = result
+    for _, group in itertools.groupby(order, key=lambda i: _shape(requests[i])):
+        group = list(group)
+        for start in range(0, len(group), batch_size):
+            chunk = group[start : start + batch_size]
+            for i, result in zip(chunk, _run_splitting(model, [requests[i] for i in chunk], **captures)):
+                results[i] = result
     return results
 
 
