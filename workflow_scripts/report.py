@@ -1,7 +1,6 @@
 """results/report.md: tables (mean +- sd over seeds) and the figures of Sections 5.1 and 5.2."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import matplotlib
@@ -14,8 +13,6 @@ from matplotlib.colors import PowerNorm  # noqa: E402
 
 from . import schemas  # noqa: E402
 from .reconstruction import KERNELS  # noqa: E402
-
-log = logging.getLogger(__name__)
 
 KERNEL_TEXT = {
     "max": "max attention over [x_i, y_i] (paper)",
