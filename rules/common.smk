@@ -42,6 +42,22 @@ def shards_of(wildcards):
     return [paths.shard(wildcards.model, wildcards.task, wildcards.seed, wildcards.setting, s) for s in ids]
 
 
+def n_classes(wildcards):
+    return len(config["tasks"][wildcards.task]["classes"])
+
+
+def split_config():
+    """The prompts keys that fix which examples are test queries and pool (not k, not the seeds),
+    so per-example stages re-run only when the split changes."""
+    keys = ("n_eval", "n_dev", "split_seed", "max_chars", "pool_size")
+    return {key: config["prompts"][key] for key in keys}
+
+
+def analysis_params(*keys):
+    """Only the analysis keys a rule uses, so changing one re-runs that analysis alone."""
+    return {key: config["analysis"][key] for key in keys}
+
+
 def task_source_file(wildcards):
     """Local tasks are read in place (so Snakemake tracks the file); others are fetched first."""
     task = config["tasks"][wildcards.task]
@@ -50,3 +66,12 @@ def task_source_file(wildcards):
 
 def analysis_outputs(name):
     return [paths.analysis(name, **s) for s in prompt_sets()]
+
+
+def over_seeds_keys():
+    """(model, task, setting) of every group of seeds, in study order."""
+    return list(dict.fromkeys((s["model"], s["task"], s["setting"]) for s in prompt_sets()))
+
+
+def over_seeds_outputs(name):
+    return [paths.over_seeds(name, *key) for key in over_seeds_keys()]

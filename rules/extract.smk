@@ -18,3 +18,24 @@ rule extract_shard:
         "../envs/gpu.yaml"
     script:
         STEP
+
+
+rule zero_shot:
+    input:
+        data=paths.task_data(),
+        manifest=paths.model_manifest(),
+    output:
+        paths.zero_shot(),
+    params:
+        task=lambda wc: config["tasks"][wc.task],
+        prompts=split_config(),
+        extraction=config["extraction"],
+    threads: config["extraction"]["threads"]
+    resources:
+        mem_mb=4000,
+    log:
+        paths.log("zero_shot", "{model}", "{task}"),
+    conda:
+        "../envs/gpu.yaml"
+    script:
+        STEP

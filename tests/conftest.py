@@ -3,6 +3,7 @@ random-weight llama built offline on top of it, so tests never touch a model hub
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -76,4 +77,47 @@ def smollm2_dir(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("smollm2") / "hf"
     models.convert_gguf(smollm2_gguf(), out)
+    return out
+
+
+# Words of the tiny encoder's vocabulary (with the toy reviews' words).
+WORDS = [
+    "the", "a", "an", "movie", "film", "was", "great", "good", "bad", "terrible", "plot",
+    "acting", "story", "really", "quite", "boring", "fun", "i", "loved", "hated", "it",
+]
+
+
+def pooling_config(mode: str) -> dict:
+    return {
+        "word_embedding_dimension": 32,
+        "pooling_mode_cls_token": mode == "cls",
+        "pooling_mode_mean_tokens": mode == "mean",
+        "pooling_mode_max_tokens": mode == "max",
+        "pooling_mode_mean_sqrt_len_tokens": False,
+    }
+
+
+def write_pooling(model_dir: Path, config: dict) -> None:
+    (model_dir / "1_Pooling").mkdir(exist_ok=True)
+    (model_dir / "1_Pooling" / "config.json").write_text(json.dumps(config))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    """A 2-layer random-weight BERT (the sentence encoder of tests) with a WordPiece tokenizer over a small
+    vocabulary that covers the toy reviews, mean pooling."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    out = tmp_path_factory.mktemp("tiny_bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *dict.fromkeys(WORDS + POSITIVE + NEGATIVE + NOUNS)]
+    (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(out / "vocab.txt"), do_lower_case=True).save_pretrained(out)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64, pad_token_id=0,
+    )
+    BertModel(config).save_pretrained(out)
+    write_pooling(out, pooling_config("mean"))
     return out

@@ -126,7 +126,8 @@ def test_write_map_schema(tmp_path):
     schemas.write_table(prompts, schemas.PROMPTS, tmp_path / "prompts.parquet")
     schemas.write_table(shards, schemas.SHARD, tmp_path / "shards" / "0.parquet")
     out = tmp_path / "attention_map.parquet"
-    am.write_map(tmp_path / "prompts.parquet", [str(tmp_path / "shards" / "0.parquet")], 3, out)
+    am.write_map(tmp_path / "prompts.parquet", [str(tmp_path / "shards" / "0.parquet")], 3, out, tmp_path / "mass.parquet")
+    assert schemas.read_table(tmp_path / "mass.parquet", schemas.LABEL_MASS).num_rows == 1
     table = schemas.read_table(out, schemas.ATTENTION_MAP).to_pandas()
     assert len(table) == 2 * len(MEAN)
     head1 = table[table["head"] == 1].sort_values("column")
@@ -134,6 +135,19 @@ def test_write_map_schema(tmp_path):
     assert head1["segment"].tolist() == NAMES
     np.testing.assert_allclose(head1["attention"], 2 * np.array(MEAN) + 1, rtol=1e-6)
     assert (table["layer"] == 0).all()
+
+
+def test_label_mass_hand_computed():
+    # A: label tokens 3 and 8 hold 5 + 7 of head 0's 72 and 11 + 15 of head 1's 156 (2v+1 over 12 tokens);
+    # B: tokens 4 and 7 hold 1 + 9 of 51 and 3 + 19 of 115. Label tokens are 2/12 and 2/13 of positions.
+    mass = am.label_mass(*tables(A, B))
+    a = (12 / 72 + 26 / 156) / 2
+    b = (10 / 51 + 22 / 115) / 2
+    share = (2 / 12 + 2 / 13) / 2
+    assert mass["layer"] == [0]
+    assert mass["label_mass"][0] == pytest.approx((a + b) / 2)
+    assert mass["label_share"][0] == pytest.approx(share)
+    assert mass["ratio"][0] == pytest.approx((a + b) / 2 / share)
 
 
 @pytest.mark.parametrize("n_cols", [1, 2, 7])

@@ -59,7 +59,7 @@ def test_valid_config_gets_defaults(config):
     assert config["models"]["tiny"]["trust_remote_code"] is False
     assert config["extraction"]["shard_size"] == 50
     assert config["analysis"]["resample_length"] == 30
-    assert config["report"]["heatmap_kernel"] == "max"
+    assert config["report"]["dpi"] == 110
 
 
 def test_defaults_are_not_shared_between_configs(config):

@@ -75,7 +75,10 @@ def test_engine_matches_eager_oracle_alone_and_left_padded(arch):
                     for d, (s, y) in enumerate([(1, 4), (6, 9)]):
                         top = s + int(np.argmax(rows[layer, h, s : y + 1]))
                         assert res["top_positions"][j, h, d] == top
-                        np.testing.assert_allclose(res["top_keys"][j, h, d], keys[layer][h // (n_heads // n_kv), top], atol=1e-5)
+                        around = np.clip(top + np.asarray(engine.TOP_OFFSETS), 0, len(p) - 1)
+                        kv = h // (n_heads // n_kv)
+                        np.testing.assert_allclose(res["top_keys"][j, h, d], keys[layer][kv, around], atol=1e-5)
+                        np.testing.assert_allclose(res["top_values"][j, h, d], values[layer][kv, around], atol=1e-5)
             assert compared >= 1
             for j, layer in enumerate([0, 1]):
                 np.testing.assert_allclose(res["hidden"][j], hidden[layer + 1][[0, len(p) - 1]], atol=1e-5)

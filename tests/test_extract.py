@@ -60,7 +60,7 @@ def test_keys_values_and_hidden_states_round_trip_through_the_schema(engine_mode
     first, third = shard[0], shard[2]
     assert first["kv_layers"] == [1] and first["kv_positions"] == [4, 5, 6, 7, 8, 10, 11, 12, 13, 14]
     assert first["kv_shape"] == [1, 2, 10, 8] and len(first["keys"]) == 1 * 2 * 10 * 8
-    assert first["top_shape"] == [1, 4, 2, 8]
+    assert first["top_shape"] == [1, 4, 2, 5, 8]
     top = np.asarray(first["top_positions"]).reshape(1, 4, 2)
     assert ((top[..., 0] >= 1) & (top[..., 0] <= 5)).all() and ((top[..., 1] >= 7) & (top[..., 1] <= 11)).all()
     assert third["keys"] is None and third["kv_shape"] is None  # beyond kv_max_prompts

@@ -67,6 +67,16 @@ def test_split_examples_too_few(count):
     assert f"has {count} examples" in msg and "'reviews'" in msg and "class 1" in msg
 
 
+def test_pool_size_caps_the_pool_class_balanced_and_leaves_eval_alone():
+    labels = labels_with([30, 25, 20])
+    full = pr.split_examples(labels, 3, n_eval=10, n_dev=5, seed=7, task="t")
+    capped = pr.split_examples(labels, 3, n_eval=10, n_dev=5, seed=7, task="t", pool_size=7)
+    np.testing.assert_array_equal(full.eval, capped.eval)
+    np.testing.assert_array_equal(full.dev, capped.dev)
+    assert np.bincount(labels[capped.pool], minlength=3).tolist() == [3, 2, 2]
+    assert set(capped.pool.tolist()) <= set(full.pool.tolist())
+
+
 def test_split_examples_exactly_enough():
     labels = labels_with([20, 5])
     split = pr.split_examples(labels, 2, n_eval=4, n_dev=4, seed=0, task="t")

@@ -16,7 +16,7 @@ TASK = {
     "label_words": {"negative": "bad", "positive": "good"},
     "template": TEMPLATE,
 }
-PROMPT_CFG = {"n_eval": 10, "n_dev": 4, "k": 6, "split_seed": 3, "max_chars": 0}
+PROMPT_CFG = {"n_eval": 10, "n_dev": 4, "k": 6, "split_seed": 3, "max_chars": 0, "pool_size": 0}
 
 
 def toy_data() -> pd.DataFrame:

@@ -184,7 +184,11 @@ def test_write_scores_files_match_schemas(tmp_path):
     for i, part in enumerate((shards.slice(0, 3), shards.slice(3))):
         shard_paths.append(str(tmp_path / f"shards/{i}.parquet"))
         schemas.write_table(part, schemas.SHARD, shard_paths[-1])
-    rc.write_scores(prompts_path, shard_paths, C, tmp_path / "heads.parquet", tmp_path / "summary.parquet")
+    rc.write_scores(prompts_path, shard_paths, C, tmp_path / "recon.parquet", tmp_path / "heads.parquet",
+                    tmp_path / "summary.parquet")
+    recon = schemas.read_table(tmp_path / "recon.parquet", schemas.RECONSTRUCTION)
+    assert recon.num_rows == 6 * len(rc.KERNELS)
+    assert all(len(h) == L * H for h in recon.column("head_predictions").to_pylist())
     heads = schemas.read_table(tmp_path / "heads.parquet", schemas.HEADS)
     summary = schemas.read_table(tmp_path / "summary.parquet", schemas.SUMMARY)
     assert heads.num_rows == len(rc.KERNELS) * L * H

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.workflow
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2"]
 
 
-def tiny_config(model_dir: Path, data_file: Path) -> dict:
+def tiny_config(model_dir: Path, data_file: Path, encoder_dir: Path) -> dict:
     return {
         "study": {"models": ["tiny"], "tasks": ["toy"], "seeds": [0], "settings": ["random"]},
         "models": {"tiny": {"source": "local", "path": str(model_dir)}},
@@ -36,8 +36,10 @@ def tiny_config(model_dir: Path, data_file: Path) -> dict:
                 "template": {"input": "Review: {text}\nSentiment:"},
             }
         },
-        "prompts": {"n_eval": 8, "k": 4},
-        "extraction": {"shard_size": 4},
+        "prompts": {"n_eval": 8, "k": 4, "pool_size": 40},
+        "extraction": {"shard_size": 4, "kv_layers": [0, 1]},
+        "analysis": {"n_select": 4, "n_heldout": 4, "probe_folds": 3, "bootstrap_resamples": 200},
+        "encoder": {"name": "tiny-bert", "source": "local", "path": str(encoder_dir)},
         "theory": {
             "hmm_seeds": [0], "n_tasks": 2, "n_states": 6, "n_observations": 12, "n_demos": [1, 2, 4],
             "n_prompts": 8, "sigma_samples": 32, "bootstrap_resamples": 20,
@@ -74,11 +76,11 @@ def mtimes(workdir: Path, pattern: str) -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory, tiny_llama_dir) -> tuple[Path, dict]:
+def study(tmp_path_factory, tiny_llama_dir, tiny_bert_dir) -> tuple[Path, dict]:
     workdir = tmp_path_factory.mktemp("study")
     data_file = workdir / "toy.csv"
     pd.DataFrame(toy_sentiment_rows()).to_csv(data_file, index=False)
-    config = tiny_config(tiny_llama_dir, data_file)
+    config = tiny_config(tiny_llama_dir, data_file, tiny_bert_dir)
     write_config(workdir, config)
     started = time.perf_counter()
     done = snakemake(workdir)
@@ -98,9 +100,22 @@ def test_full_run_writes_every_stage(study):
     assert set(rows.column("n_layers").to_pylist()) == {2} and set(rows.column("n_heads").to_pylist()) == {4}
     heads = schemas.read_table(workdir / paths.analysis("heads.parquet", "tiny", "toy", 0, "random"), schemas.HEADS)
     assert heads.num_rows == 2 * 4 * 3
+    zero_shot = schemas.read_table(workdir / paths.zero_shot("tiny", "toy"), schemas.ZERO_SHOT)
+    assert zero_shot.num_rows == 8 + 40
+    assert schemas.read_table(workdir / paths.embeddings("toy"), schemas.EMBEDDINGS).num_rows == 8 + 40
+    similarity = schemas.read_table(workdir / paths.analysis("similarity.parquet", "tiny", "toy", 0, "random"), schemas.SIMILARITY)
+    assert similarity.num_rows == 2 * 4 * 3
+    probes = schemas.read_table(workdir / paths.analysis("probes.parquet", "tiny", "toy", 0, "random"), schemas.PROBES)
+    assert probes.num_rows == 2 * 4 * 5 * 2  # layers x heads x offsets x (key, value)
+    held = schemas.read_table(workdir / paths.analysis("heldout.parquet", "tiny", "toy", 0, "random"), schemas.HELDOUT)
+    assert held.num_rows == 4 * 5  # held-out prompts x methods
+    table = schemas.read_table(workdir / paths.over_seeds("table2.parquet", "tiny", "toy", "random"), schemas.TABLE2)
+    assert set(table.column("method").to_pylist()) >= {"icl", "null", "head_max", "kr_encoder", "kr_hidden"}
     report = (workdir / paths.report()).read_text()
     assert "## tiny / toy / random" in report and "Theorem 1" in report
-    for figure in ("tiny__toy__random__attention.png", "tiny__toy__random__heads.png"):
+    assert "## Table 2" in report and "kernel regression on tiny-bert" in report and "**5.4" in report
+    for figure in ("attention", "heads", "similarity", "probes"):
+        figure = f"tiny__toy__random__{figure}.png"
         assert (workdir / paths.report_figure(figure)).stat().st_size > 1000
     assert (workdir / paths.log("extract_shard", "tiny", "toy", "seed0", "random", "000")).is_file()
 
@@ -142,6 +157,28 @@ def test_changing_a_report_option_reruns_only_the_report(study):
     assert (workdir / paths.report()).read_text().startswith("# A retitled study")
 
 
+def test_changing_a_probe_parameter_reruns_only_the_probes_and_the_report(study):
+    workdir, config = study
+    config["analysis"]["probe_ridge"] = 1.0
+    write_config(workdir, config)
+    seeds = len(config["study"]["seeds"])
+    assert planned_jobs(workdir) == {"probes": seeds, "report": 1, "all": 1}
+    done = snakemake(workdir)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_changing_the_heldout_size_reruns_only_table_2(study):
+    workdir, config = study
+    config["analysis"]["n_heldout"] = 3
+    write_config(workdir, config)
+    seeds = len(config["study"]["seeds"])
+    assert planned_jobs(workdir) == {"heldout": seeds, "table2": 1, "report": 1, "all": 1}
+    done = snakemake(workdir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = schemas.read_table(workdir / paths.over_seeds("table2.parquet", "tiny", "toy", "random"), schemas.TABLE2)
+    assert set(table.column("n_heldout").to_pylist()) == {3}
+
+
 def test_same_seed_gives_byte_identical_prompts(study, tmp_path):
     workdir, _ = study
     original = workdir / paths.prompts("tiny", "toy", 0, "random")
@@ -152,10 +189,10 @@ def test_same_seed_gives_byte_identical_prompts(study, tmp_path):
     assert original.read_bytes() == copy
 
 
-def test_bad_input_stops_before_any_model_runs(tmp_path, tiny_llama_dir):
+def test_bad_input_stops_before_any_model_runs(tmp_path, tiny_llama_dir, tiny_bert_dir):
     data_file = tmp_path / "toy.csv"
     pd.DataFrame(toy_sentiment_rows()).to_csv(data_file, index=False)
-    config = tiny_config(tiny_llama_dir, data_file)
+    config = tiny_config(tiny_llama_dir, data_file, tiny_bert_dir)
     config["prompts"]["n_eval"] = 70  # 35 per class, but each class has 32 examples
     write_config(tmp_path, config)
     done = snakemake(tmp_path)
@@ -164,10 +201,10 @@ def test_bad_input_stops_before_any_model_runs(tmp_path, tiny_llama_dir):
     assert not list(tmp_path.glob("results/**/shards/*.parquet"))
 
 
-def test_unknown_config_key_fails_at_parse_time(tmp_path, tiny_llama_dir):
+def test_unknown_config_key_fails_at_parse_time(tmp_path, tiny_llama_dir, tiny_bert_dir):
     data_file = tmp_path / "toy.csv"
     pd.DataFrame(toy_sentiment_rows()).to_csv(data_file, index=False)
-    config = tiny_config(tiny_llama_dir, data_file)
+    config = tiny_config(tiny_llama_dir, data_file, tiny_bert_dir)
     config["prompts"]["n_shots"] = 4
     write_config(tmp_path, config)
     done = snakemake(tmp_path, "--dry-run")

@@ -68,9 +68,31 @@ def average_map(prompts: pa.Table, shards: pa.Table, resample_length: int) -> tu
     return mean, [name for name, width in layout for _ in range(width)]
 
 
-def write_map(prompts_path: str | Path, shard_paths: list[str], resample_length: int, out: str | Path) -> None:
+def label_mass(prompts: pa.Table, shards: pa.Table) -> dict[str, list]:
+    """Per layer, the last token's attention on the label tokens (mean over heads and prompts) against
+    the label tokens' share of positions: a ratio above 1 means label tokens draw more than uniform."""
+    mass, share = [], []
+    for prompt in iter_prompts(prompts, shards):
+        y = np.asarray(prompt["y_pos"])
+        att = prompt["attention"]
+        # rows are renormalized: float16 storage leaves them summing to 1 only within ~1e-3
+        mass.append((att[..., y].sum(axis=-1) / att.sum(axis=-1)).mean(axis=-1))
+        share.append(len(y) / prompt["n_tokens"])
+    mean_mass, mean_share = np.mean(mass, axis=0), float(np.mean(share))
+    return {
+        "layer": list(range(len(mean_mass))),
+        "label_mass": mean_mass.tolist(),
+        "label_share": [mean_share] * len(mean_mass),
+        "ratio": (mean_mass / mean_share).tolist(),
+    }
+
+
+def write_map(
+    prompts_path: str | Path, shard_paths: list[str], resample_length: int, out: str | Path, mass_out: str | Path
+) -> None:
     prompts = schemas.read_table(prompts_path, schemas.PROMPTS)
     shards = schemas.read_tables(shard_paths, schemas.SHARD)
+    schemas.write_table(label_mass(prompts, shards), schemas.LABEL_MASS, mass_out)
     mean, names = average_map(prompts, shards, resample_length)
     n_layers, n_heads, n_cols = mean.shape
     layer, head, column = np.meshgrid(np.arange(n_layers), np.arange(n_heads), np.arange(n_cols), indexing="ij")
@@ -88,4 +110,4 @@ def write_map(prompts_path: str | Path, shard_paths: list[str], resample_length:
 
 
 def from_snakemake(smk) -> None:
-    write_map(smk.input.prompts, list(smk.input.shards), smk.params.resample_length, smk.output[0])
+    write_map(smk.input.prompts, list(smk.input.shards), smk.params.resample_length, smk.output.map, smk.output.label_mass)

@@ -82,6 +82,15 @@ def _check_references(config: dict) -> None:
                     f"config key 'models.{name}.path': {model['path']!r} is not a model directory "
                     "(expected a folder holding config.json, weights and tokenizer files)"
                 )
+    analysis, n_eval = config["analysis"], config["prompts"]["n_eval"]
+    if analysis["n_select"] + analysis["n_heldout"] > n_eval:
+        problems.append(
+            f"config keys 'analysis.n_select' ({analysis['n_select']}) + 'analysis.n_heldout' ({analysis['n_heldout']}) "
+            f"exceed 'prompts.n_eval' ({n_eval}): the select and held-out prompts must be disjoint test prompts"
+        )
+    encoder = config["encoder"]
+    needs = {"registry": ["package", "sha256", "member"], "local": ["path"]}[encoder["source"]]
+    problems += [f"config key 'encoder.{key}': required when source is {encoder['source']!r}" for key in needs if key not in encoder]
     if problems:
         raise ConfigError("\n".join(problems))
 

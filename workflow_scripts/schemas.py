@@ -51,7 +51,8 @@ PROMPTS = pa.schema(
 # Optional captures (null when not configured), flattened in C order:
 #   keys, values:           (len(kv_layers), n_kv_heads, len(kv_positions), head_dim) = kv_shape
 #   top_positions:          (len(kv_layers), n_heads, k) highest-attention position within [x_i, y_i]
-#   top_keys, top_values:   (len(kv_layers), n_heads, k, head_dim) = top_shape, at those positions
+#   top_keys, top_values:   (len(kv_layers), n_heads, k, len(TOP_OFFSETS), head_dim) = top_shape, at each
+#                           top position + engine.TOP_OFFSETS (clipped to the prompt)
 #   hidden:                 (len(hidden_layers), len(hidden_positions), hidden_size) = hidden_shape
 _f16s = pa.list_(pa.float16())
 SHARD = pa.schema(
@@ -109,6 +110,99 @@ ATTENTION_MAP = pa.schema(
         ("column", _i32),
         ("segment", pa.string()),
         ("attention", pa.float32()),
+    ]
+)
+
+# results/.../label_mass.parquet: Section 5.1's number per layer: the share of the last token's
+# attention on the label tokens y_i (mean over heads and prompts) against their share of positions.
+LABEL_MASS = pa.schema(
+    [("layer", _i32), ("label_mass", pa.float64()), ("label_share", pa.float64()), ("ratio", pa.float64())]
+)
+
+# results/.../reconstruction.parquet: every head's kernel-regression prediction for every prompt,
+# one row per prompt and kernel variant; head_predictions is flattened from (n_layers, n_heads).
+RECONSTRUCTION = pa.schema(
+    [
+        ("prompt_id", _i32),
+        ("example_id", pa.string()),
+        ("label", _i32),
+        ("prediction", _i32),  # the model's own ICL prediction
+        ("kernel", pa.string()),
+        ("n_layers", _i32),
+        ("n_heads", _i32),
+        ("head_predictions", pa.list_(pa.int16())),
+    ]
+)
+
+# results/{model}/{task}/zero_shot.parquet: each test query and pool example run alone (no
+# demonstrations): P(o|x) over the label words, and the hidden state of every decoder layer at the
+# last input token, flattened from hidden_shape = (n_layers, hidden_size).
+ZERO_SHOT = pa.schema(
+    [
+        ("example_id", pa.string()),
+        ("part", pa.string()),  # eval or pool
+        ("label", _i32),
+        ("probs", pa.list_(pa.float32())),
+        ("prediction", _i32),
+        ("hidden_shape", _ints),
+        ("hidden", _f16s),
+    ]
+)
+
+# results/embeddings/{task}.parquet: sentence-encoder embeddings (L2-normalized) of the same examples.
+EMBEDDINGS = pa.schema(
+    [("example_id", pa.string()), ("part", pa.string()), ("embedding", pa.list_(pa.float32()))]
+)
+
+# results/.../similarity.parquet: Section 5.3, per head the Pearson correlation between the kernel
+# weight a_i and the prediction similarity P(o|x_test)^T P(o|x_i) over all (prompt, demo) pairs.
+SIMILARITY = pa.schema(
+    [("layer", _i32), ("head", _i32), ("kernel", pa.string()), ("pearson", pa.float64()), ("n_pairs", pa.int64())]
+)
+
+# results/.../probes.parquet: Section 5.4, held-out accuracy of ridge probes per head, vector kind
+# (key -> the demo's zero-shot prediction, value -> the demo's label) and offset from the peak.
+PROBES = pa.schema(
+    [
+        ("layer", _i32),
+        ("head", _i32),
+        ("vector", pa.string()),
+        ("offset", _i32),
+        ("accuracy", pa.float64()),
+        ("majority", pa.float64()),  # accuracy of always answering the most frequent target
+        ("n_samples", _i32),
+    ]
+)
+
+# results/.../heldout.parquet: Section 5.5, one row per held-out prompt and method; the method's
+# choice (head or layer) was made on the select split, whose prompts never appear here.
+HELDOUT = pa.schema(
+    [
+        ("prompt_id", _i32),
+        ("example_id", pa.string()),
+        ("method", pa.string()),
+        ("choice", pa.string()),
+        ("select_agreement", pa.float64()),
+        ("label", _i32),
+        ("icl_prediction", _i32),
+        ("null_prediction", _i32),  # the ICL prediction most frequent on the select split
+        ("prediction", _i32),
+    ]
+)
+
+# results/{model}/{task}/table2.parquet: Table 2 over seeds; mean and sd over seeds, bootstrap CI
+# over held-out examples of the seed-averaged statistic.
+TABLE2 = pa.schema(
+    [
+        ("method", pa.string()),
+        ("metric", pa.string()),
+        ("mean", pa.float64()),
+        ("sd", pa.float64()),
+        ("ci_low", pa.float64()),
+        ("ci_high", pa.float64()),
+        ("n_seeds", _i32),
+        ("n_heldout", _i32),
+        ("choices", pa.string()),
     ]
 )
 

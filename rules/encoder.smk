@@ -1,0 +1,33 @@
+# Stage 2b: the sentence encoder of the kernel-regression baseline, and its embeddings per task.
+
+
+rule prepare_encoder:
+    output:
+        paths.encoder_manifest(),
+    params:
+        encoder=config["encoder"],
+        cache=paths.downloads("encoders"),
+    log:
+        paths.log("prepare_encoder", "encoder"),
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        STEP
+
+
+rule embed_task:
+    input:
+        data=paths.task_data(),
+        manifest=paths.encoder_manifest(),
+    output:
+        paths.embeddings(),
+    params:
+        task=lambda wc: config["tasks"][wc.task],
+        prompts=split_config(),
+    threads: 1
+    log:
+        paths.log("embed_task", "{task}"),
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        STEP

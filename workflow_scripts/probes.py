@@ -1,0 +1,100 @@
+"""Section 5.4 / Fig. 5: where the kernel's features live.
+
+For every head, linear (ridge, lambda = 0.01 in the paper) probes read the head's KEY vector at
+offsets -1..+3 from each demonstration's highest-attention position and predict the model's
+zero-shot answer for that demonstration's input, argmax_o P(o|x_i) (the kernel side: keys should
+encode x_i's belief state); and read the VALUE vector there to predict the demonstration's label y_i
+(the regression side: values should carry e(y_i)). Accuracy is cross-validated with folds grouped by
+demonstration example, so no probe is scored on an example it was fitted on.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import engine, schemas, stats, zero_shot
+from .similarity import lookup
+
+
+class ProbeError(ValueError):
+    """Probe inputs that cannot give a meaningful accuracy; the message names the config key."""
+
+
+def probe_samples(prompts: pa.Table, shards: pa.Table) -> dict[str, np.ndarray]:
+    """Stack the captured vectors of every (prompt, demonstration) pair.
+
+    Returns keys and values as (kv_layers, heads, offsets, samples, head_dim), the layer index of
+    each kv layer, and per sample the demonstration's example id and label.
+    """
+    kept = shards.filter(pc.invert(pc.is_null(shards.column("top_keys"))))
+    if kept.num_rows == 0:
+        raise ProbeError("no prompt kept key/value vectors: set config key 'extraction.kv_layers' (and kv_max_prompts > 0)")
+    demos = {r["prompt_id"]: r for r in prompts.select(["prompt_id", "demo_ids", "demo_labels"]).to_pylist()}
+    keys, values, ids, labels = [], [], [], []
+    layers = None
+    for row in kept.select(["prompt_id", "kv_layers", "top_shape", "top_keys", "top_values"]).to_pylist():
+        shape = row["top_shape"]  # (kv_layers, heads, k, offsets, head_dim)
+        if layers is not None and row["kv_layers"] != layers:
+            raise ProbeError(f"prompt {row['prompt_id']} kept layers {row['kv_layers']}, others {layers}: re-run the extraction")
+        layers = row["kv_layers"]
+        keys.append(np.asarray(row["top_keys"], dtype=np.float32).reshape(shape))
+        values.append(np.asarray(row["top_values"], dtype=np.float32).reshape(shape))
+        ids += demos[row["prompt_id"]]["demo_ids"]
+        labels += demos[row["prompt_id"]]["demo_labels"]
+    # (prompts, L, H, k, O, D) -> (L, H, O, prompts * k, D)
+    def stack(parts: list[np.ndarray]) -> np.ndarray:
+        arr = np.stack(parts)
+        n_prompts, n_layers, n_heads, k, n_offsets, dim = arr.shape
+        return arr.transpose(1, 2, 4, 0, 3, 5).reshape(n_layers, n_heads, n_offsets, n_prompts * k, dim)
+
+    return {"keys": stack(keys), "values": stack(values), "layers": np.asarray(layers),
+            "example_ids": np.asarray(ids), "labels": np.asarray(labels)}
+
+
+def majority_share(targets: np.ndarray) -> float:
+    return float(np.bincount(targets).max() / len(targets))
+
+
+def probe_table(samples: dict, zero_shot_predictions: np.ndarray, n_classes: int, ridge: float, folds: int, seed: int) -> dict:
+    """Columns of PROBES: accuracy per kv layer, head, vector kind and offset."""
+    _, groups = np.unique(samples["example_ids"], return_inverse=True)
+    if groups.max() + 1 < folds:
+        raise ProbeError(
+            f"only {groups.max() + 1} distinct demonstrations were kept, fewer than config key 'analysis.probe_folds'={folds}; "
+            "raise extraction.kv_max_prompts"
+        )
+    columns: dict[str, list] = {name: [] for name in schemas.PROBES.names}
+    targets = {"key": zero_shot_predictions, "value": samples["labels"]}
+    for vector, target in targets.items():
+        accuracy = stats.probe_accuracy_many(samples[f"{vector}s"], target, groups, n_classes, ridge, folds, seed)
+        layer, head, offset = np.meshgrid(samples["layers"], np.arange(accuracy.shape[1]), engine.TOP_OFFSETS, indexing="ij")
+        columns["layer"] += layer.ravel().tolist()
+        columns["head"] += head.ravel().tolist()
+        columns["vector"] += [vector] * accuracy.size
+        columns["offset"] += offset.ravel().tolist()
+        columns["accuracy"] += accuracy.ravel().tolist()
+        columns["majority"] += [majority_share(target)] * accuracy.size
+        columns["n_samples"] += [len(target)] * accuracy.size
+    return columns
+
+
+def write_probes(
+    prompts_path: str | Path, shard_paths: list[str], zero_shot_path: str | Path, n_classes: int, cfg: dict,
+    seed: int, out: str | Path,
+) -> None:
+    samples = probe_samples(schemas.read_table(prompts_path, schemas.PROMPTS), schemas.read_tables(shard_paths, schemas.SHARD))
+    table: pd.DataFrame = zero_shot.read_zero_shot(zero_shot_path, hidden=False)
+    predictions = np.asarray(lookup(table, samples["example_ids"].tolist(), "prediction", str(zero_shot_path)))
+    columns = probe_table(samples, predictions, n_classes, cfg["probe_ridge"], cfg["probe_folds"], seed)
+    schemas.write_table(columns, schemas.PROBES, out)
+
+
+def from_snakemake(smk) -> None:
+    write_probes(
+        smk.input.prompts, list(smk.input.shards), smk.input.zero_shot, smk.params.n_classes, smk.params.analysis,
+        int(smk.wildcards.seed), smk.output[0],
+    )

@@ -1,0 +1,90 @@
+"""Every test query and pool example run ALONE through the model with the task's template.
+
+Section 5.3 compares demonstrations by the model's zero-shot label distribution P(o|x); Section 5.4
+probes keys for argmax_o P(o|x_i); Section 5.5's hidden-state baseline needs a representation of
+each input by itself. One forward per example gives all three, cached per model x task (it does not
+depend on the seed, so adding a seed never re-runs it).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import config as config_mod
+from . import engine, extract, models, prompts, schemas
+
+log = logging.getLogger(__name__)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def requests_for(rows: pd.DataFrame, task_cfg: dict, tokenizer) -> list[engine.Request]:
+    """One request per example: the template's input part alone, scored on the label words."""
+    template = task_cfg["template"]
+    words = list(config_mod.label_words(task_cfg).values())
+    records = list(rows.itertuples())
+    label_ids = prompts.label_token_ids(tokenizer, template, words, prompts.fields(records[0]))
+    requests = []
+    for row in records:
+        text = prompts.render(template, [], prompts.fields(row)).text
+        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+        requests.append(engine.Request(input_ids=ids, label_token_ids=label_ids, hidden_positions=[len(ids) - 1]))
+    return requests
+
+
+def zero_shot_columns(rows: pd.DataFrame, results: list[dict]) -> dict:
+    """Columns of the ZERO_SHOT schema; hidden is (layers, hidden_size) at the last input token."""
+    logits = np.stack([r["label_logits"] for r in results])
+    probs = softmax(logits.astype(np.float64)).astype(np.float32)
+    hidden = [r["hidden"][:, 0] for r in results]
+    return {
+        "example_id": rows.example_id.tolist(),
+        "part": rows.part.tolist(),
+        "label": rows.label.astype(int).tolist(),
+        "probs": probs.tolist(),
+        "prediction": probs.argmax(axis=1).tolist(),
+        "hidden_shape": [list(h.shape) for h in hidden],
+        "hidden": [h.astype(np.float16).ravel() for h in hidden],
+    }
+
+
+def write_zero_shot(
+    data_path: str | Path, manifest_path: str | Path, task: str, task_cfg: dict, prompt_cfg: dict, cfg: dict,
+    out: str | Path,
+) -> None:
+    import torch
+
+    torch.set_num_threads(cfg["threads"])
+    device, dtype = extract.resolve_device(cfg["device"], cfg["dtype"])
+    manifest = models.read_manifest(manifest_path)
+    rows = prompts.task_examples(schemas.read_table(data_path, schemas.TASK_DATA).to_pandas(), task_cfg, prompt_cfg, task)
+    requests = requests_for(rows, task_cfg, models.load_tokenizer(manifest))
+    model = engine.prepare(models.load_model(manifest, device, dtype, attn_implementation="sdpa"))
+    layers = list(range(model.config.num_hidden_layers))
+    log.info("task %s: %d examples alone on %s (%s)", task, len(requests), device, dtype)
+    results = engine.run(model, requests, cfg["zero_shot_batch_size"], hidden_layers=layers)
+    schemas.write_table(zero_shot_columns(rows, results), schemas.ZERO_SHOT, out)
+
+
+def read_zero_shot(path: str | Path, hidden: bool = True) -> pd.DataFrame:
+    """The zero-shot table indexed by example_id; probs as arrays, hidden as (layers, size) arrays
+    (left out when not needed: it is most of the file)."""
+    names = [n for n in schemas.ZERO_SHOT.names if hidden or n not in ("hidden", "hidden_shape")]
+    table = schemas.read_table(path, schemas.ZERO_SHOT).select(names).to_pandas()
+    table["probs"] = table.probs.map(np.asarray)
+    if hidden:
+        table["hidden"] = [np.asarray(h, dtype=np.float32).reshape(s) for h, s in zip(table.hidden, table.hidden_shape)]
+    return table.set_index("example_id")
+
+
+def from_snakemake(smk) -> None:
+    write_zero_shot(
+        smk.input.data, smk.input.manifest, smk.wildcards.task, smk.params.task, smk.params.prompts,
+        smk.params.extraction, smk.output[0],
+    )
