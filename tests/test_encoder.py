@@ -2,7 +2,6 @@
 built offline, archive extraction, config errors, and (when the registry answers) the real MiniLM."""
 from __future__ import annotations
 
-import json
 import shutil
 import tarfile
 import zipfile

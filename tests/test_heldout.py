@@ -9,7 +9,7 @@ import pytest
 from workflow_scripts import heldout, schemas, stats, table2
 from workflow_scripts import reconstruction as rc
 
-from .test_reconstruction import C, H, K, L, synthetic_set
+from .test_reconstruction import C, synthetic_set
 
 
 @pytest.mark.parametrize("counts,n_select,n_heldout", [([30, 30], 24, 20), ([20, 20, 21], 30, 30), ([5, 9], 7, 7)])
@@ -116,6 +116,7 @@ def test_table2_against_a_direct_computation():
     assert (got.ci_low, got.ci_high) == pytest.approx(stats.bootstrap_ci(per_example.to_numpy(), 500, 0))
     assert got.ci_low < got["mean"] < got.ci_high
     assert got.choices == "seed 0: c0; seed 1: c1; seed 2: c2"
+    assert table2.describe_choices(rows.assign(choice="same")) == "same (every seed)"
     icl = table.loc[("icl", "accuracy")]
     first = frame[frame.method == "head_max"]
     assert icl["mean"] == pytest.approx(np.mean(first.icl_prediction == first.label))

@@ -22,6 +22,11 @@ KERNEL_TEXT = {
 PAPER_52 = "Paper (GPT-J-6B, sst2, max kernel): best head L17 H10, 89.2% agreement with the ICL prediction, 86.4% accuracy."
 
 
+def table_cell(text: str) -> str:
+    """Text safe inside a markdown table cell (a bare | would split the cell)."""
+    return text.replace("|", "\\|")
+
+
 def mean_sd(values) -> str:
     values = np.asarray(values, dtype=float)
     sd = values.std(ddof=1) if len(values) > 1 else float("nan")
@@ -81,14 +86,14 @@ def head_grid(heads: pd.DataFrame, kernel: str, metric: str) -> np.ndarray:
 def heatmaps(group: pd.DataFrame, title: str, out: Path, dpi: int) -> None:
     """Fig. 3: layer x head agreement with the ICL prediction and accuracy, every kernel, mean over seeds."""
     heads = pd.concat(list(group["heads"]))
-    fig, axes = plt.subplots(2, len(KERNELS), figsize=(4 * len(KERNELS), 8), sharey=True)
+    fig, axes = plt.subplots(2, len(KERNELS), figsize=(4 * len(KERNELS), 8), sharey=True, constrained_layout=True)
     for col, kernel in enumerate(KERNELS):
         for row, metric in enumerate(["agreement", "accuracy"]):
             ax = axes[row, col]
             im = ax.imshow(head_grid(heads, kernel, metric), aspect="auto", origin="lower", cmap="viridis", vmin=0, vmax=1)
             ax.set_title(f"{kernel}: {'agreement with ICL' if metric == 'agreement' else 'accuracy vs. gold'}", fontsize=9)
             ax.set_xlabel("head")
-        axes[0, col].figure.colorbar(im, ax=axes[:, col].tolist(), shrink=0.6)
+        fig.colorbar(im, ax=axes[:, col].tolist(), shrink=0.6)
     for row in axes:
         row[0].set_ylabel("layer")
     fig.suptitle(f"{title}: each head read as a kernel regression")
@@ -163,7 +168,7 @@ def probes_section(group: pd.DataFrame, title: str, out: Path, dpi: int) -> list
         best_offset = part.groupby("offset").accuracy.mean().idxmax()
         best = part.loc[part.accuracy.idxmax()]
         rows.append(
-            f"| {target[vector]} | {majority:.3f} | {best_offset:+d} ({part[part.offset == best_offset].accuracy.mean():.3f}) "
+            f"| {table_cell(target[vector])} | {majority:.3f} | {best_offset:+d} ({part[part.offset == best_offset].accuracy.mean():.3f}) "
             f"| L{int(best.layer)} H{int(best['head'])} offset {int(best.offset):+d}: {best.accuracy:.3f} |"
         )
     axes[0].set_ylabel("held-out probe accuracy (mean over heads)")

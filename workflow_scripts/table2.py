@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from . import schemas, stats
@@ -36,12 +35,18 @@ def indicators(frame: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:
     return {key: rows.pivot(index="example_id", columns="seed", values="v").astype(float) for key, rows in out.items()}
 
 
+def describe_choices(rows: pd.DataFrame) -> str:
+    """What each seed chose ("seed 0: L23 H2; seed 1: L22 H1"), or the choice once when all agree."""
+    per_seed = rows.groupby("seed").choice.first()
+    if per_seed.nunique() == 1:
+        return f"{per_seed.iloc[0]} (every seed)"
+    return "; ".join(f"seed {s}: {c}" for s, c in per_seed.items())
+
+
 def summarize(frame: pd.DataFrame, n_resamples: int, seed: int) -> dict[str, list]:
     """Columns of TABLE2 from the held-out rows of all seeds (a `seed` column added)."""
     columns: dict[str, list] = {name: [] for name in schemas.TABLE2.names}
-    choices = frame.groupby("method").apply(
-        lambda rows: "; ".join(f"seed {s}: {c}" for s, c in rows.groupby("seed").choice.first().items()), include_groups=False
-    )
+    choices = frame.groupby("method").apply(describe_choices, include_groups=False)
     for (method, metric), grid in indicators(frame).items():
         if grid.isna().any().any():
             raise ValueError(f"method {method}: the seeds held out different examples; prompts.split_seed must be shared")
