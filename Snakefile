@@ -15,6 +15,7 @@ include: "rules/encoder.smk"
 include: "rules/prompts.smk"
 include: "rules/extract.smk"
 include: "rules/analysis.smk"
+include: "rules/ablations.smk"
 include: "rules/theory.smk"
 include: "rules/report.smk"
 

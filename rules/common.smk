@@ -22,6 +22,7 @@ wildcard_constraints:
     model="|".join(map(re.escape, config["models"])),
     task="|".join(map(re.escape, config["tasks"])),
     setting="|".join(map(re.escape, config["settings"])),
+    ablation="|".join(map(re.escape, config["ablations"])) or "$^",
     seed=r"\d+",
     shard=r"\d{3}",
 
@@ -37,9 +38,57 @@ def prompt_sets():
     ]
 
 
+def n_prompts(setting):
+    """Prompts a set holds: every test prompt, or only Table 2's held-out ones."""
+    heldout = config["settings"][setting]["queries"] == "heldout"
+    return config["analysis"]["n_heldout"] if heldout else config["prompts"]["n_eval"]
+
+
+def shard_paths(model, task, seed, setting):
+    ids = paths.shard_ids(n_prompts(setting), config["extraction"]["shard_size"])
+    return [paths.shard(model, task, seed, setting, s) for s in ids]
+
+
 def shards_of(wildcards):
-    ids = paths.shard_ids(config["prompts"]["n_eval"], config["extraction"]["shard_size"])
-    return [paths.shard(wildcards.model, wildcards.task, wildcards.seed, wildcards.setting, s) for s in ids]
+    return shard_paths(wildcards.model, wildcards.task, wildcards.seed, wildcards.setting)
+
+
+def prompt_inputs(wildcards):
+    """Task data and tokenizer; retrieval settings also read their similarity space."""
+    setting = config["settings"][wildcards.setting]
+    inputs = {"data": paths.task_data(wildcards.task), "manifest": paths.model_manifest(wildcards.model)}
+    if setting["selection"] != "random":
+        encoder = setting["similarity"] == "encoder"
+        inputs["vectors"] = paths.embeddings(wildcards.task) if encoder else paths.zero_shot(wildcards.model, wildcards.task)
+    return inputs
+
+
+def ablation_sets(wildcards):
+    """Every prompt set an ablation reads (baseline first), with its prompts and shard paths."""
+    ablation = config["ablations"][wildcards.ablation]
+    return [
+        dict(task=t, seed=s, setting=st, prompts=paths.prompts(wildcards.model, t, s, st),
+             shards=shard_paths(wildcards.model, t, s, st))
+        for t in ablation["tasks"]
+        for s in ablation["seeds"]
+        for st in [ablation["baseline"], *ablation["settings"]]
+    ]
+
+
+def ablation_inputs(wildcards):
+    ablation = config["ablations"][wildcards.ablation]
+    sets = ablation_sets(wildcards)
+    return {
+        "prompts": [s["prompts"] for s in sets],
+        "shards": [p for s in sets for p in s["shards"]],
+        "heldout": [paths.analysis("heldout.parquet", wildcards.model, t, s, ablation["baseline"])
+                    for t in ablation["tasks"] for s in ablation["seeds"]],
+        "embeddings": [paths.embeddings(t) for t in ablation["tasks"]],
+    }
+
+
+def ablation_outputs(name):
+    return [paths.ablation(name, m, a) for m in STUDY["models"] for a in config["ablations"]]
 
 
 def n_classes(wildcards):

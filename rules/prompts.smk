@@ -3,14 +3,14 @@
 
 rule build_prompts:
     input:
-        data=paths.task_data(),
-        manifest=paths.model_manifest(),
+        unpack(prompt_inputs),
     output:
         paths.prompts(),
     params:
         task=lambda wc: config["tasks"][wc.task],
         prompts=config["prompts"],
         setting=lambda wc: config["settings"][wc.setting],
+        heldout=analysis_params("n_select", "n_heldout"),
     log:
         paths.log("build_prompts", "{model}", "{task}", "seed{seed}", "{setting}"),
     conda:

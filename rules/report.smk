@@ -10,6 +10,7 @@ rule report:
         similarity=analysis_outputs("similarity.parquet"),
         probes=analysis_outputs("probes.parquet") if config["extraction"]["kv_layers"] else [],
         table2=over_seeds_outputs("table2.parquet"),
+        ablations=ablation_outputs("summary.parquet"),
         theory=paths.theory("summary.md"),
         theory_figure=paths.theory("convergence.png"),
     output:
@@ -26,6 +27,7 @@ rule report:
         },
         options=config["report"],
         top_head_fraction=config["analysis"]["top_head_fraction"],
+        ablations=config["ablations"],
     log:
         paths.log("report", "report"),
     conda:

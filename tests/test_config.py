@@ -49,8 +49,10 @@ def test_valid_config_gets_defaults(config):
     assert config["prompts"]["k"] == 8
     assert config["prompts"]["n_eval"] == 100
     assert config["prompts"]["n_dev"] == 0
-    assert config["settings"] == {"random": {"selection": "random"}}
+    assert config["settings"]["random"]["selection"] == "random"
+    assert config["settings"]["random"]["labels"] == "configured" and config["settings"]["random"]["queries"] == "all"
     assert config["study"]["settings"] == ["random"]
+    assert config["ablations"] == {}
     task = config["tasks"]["reviews"]
     assert task["template"] == {
         "input": "Review: {text}\nSentiment:", "prefix": "", "output": " {label}", "separator": "\n\n"
@@ -69,7 +71,7 @@ def test_defaults_are_not_shared_between_configs(config):
     config["prompts"]["k"] = 3
     config["settings"]["random"]["selection"] = "changed"
     assert other["prompts"]["k"] == 8
-    assert other["settings"] == {"random": {"selection": "random"}}
+    assert other["settings"]["random"]["selection"] == "random"
 
 
 def test_given_values_are_kept(config):
@@ -269,6 +271,33 @@ def _walk_properties(schema: dict, where: str):
     items = schema.get("items")
     if isinstance(items, dict):
         yield from _walk_properties(items, f"{where}[]")
+
+
+def ablation_config(config: dict, **ablation) -> dict:
+    config["settings"] = {"random": {"selection": "random"}, "sim": {"selection": "similar", "queries": "heldout"}}
+    config["ablations"] = {"retrieval": {"kind": "retrieval", "settings": ["sim"], **ablation}}
+    return config
+
+
+def test_ablation_defaults_to_every_task_and_the_first_seed(config):
+    config["study"]["seeds"] = [3, 4]
+    out = validate_config(ablation_config(config))
+    assert out["ablations"]["retrieval"] == {
+        "kind": "retrieval", "settings": ["sim"], "baseline": "random", "tasks": ["reviews"], "seeds": [3]
+    }
+    assert out["settings"]["sim"]["balanced"] is True and out["settings"]["sim"]["similarity"] == "encoder"
+
+
+@pytest.mark.parametrize("ablation,message", [
+    ({"baseline": "sim"}, "config key 'ablations.retrieval.baseline': 'sim' is not in study.settings ['random']"),
+    ({"seeds": [9]}, "config key 'ablations.retrieval.seeds': [9] not in [0, 1]"),
+    ({"tasks": ["nope"]}, "config key 'ablations.retrieval.tasks': ['nope'] not in ['reviews']"),
+    ({"settings": ["missing"]}, "config key 'ablations.retrieval.settings': ['missing'] not in ['random', 'sim']"),
+])
+def test_ablation_errors_name_the_key(config, ablation, message):
+    with pytest.raises(ConfigError) as info:
+        validate_config(ablation_config(config, **ablation))
+    assert message in str(info.value)
 
 
 def test_every_schema_property_has_a_description():

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from workflow_scripts import prompts, schemas
+from workflow_scripts.config import setting_defaults
 from workflow_scripts.prompts import PromptError
 
 from .conftest import toy_sentiment_rows
@@ -16,6 +17,7 @@ TASK = {
     "label_words": {"negative": "bad", "positive": "good"},
     "template": TEMPLATE,
 }
+RANDOM = setting_defaults({"selection": "random"})
 PROMPT_CFG = {"n_eval": 10, "n_dev": 4, "k": 6, "split_seed": 3, "max_chars": 0, "pool_size": 0}
 
 
@@ -34,7 +36,7 @@ def toy_data() -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def built(tokenizer) -> dict:
-    return prompts.build_prompts(toy_data(), TASK, PROMPT_CFG, {"selection": "random"}, 7, tokenizer, "toy")
+    return prompts.build_prompts(toy_data(), TASK, PROMPT_CFG, RANDOM, 7, tokenizer, "toy")
 
 
 def test_every_label_position_decodes_to_that_demos_label_word(built, tokenizer):
@@ -77,19 +79,19 @@ def test_label_token_ids_are_the_tokens_the_model_should_predict(built, tokenize
 def test_a_multi_token_label_word_is_rejected_with_its_tokens(tokenizer):
     task = {**TASK, "label_words": {"negative": "bad", "positive": "superlativeness"}}
     with pytest.raises(PromptError, match="'superlativeness' is not one token in context"):
-        prompts.build_prompts(toy_data(), task, PROMPT_CFG, {"selection": "random"}, 7, tokenizer, "toy")
+        prompts.build_prompts(toy_data(), task, PROMPT_CFG, RANDOM, 7, tokenizer, "toy")
 
 
 def test_k_larger_than_the_pool_is_rejected(tokenizer):
     cfg = {**PROMPT_CFG, "k": 100}
     with pytest.raises(PromptError, match="prompts.k=100 is larger than the demonstration pool"):
-        prompts.build_prompts(toy_data(), TASK, cfg, {"selection": "random"}, 7, tokenizer, "toy")
+        prompts.build_prompts(toy_data(), TASK, cfg, RANDOM, 7, tokenizer, "toy")
 
 
 def test_same_seed_same_bytes_other_seed_other_demos(tokenizer, tmp_path):
     paths = []
     for name, seed in (("a", 7), ("b", 7), ("c", 8)):
-        columns = prompts.build_prompts(toy_data(), TASK, PROMPT_CFG, {"selection": "random"}, seed, tokenizer, "toy")
+        columns = prompts.build_prompts(toy_data(), TASK, PROMPT_CFG, RANDOM, seed, tokenizer, "toy")
         schemas.write_table(columns, schemas.PROMPTS, tmp_path / f"{name}.parquet")
         paths.append(tmp_path / f"{name}.parquet")
     assert paths[0].read_bytes() == paths[1].read_bytes()

@@ -40,6 +40,18 @@ def tiny_config(model_dir: Path, data_file: Path, encoder_dir: Path) -> dict:
         "extraction": {"shard_size": 4, "kv_layers": [0, 1]},
         "analysis": {"n_select": 4, "n_heldout": 4, "probe_folds": 3, "bootstrap_resamples": 200},
         "encoder": {"name": "tiny-bert", "source": "local", "path": str(encoder_dir)},
+        "settings": {
+            "random": {"selection": "random"},
+            "sim": {"selection": "similar", "queries": "heldout"},
+            "sim_hidden": {"selection": "similar", "similarity": "hidden", "hidden_layer": 1, "queries": "heldout"},
+            "symbols": {"labels": "symbols", "queries": "heldout"},
+            "order_1": {"order_seed": 1, "queries": "heldout"},
+        },
+        "ablations": {
+            "retrieval": {"kind": "retrieval", "settings": ["sim", "sim_hidden"]},
+            "labels": {"kind": "labels", "settings": ["symbols"]},
+            "order": {"kind": "order", "settings": ["order_1"]},
+        },
         "theory": {
             "hmm_seeds": [0], "n_tasks": 2, "n_states": 6, "n_observations": 12, "n_demos": [1, 2, 4],
             "n_prompts": 8, "sigma_samples": 32, "bootstrap_resamples": 20,
@@ -111,11 +123,18 @@ def test_full_run_writes_every_stage(study):
     assert held.num_rows == 4 * 5  # held-out prompts x methods
     table = schemas.read_table(workdir / paths.over_seeds("table2.parquet", "tiny", "toy", "random"), schemas.TABLE2)
     assert set(table.column("method").to_pylist()) >= {"icl", "null", "head_max", "kr_encoder", "kr_hidden"}
+    held_ids = set(held.column("prompt_id").to_pylist())
+    for setting in ("sim", "sim_hidden", "symbols", "order_1"):
+        built = schemas.read_table(workdir / paths.prompts("tiny", "toy", 0, setting), schemas.PROMPTS)
+        assert set(built.column("prompt_id").to_pylist()) == held_ids  # ablations run on the held-out prompts
+    summary = schemas.read_table(workdir / paths.ablation("summary.parquet", "tiny", "order"), schemas.ABLATION_SUMMARY)
+    assert {"icl_changed", "head_changed", "icl_accuracy"} <= set(summary.column("metric").to_pylist())
     report = (workdir / paths.report()).read_text()
+    assert "## Section 4.2 ablations: tiny" in report and "### retrieval (retrieval)" in report
     assert "## tiny / toy / random" in report and "Theorem 1" in report
     assert "## Table 2" in report and "kernel regression on tiny-bert" in report and "**5.4" in report
-    for figure in ("attention", "heads", "similarity", "probes"):
-        figure = f"tiny__toy__random__{figure}.png"
+    figures = [f"tiny__toy__random__{name}.png" for name in ("attention", "heads", "similarity", "probes")]
+    for figure in figures + [f"tiny__ablation__{name}.png" for name in ("retrieval", "labels", "order")]:
         assert (workdir / paths.report_figure(figure)).stat().st_size > 1000
     assert (workdir / paths.log("extract_shard", "tiny", "toy", "seed0", "random", "000")).is_file()
 
@@ -167,16 +186,23 @@ def test_changing_a_probe_parameter_reruns_only_the_probes_and_the_report(study)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def test_changing_the_heldout_size_reruns_only_table_2(study):
+def test_changing_the_heldout_size_reruns_table_2_and_the_ablations_only(study):
     workdir, config = study
+    before = mtimes(workdir, "results/tiny/toy/seed*/random/**/*.parquet")
     config["analysis"]["n_heldout"] = 3
     write_config(workdir, config)
     seeds = len(config["study"]["seeds"])
-    assert planned_jobs(workdir) == {"heldout": seeds, "table2": 1, "report": 1, "all": 1}
+    ablation_sets = 4  # sim, sim_hidden, symbols, order_1 build only the held-out prompts, so they follow
+    assert planned_jobs(workdir) == {
+        "heldout": seeds, "table2": 1, "build_prompts": ablation_sets, "extract_shard": ablation_sets,
+        "ablation": 3, "report": 1, "all": 1,
+    }
     done = snakemake(workdir)
     assert done.returncode == 0, done.stderr[-3000:]
     table = schemas.read_table(workdir / paths.over_seeds("table2.parquet", "tiny", "toy", "random"), schemas.TABLE2)
     assert set(table.column("n_heldout").to_pylist()) == {3}
+    assert {k: v for k, v in mtimes(workdir, "results/tiny/toy/seed*/random/**/*.parquet").items()
+            if "heldout" not in k} == {k: v for k, v in before.items() if "heldout" not in k}
 
 
 def test_same_seed_gives_byte_identical_prompts(study, tmp_path):

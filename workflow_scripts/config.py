@@ -64,6 +64,17 @@ def validate_config(config: dict) -> dict:
     return config
 
 
+def setting_defaults(setting: dict) -> dict:
+    """A `settings` entry with its schema defaults filled in, for callers outside a validated config
+    (template search, tests)."""
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())["properties"]["settings"]["additionalProperties"]
+    filled = _copy(setting)
+    errors = list(_with_defaults(jsonschema.Draft7Validator)(schema).iter_errors(filled))
+    if errors:
+        raise ConfigError("\n".join(f"setting: {e.message}" for e in errors))
+    return filled
+
+
 def _check_references(config: dict) -> None:
     problems: list[str] = []
     for section in ("models", "tasks", "settings"):
@@ -88,11 +99,29 @@ def _check_references(config: dict) -> None:
             f"config keys 'analysis.n_select' ({analysis['n_select']}) + 'analysis.n_heldout' ({analysis['n_heldout']}) "
             f"exceed 'prompts.n_eval' ({n_eval}): the select and held-out prompts must be disjoint test prompts"
         )
+    problems += _ablation_problems(config)
     encoder = config["encoder"]
     needs = {"registry": ["package", "sha256", "member"], "local": ["path"]}[encoder["source"]]
     problems += [f"config key 'encoder.{key}': required when source is {encoder['source']!r}" for key in needs if key not in encoder]
     if problems:
         raise ConfigError("\n".join(problems))
+
+
+def _ablation_problems(config: dict) -> list[str]:
+    """Fill each ablation's default tasks and seeds and check they lie inside the study."""
+    problems = []
+    study = config["study"]
+    for name, ablation in config["ablations"].items():
+        where = f"ablations.{name}"
+        ablation.setdefault("tasks", list(study["tasks"]))
+        ablation.setdefault("seeds", study["seeds"][:1])
+        if ablation["baseline"] not in study["settings"]:
+            problems.append(f"config key '{where}.baseline': {ablation['baseline']!r} is not in study.settings {study['settings']}")
+        for key, allowed in (("settings", list(config["settings"])), ("tasks", study["tasks"]), ("seeds", study["seeds"])):
+            unknown = [v for v in ablation[key] if v not in allowed]
+            if unknown:
+                problems.append(f"config key '{where}.{key}': {unknown} not in {allowed}")
+    return problems
 
 
 def _task_problems(name: str, task: dict) -> list[str]:

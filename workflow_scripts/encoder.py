@@ -167,6 +167,14 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     return np.divide(x, norms, out=np.zeros_like(x, dtype=np.float64), where=norms > 0)
 
 
+def read_embeddings(path: str | Path) -> dict[str, np.ndarray]:
+    """Example id -> embedding, from an EMBEDDINGS table."""
+    from . import schemas
+
+    table = schemas.read_table(path, schemas.EMBEDDINGS).to_pydict()
+    return {i: np.asarray(e, dtype=np.float32) for i, e in zip(table["example_id"], table["embedding"])}
+
+
 def write_manifest(cfg: dict, manifest: str | Path, cache: str | Path) -> None:
     """resources/encoder/manifest.json: where the encoder's model directory is, as prompts' models do."""
     manifest = Path(manifest)

@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 
 from . import schemas, zero_shot
-from .encoder import unit_rows
+from .encoder import read_embeddings, unit_rows
 from .reconstruction import KERNELS, prediction_grid
 
 
@@ -100,11 +100,6 @@ def heldout_rows(
             for name in columns:
                 columns[name].append(row[name])
     return columns
-
-
-def read_embeddings(path: str | Path) -> dict[str, np.ndarray]:
-    table = schemas.read_table(path, schemas.EMBEDDINGS).to_pydict()
-    return {i: np.asarray(e, dtype=np.float32) for i, e in zip(table["example_id"], table["embedding"])}
 
 
 def needed(table: dict[str, np.ndarray], prompts: pd.DataFrame, where: str) -> dict[str, np.ndarray]:

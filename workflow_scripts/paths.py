@@ -11,7 +11,8 @@ RESOURCES = "resources"
 RESULTS = "results"
 LOGS = "logs"
 
-W = {"model": "{model}", "task": "{task}", "seed": "{seed}", "setting": "{setting}", "shard": "{shard}"}
+W = {"model": "{model}", "task": "{task}", "seed": "{seed}", "setting": "{setting}", "shard": "{shard}",
+     "ablation": "{ablation}"}
 
 
 def downloads(kind: str) -> str:
@@ -64,6 +65,11 @@ def analysis(name: str, model=W["model"], task=W["task"], seed=W["seed"], settin
 def over_seeds(name: str, model=W["model"], task=W["task"], setting=W["setting"]) -> str:
     """A table that pools all seeds of one model x task x setting."""
     return f"{RESULTS}/{model}/{task}/all_seeds/{setting}/{name}"
+
+
+def ablation(name: str, model=W["model"], ablation=W["ablation"]) -> str:
+    """Tables of one Section 4.2 ablation (all its tasks, seeds and settings)."""
+    return f"{RESULTS}/{model}/ablations/{ablation}/{name}"
 
 
 def theory(name: str) -> str:

@@ -13,7 +13,9 @@ import numpy as np
 import pandas as pd
 
 from . import config as config_mod
-from . import models, schemas
+from . import models, perturb, schemas
+from . import retrieval as retrieval_mod
+from .retrieval import per_class_counts
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +29,6 @@ class Split:
     eval: np.ndarray
     dev: np.ndarray
     pool: np.ndarray
-
-
-def per_class_counts(total: int, n_classes: int) -> list[int]:
-    """Split `total` over classes as evenly as possible (the first classes take the remainder)."""
-    return [total // n_classes + (c < total % n_classes) for c in range(n_classes)]
 
 
 def split_examples(
@@ -172,37 +169,82 @@ def task_examples(data: pd.DataFrame, task_cfg: dict, prompt_cfg: dict, task: st
     return pd.concat(parts, ignore_index=True)
 
 
+def unit_vectors(vectors: dict[str, np.ndarray], ids: list[str], where: str) -> np.ndarray:
+    """Rows of unit length for `ids` (the similarity space of retrieval), with an error naming the table."""
+    missing = [i for i in ids if i not in vectors]
+    if missing:
+        raise PromptError(f"{where}: no vector for examples {missing[:3]}; it was built from a different split")
+    matrix = np.stack([vectors[i] for i in ids]).astype(np.float64)
+    return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+
+
+def perturbed(row, setting: dict, rng: np.random.Generator) -> dict:
+    """An example's template fields with typo noise at the setting's rate (none at rate 0)."""
+    values = fields(row)
+    if not setting["typo_rate"]:
+        return values
+    return {name: perturb.typos(text, setting["typo_rate"], rng) for name, text in values.items()}
+
+
 def build_prompts(
     data: pd.DataFrame, task_cfg: dict, prompt_cfg: dict, setting: dict, seed: int, tokenizer, task: str,
-    part: str = "eval",
+    part: str = "eval", vectors: dict[str, np.ndarray] | None = None, queries_kept: np.ndarray | None = None,
 ) -> dict:
     """All prompts of one task x seed x setting, as columns of the PROMPTS schema.
 
     `part` picks the queries: the test examples ("eval") or the dev examples ("dev", for choosing
-    templates without looking at the test set).
+    templates without looking at the test set). `queries_kept` restricts them to some prompt ids (the
+    ablations run on the held-out prompts only); prompt ids stay those of the full set, and random
+    demonstrations are drawn in the same sequence, so prompt i holds the same test example and, for
+    the same k, the same demonstrations in every random setting of a seed. `vectors` are the
+    similarity space of retrieval settings (example id -> vector).
     """
     data, split = task_split(data, task_cfg, prompt_cfg, task)
     n_classes = len(task_cfg["classes"])
     labels = data.label.to_numpy()
-    k = prompt_cfg["k"]
+    k = setting.get("k") or prompt_cfg["k"]
     if k > len(split.pool):
         raise PromptError(f"prompts.k={k} is larger than the demonstration pool of task {task!r} ({len(split.pool)} examples)")
-    words = list(config_mod.label_words(task_cfg).values())
+    words = perturb.label_words(
+        setting["labels"], list(config_mod.label_words(task_cfg).values()), setting["label_symbols"], setting["label_pool"]
+    )
     template = task_cfg["template"]
     rows = list(data.itertuples())
     queries = getattr(split, part)
     token_ids = label_token_ids(tokenizer, template, words, fields(rows[queries[0]]))
+    retrieval = setting["selection"] != "random"
+    if retrieval:
+        pool_ids = [rows[j].example_id for j in split.pool]
+        pool_matrix = unit_vectors(vectors or {}, pool_ids, "similarity vectors")
     rng = np.random.default_rng(seed)
     columns: dict[str, list] = {name: [] for name in schemas.PROMPTS.names}
     for prompt_id, i in enumerate(queries):
-        if setting["selection"] != "random":
-            raise PromptError(f"setting selection {setting['selection']!r} is not implemented")
-        demos = split.pool[sample_balanced(labels[split.pool], k, n_classes, rng)]
-        demo_words = [words[labels[j]] for j in demos]
-        rendered = render(template, [(fields(rows[j]), w) for j, w in zip(demos, demo_words)], fields(rows[i]))
+        kept = queries_kept is None or prompt_id in queries_kept
+        if not retrieval:
+            chosen = sample_balanced(labels[split.pool], k, n_classes, rng)  # drawn for every prompt: same stream
+        if not kept:
+            continue
+        if retrieval:
+            query = unit_vectors(vectors, [rows[i].example_id], "similarity vectors")[0]
+            chosen = retrieval_mod.top_k(
+                pool_matrix @ query, labels[split.pool], k, n_classes, setting["selection"] == "similar", setting["balanced"]
+            )
+        demos = split.pool[chosen]
+        if setting["order_seed"] is not None:
+            demos = np.random.default_rng([seed, setting["order_seed"], prompt_id]).permutation(demos)
+        shown = labels[demos]
+        if setting["labels"] == "random":
+            shown = np.random.default_rng([seed, 1, prompt_id]).integers(0, n_classes, len(demos))
+        noise = [np.random.default_rng([seed, 2, prompt_id, j]) for j in range(len(demos) + 1)]
+        demo_fields = [
+            perturbed(rows[j], setting, noise[n + 1]) if setting["typo_target"] == "all" else fields(rows[j])
+            for n, j in enumerate(demos)
+        ]
+        rendered = render(template, [(f, words[c]) for f, c in zip(demo_fields, shown)], perturbed(rows[i], setting, noise[0]))
+        demo_words = [words[c] for c in shown]
         spans = tokenize(tokenizer, rendered, demo_words)
         found = [spans["input_ids"][p] for p in spans["y_pos"]]
-        expected = [token_ids[labels[j]] for j in demos]
+        expected = [token_ids[c] for c in shown]
         if found != expected:
             raise PromptError(f"task {task!r} prompt {prompt_id}: label tokens {found} differ from {expected} in context")
         row = {
@@ -210,7 +252,7 @@ def build_prompts(
             "example_id": rows[i].example_id,
             "label": int(labels[i]),
             "demo_ids": [rows[j].example_id for j in demos],
-            "demo_labels": [int(labels[j]) for j in demos],
+            "demo_labels": [int(c) for c in shown],
             "text": rendered.text,
             "label_token_ids": token_ids,
             **spans,
@@ -222,20 +264,47 @@ def build_prompts(
     return columns
 
 
+def similarity_vectors(setting: dict, path: str | Path | None) -> dict[str, np.ndarray] | None:
+    """The retrieval space of a setting: encoder embeddings, or the model's hidden state at one layer."""
+    if setting["selection"] == "random":
+        return None
+    from . import encoder, zero_shot
+
+    if setting["similarity"] == "encoder":
+        return encoder.read_embeddings(path)
+    hidden = zero_shot.read_zero_shot(path).hidden
+    n_layers = hidden.iloc[0].shape[0]
+    layer = setting["hidden_layer"]
+    if not -n_layers <= layer < n_layers:
+        raise PromptError(f"config key 'settings.*.hidden_layer': layer {layer} does not exist (the model has {n_layers})")
+    return {i: h[layer] for i, h in hidden.items()}
+
+
+def heldout_ids(data: pd.DataFrame, task_cfg: dict, prompt_cfg: dict, task: str, heldout_cfg: dict) -> np.ndarray:
+    """Prompt ids of Table 2's held-out prompts (the same split heldout.py makes)."""
+    from .heldout import select_heldout
+
+    data, split = task_split(data, task_cfg, prompt_cfg, task)
+    labels = data.label.to_numpy()[split.eval]
+    return select_heldout(labels, heldout_cfg["n_select"], heldout_cfg["n_heldout"], prompt_cfg["split_seed"])[1]
+
+
 def write_prompts(
     data_path: str | Path, manifest_path: str | Path, task: str, task_cfg: dict, prompt_cfg: dict,
-    setting: dict, seed: int, out: str | Path,
+    setting: dict, seed: int, out: str | Path, vectors_path: str | Path | None = None, heldout_cfg: dict | None = None,
 ) -> None:
     data = schemas.read_table(data_path, schemas.TASK_DATA).to_pandas()
     tokenizer = models.load_tokenizer(models.read_manifest(manifest_path))
     if not getattr(tokenizer, "is_fast", False):
         raise PromptError(f"the tokenizer of {manifest_path} is not a fast tokenizer; character offsets are needed")
-    columns = build_prompts(data, task_cfg, prompt_cfg, setting, seed, tokenizer, task)
+    kept = heldout_ids(data, task_cfg, prompt_cfg, task, heldout_cfg) if setting["queries"] == "heldout" else None
+    vectors = similarity_vectors(setting, vectors_path)
+    columns = build_prompts(data, task_cfg, prompt_cfg, setting, seed, tokenizer, task, vectors=vectors, queries_kept=kept)
     schemas.write_table(columns, schemas.PROMPTS, out)
 
 
 def from_snakemake(smk) -> None:
     write_prompts(
         smk.input.data, smk.input.manifest, smk.wildcards.task, smk.params.task, smk.params.prompts,
-        smk.params.setting, int(smk.wildcards.seed), smk.output[0],
+        smk.params.setting, int(smk.wildcards.seed), smk.output[0], smk.input.get("vectors"), smk.params.heldout,
     )

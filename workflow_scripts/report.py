@@ -11,7 +11,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import PowerNorm  # noqa: E402
 
-from . import schemas, stats, table2  # noqa: E402
+from . import ablation_report, schemas, stats, table2  # noqa: E402
 from .reconstruction import KERNELS  # noqa: E402
 
 KERNEL_TEXT = {
@@ -301,9 +301,10 @@ def theory_section(summary: Path, figure: Path, out: Path) -> list[str]:
 
 def render_report(
     sets: pd.DataFrame, tables: dict[tuple[str, str, str], pd.DataFrame], study: dict, options: dict, out: Path,
-    fig_dir: Path, theory: list[str],
+    fig_dir: Path, theory: list[str], ablations: list[str] = (),
 ) -> str:
-    """results/report.md: Table 2 first (the paper's headline), then Sections 5.1-5.4 per prompt set."""
+    """results/report.md: Table 2 first (the paper's headline), then Sections 5.1-5.4 per prompt set,
+    the Section 4.2 ablations and the theorem check."""
     fig_dir.mkdir(parents=True, exist_ok=True)
     rel = fig_dir.relative_to(out.parent)
     lines = [
@@ -360,7 +361,7 @@ def render_report(
             lines += probes_section(group, title, fig_dir / f"{stem}__probes.png", options["dpi"])
         else:
             lines += ["**5.4** Probes are off: set extraction.kv_layers to keep key and value vectors.", ""]
-    text = "\n".join(lines + theory) + "\n"
+    text = "\n".join(lines + list(ablations) + theory) + "\n"
     out.write_text(text)
     return text
 
@@ -372,8 +373,16 @@ def load_tables2(keys: list[list[str]], files: list[str]) -> dict[tuple[str, str
 def from_snakemake(smk) -> None:
     files = {name: list(smk.input[name]) for name in SET_TABLES if name in smk.input.keys()}
     sets = load_sets(smk.params.sets, files)
-    tables = load_tables2(smk.params.table2_keys, list(smk.input.table2))
+    tables2 = load_tables2(smk.params.table2_keys, list(smk.input.table2))
     out = Path(smk.output.report)
     theory = theory_section(Path(smk.input.theory), Path(smk.input.theory_figure), out)
     options = {**smk.params.options, "top_head_fraction": smk.params.top_head_fraction}
-    render_report(sets, tables, smk.params.study, options, out, Path(smk.output.figures), theory)
+    fig_dir = Path(smk.output.figures)
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    ablations = []
+    summaries = iter(smk.input.ablations)
+    for model in smk.params.study["models"]:
+        tables = {name: schemas.read_table(next(summaries), schemas.ABLATION_SUMMARY).to_pandas() for name in smk.params.ablations}
+        if tables:
+            ablations += ablation_report.section(smk.params.ablations, tables, model, fig_dir, options["dpi"])
+    render_report(sets, tables2, smk.params.study, options, out, fig_dir, theory, ablations)

@@ -206,6 +206,39 @@ TABLE2 = pa.schema(
     ]
 )
 
+# results/{model}/ablations/{ablation}/prompts.parquet: per held-out prompt of every setting of one
+# ablation, through the baseline's chosen head (max kernel).
+ABLATION_PROMPTS = pa.schema(
+    [
+        ("task", pa.string()),
+        ("seed", pa.int64()),
+        ("setting", pa.string()),
+        ("prompt_id", pa.int64()),
+        ("example_id", pa.string()),
+        ("label", pa.int64()),
+        ("icl_prediction", pa.int64()),
+        ("head_prediction", pa.int64()),
+        ("entropy", pa.float64()),  # normalized entropy of the head's kernel weights (1 = uniform)
+        ("demo_similarity", pa.float64()),  # mean encoder cosine of the demonstrations to the test input
+        ("n_demos", pa.int64()),
+    ]
+)
+
+# results/{model}/ablations/{ablation}/summary.parquet: per task, setting and metric, the mean over
+# prompts (each averaged over seeds) with a bootstrap 95% CI.
+ABLATION_SUMMARY = pa.schema(
+    [
+        ("task", pa.string()),
+        ("setting", pa.string()),
+        ("metric", pa.string()),
+        ("mean", pa.float64()),
+        ("ci_low", pa.float64()),
+        ("ci_high", pa.float64()),
+        ("n_prompts", pa.int64()),
+        ("n_seeds", pa.int64()),
+    ]
+)
+
 # results/theory/table.parquet: Theorem 1 on synthetic HMMs, per kernel x n (hmm_seed null = pooled).
 THEORY = pa.schema(
     [("kernel", pa.string()), ("n_demos", pa.int64()), ("hmm_seed", pa.int64()), ("n_prompts", pa.int64()),

@@ -26,6 +26,7 @@ STAGES = {
     "probes": "probes",
     "heldout": "heldout",
     "table2": "table2",
+    "ablation": "ablation",
     "theory": "theory",
     "report": "report",
 }

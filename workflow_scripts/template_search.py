@@ -17,7 +17,9 @@ import pandas as pd
 import yaml
 
 from . import models, paths, prompts, schemas
-from .config import validate_config
+from .config import setting_defaults, validate_config
+
+RANDOM = setting_defaults({"selection": "random"})  # dev prompts use random demonstrations
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,7 @@ def dev_score(model, tokenizer, data: pd.DataFrame, task_cfg: dict, prompt_cfg: 
     """ICL accuracy of the task's template and label words on its dev examples."""
     import torch
 
-    built = prompts.build_prompts(data, task_cfg, prompt_cfg, {"selection": "random"}, seed, tokenizer, task, part="dev")
+    built = prompts.build_prompts(data, task_cfg, prompt_cfg, RANDOM, seed, tokenizer, task, part="dev")
     predicted = []
     for ids, label_ids in zip(built["input_ids"], built["label_token_ids"]):
         with torch.inference_mode():

@@ -1,0 +1,23 @@
+# Stage 6: the Section 4.2 insights as experiments, one job per model x ablation.
+
+
+rule ablation:
+    input:
+        unpack(ablation_inputs),
+    output:
+        rows=paths.ablation("prompts.parquet"),
+        summary=paths.ablation("summary.parquet"),
+    params:
+        sets=ablation_sets,
+        heldout=lambda wc: {f"{t}/{s}": paths.analysis("heldout.parquet", wc.model, t, s, a["baseline"])
+                            for a in [config["ablations"][wc.ablation]] for t in a["tasks"] for s in a["seeds"]},
+        embeddings=lambda wc: {t: paths.embeddings(t) for t in config["ablations"][wc.ablation]["tasks"]},
+        kind=lambda wc: config["ablations"][wc.ablation]["kind"],
+        n_classes={task: len(cfg["classes"]) for task, cfg in config["tasks"].items()},
+        analysis=analysis_params("bootstrap_resamples", "bootstrap_seed"),
+    log:
+        paths.log("ablation", "{model}", "{ablation}"),
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        STEP

@@ -1,0 +1,116 @@
+"""Section 4.2's insights as experiments: retrieval, label format, typo noise, k and order.
+
+Every setting is read on the same held-out test prompts (those of the baseline's Table 2), through
+the head the baseline chose on its select split (max kernel, per seed). Per prompt we keep the ICL
+prediction, that head's kernel-regression prediction, the "bandwidth" of its kernel (the entropy of its
+normalized weights over the demonstrations: lower = a narrower kernel) and the mean encoder similarity
+of the demonstrations to the test input. Summaries average over seeds per prompt and bootstrap over prompts.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from . import schemas, stats
+from .encoder import read_embeddings, unit_rows
+from .reconstruction import iter_prompts, kernel_weights, reconstruct
+
+METRICS = ("icl_accuracy", "agreement", "head_accuracy", "entropy", "demo_similarity", "n_demos")
+
+
+def chosen_head(heldout: pd.DataFrame) -> tuple[int, int]:
+    """The (layer, head) the baseline chose for the max kernel, from its Table 2 rows ("L23 H2")."""
+    choice = heldout[heldout.method == "head_max"].choice.iloc[0]
+    layer, head = choice.split()
+    return int(layer[1:]), int(head[1:])
+
+
+def normalized_entropy(weights: np.ndarray) -> float:
+    """Entropy of weights / sum(weights), divided by log(k): 1 = uniform over the demonstrations."""
+    p = weights / weights.sum()
+    p = p[p > 0]
+    return float(-(p * np.log(p)).sum() / np.log(len(weights))) if len(weights) > 1 else 0.0
+
+
+def prompt_rows(
+    prompts: pa.Table, shards: pa.Table, head: tuple[int, int], keep: set[int], embeddings: dict[str, np.ndarray],
+    n_classes: int,
+) -> list[dict]:
+    """One row per kept prompt: predictions, kernel bandwidth and demonstration similarity."""
+    rows = []
+    layer, h = head
+    for p in iter_prompts(prompts, shards):
+        if p["prompt_id"] not in keep:
+            continue
+        weights = kernel_weights(p["attention"][layer, h], p["x_start"], p["y_pos"])["max"]
+        query = unit_rows(embeddings[p["example_id"]])
+        demos = unit_rows(np.stack([embeddings[d] for d in p["demo_ids"]]))
+        rows.append({
+            "prompt_id": p["prompt_id"], "example_id": p["example_id"], "label": p["label"],
+            "icl_prediction": p["prediction"],
+            "head_prediction": int(reconstruct(weights, np.asarray(p["demo_labels"]), n_classes)),
+            "entropy": normalized_entropy(weights), "demo_similarity": float((demos @ query).mean()),
+            "n_demos": len(p["demo_ids"]),
+        })
+    return rows
+
+
+def summarize(rows: pd.DataFrame, kind: str, n_resamples: int, seed: int) -> dict[str, list]:
+    """Columns of ABLATION_SUMMARY: per task and setting each metric's mean over prompts (seed-averaged)
+    with a bootstrap CI; for an order ablation also the share of prompts whose prediction changes."""
+    rows = rows.assign(
+        icl_accuracy=rows.icl_prediction == rows.label,
+        agreement=rows.head_prediction == rows.icl_prediction,
+        head_accuracy=rows.head_prediction == rows.label,
+    )
+    out: dict[str, list] = {name: [] for name in schemas.ABLATION_SUMMARY.names}
+
+    def add(task: str, setting: str, metric: str, per_prompt: pd.Series, n_seeds: int) -> None:
+        low, high = stats.bootstrap_ci(per_prompt.to_numpy(dtype=float), n_resamples, seed)
+        row = {"task": task, "setting": setting, "metric": metric, "mean": float(per_prompt.mean()),
+               "ci_low": low, "ci_high": high, "n_prompts": len(per_prompt), "n_seeds": n_seeds}
+        for name in out:
+            out[name].append(row[name])
+
+    for (task, setting), part in rows.groupby(["task", "setting"], sort=False):
+        for metric in METRICS:
+            add(task, setting, metric, part.groupby("example_id")[metric].mean(), part.seed.nunique())
+    if kind == "order":
+        for task, part in rows.groupby("task", sort=False):
+            per = part.groupby(["seed", "example_id"])
+            for metric, column in (("icl_changed", "icl_prediction"), ("head_changed", "head_prediction")):
+                changed = (per[column].nunique() > 1).groupby("example_id").mean()
+                add(task, "any order", metric, changed, part.seed.nunique())
+    return out
+
+
+def write_ablation(
+    sets: list[dict], heldout_paths: dict[str, str], embeddings_paths: dict[str, str], kind: str,
+    n_classes: dict[str, int], cfg: dict, rows_out: str | Path, summary_out: str | Path,
+) -> None:
+    """`sets`: dicts with task, seed, setting, prompts (path) and shards (paths); heldout_paths and
+    embeddings_paths map "task/seed" and task to the baseline's Table 2 rows and the embeddings."""
+    frames = []
+    for s in sets:
+        heldout = schemas.read_table(heldout_paths[f"{s['task']}/{s['seed']}"], schemas.HELDOUT).to_pandas()
+        prompts = schemas.read_table(s["prompts"], schemas.PROMPTS)
+        shards = schemas.read_tables(s["shards"], schemas.SHARD)
+        keep = set(heldout.prompt_id)
+        rows = prompt_rows(prompts, shards, chosen_head(heldout), keep, read_embeddings(embeddings_paths[s["task"]]), n_classes[s["task"]])
+        if {r["prompt_id"] for r in rows} != keep:
+            raise ValueError(f"{s['prompts']}: setting {s['setting']!r} lacks held-out prompts of the baseline; "
+                             "were analysis.n_select / n_heldout changed without rebuilding it?")
+        frames.append(pd.DataFrame(rows).assign(task=s["task"], seed=s["seed"], setting=s["setting"]))
+    rows = pd.concat(frames, ignore_index=True)
+    schemas.write_table(pa.Table.from_pandas(rows, preserve_index=False), schemas.ABLATION_PROMPTS, rows_out)
+    schemas.write_table(summarize(rows, kind, cfg["bootstrap_resamples"], cfg["bootstrap_seed"]), schemas.ABLATION_SUMMARY, summary_out)
+
+
+def from_snakemake(smk) -> None:
+    write_ablation(
+        smk.params.sets, smk.params.heldout, smk.params.embeddings, smk.params.kind, smk.params.n_classes,
+        smk.params.analysis, smk.output.rows, smk.output.summary,
+    )
