@@ -14,7 +14,7 @@ rule ablation:
         embeddings=lambda wc: {t: paths.embeddings(t) for t in config["ablations"][wc.ablation]["tasks"]},
         kind=lambda wc: config["ablations"][wc.ablation]["kind"],
         n_classes={task: len(cfg["classes"]) for task, cfg in config["tasks"].items()},
-        analysis=analysis_params("bootstrap_resamples", "bootstrap_seed"),
+        analysis=analysis_params("bootstrap_resamples", "bootstrap_seed", "ablation_prompts"),
     log:
         paths.log("ablation", "{model}", "{ablation}"),
     conda:

@@ -39,9 +39,11 @@ def prompt_sets():
 
 
 def n_prompts(setting):
-    """Prompts a set holds: every test prompt, or only Table 2's held-out ones."""
-    heldout = config["settings"][setting]["queries"] == "heldout"
-    return config["analysis"]["n_heldout"] if heldout else config["prompts"]["n_eval"]
+    """Prompts a set holds: every test prompt, or only (some of) Table 2's held-out ones."""
+    if config["settings"][setting]["queries"] == "all":
+        return config["prompts"]["n_eval"]
+    analysis = config["analysis"]
+    return min(analysis["ablation_prompts"] or analysis["n_heldout"], analysis["n_heldout"])
 
 
 def shard_paths(model, task, seed, setting):
@@ -51,6 +53,14 @@ def shard_paths(model, task, seed, setting):
 
 def shards_of(wildcards):
     return shard_paths(wildcards.model, wildcards.task, wildcards.seed, wildcards.setting)
+
+
+def heldout_params(wildcards):
+    """What picks a setting's prompts when it builds only held-out ones (None otherwise, so a
+    change of the held-out split never rebuilds a full prompt set)."""
+    if config["settings"][wildcards.setting]["queries"] == "all":
+        return None
+    return analysis_params("n_select", "n_heldout", "ablation_prompts")
 
 
 def prompt_inputs(wildcards):

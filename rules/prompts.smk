@@ -10,7 +10,7 @@ rule build_prompts:
         task=lambda wc: config["tasks"][wc.task],
         prompts=config["prompts"],
         setting=lambda wc: config["settings"][wc.setting],
-        heldout=analysis_params("n_select", "n_heldout"),
+        heldout=heldout_params,
     log:
         paths.log("build_prompts", "{model}", "{task}", "seed{seed}", "{setting}"),
     conda:

@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from . import schemas, stats
 from .encoder import read_embeddings, unit_rows
+from .heldout import ablation_ids
 from .reconstruction import iter_prompts, kernel_weights, reconstruct
 
 METRICS = ("icl_accuracy", "agreement", "head_accuracy", "entropy", "demo_similarity", "n_demos")
@@ -98,11 +99,11 @@ def write_ablation(
         heldout = schemas.read_table(heldout_paths[f"{s['task']}/{s['seed']}"], schemas.HELDOUT).to_pandas()
         prompts = schemas.read_table(s["prompts"], schemas.PROMPTS)
         shards = schemas.read_tables(s["shards"], schemas.SHARD)
-        keep = set(heldout.prompt_id)
+        keep = set(ablation_ids(heldout.prompt_id.unique(), cfg["ablation_prompts"]).tolist())
         rows = prompt_rows(prompts, shards, chosen_head(heldout), keep, read_embeddings(embeddings_paths[s["task"]]), n_classes[s["task"]])
         if {r["prompt_id"] for r in rows} != keep:
             raise ValueError(f"{s['prompts']}: setting {s['setting']!r} lacks held-out prompts of the baseline; "
-                             "were analysis.n_select / n_heldout changed without rebuilding it?")
+                             "were analysis.n_select / n_heldout / ablation_prompts changed without rebuilding it?")
         frames.append(pd.DataFrame(rows).assign(task=s["task"], seed=s["seed"], setting=s["setting"]))
     rows = pd.concat(frames, ignore_index=True)
     schemas.write_table(pa.Table.from_pandas(rows, preserve_index=False), schemas.ABLATION_PROMPTS, rows_out)

@@ -42,6 +42,12 @@ def select_heldout(labels: np.ndarray, n_select: int, n_heldout: int, seed: int)
     return np.sort(order[:n_select]), np.sort(order[n_select : n_select + n_heldout])
 
 
+def ablation_ids(heldout: np.ndarray, limit: int) -> np.ndarray:
+    """The held-out prompt ids the ablations use: the first `limit` (all when limit is 0)."""
+    ids = np.sort(np.asarray(heldout))
+    return ids[:limit] if limit else ids
+
+
 def kernel_regression(similarity: np.ndarray, demo_labels: np.ndarray, n_classes: int) -> np.ndarray:
     """The paper's formula for similarities (..., k) and labels (..., k); a negative sum of similarities
     flips the vote, exactly as the normalized formula does."""

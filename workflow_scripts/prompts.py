@@ -281,12 +281,14 @@ def similarity_vectors(setting: dict, path: str | Path | None) -> dict[str, np.n
 
 
 def heldout_ids(data: pd.DataFrame, task_cfg: dict, prompt_cfg: dict, task: str, heldout_cfg: dict) -> np.ndarray:
-    """Prompt ids of Table 2's held-out prompts (the same split heldout.py makes)."""
-    from .heldout import select_heldout
+    """Prompt ids of Table 2's held-out prompts (the same split heldout.py makes), the first
+    analysis.ablation_prompts of them when that is set."""
+    from .heldout import ablation_ids, select_heldout
 
     data, split = task_split(data, task_cfg, prompt_cfg, task)
     labels = data.label.to_numpy()[split.eval]
-    return select_heldout(labels, heldout_cfg["n_select"], heldout_cfg["n_heldout"], prompt_cfg["split_seed"])[1]
+    held = select_heldout(labels, heldout_cfg["n_select"], heldout_cfg["n_heldout"], prompt_cfg["split_seed"])[1]
+    return ablation_ids(held, heldout_cfg["ablation_prompts"])
 
 
 def write_prompts(
