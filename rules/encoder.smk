@@ -25,6 +25,8 @@ rule embed_task:
         task=lambda wc: config["tasks"][wc.task],
         prompts=split_config(),
     threads: 1
+    # Retrieval prompts wait on these; run them before the long extraction queue.
+    priority: 10
     log:
         paths.log("embed_task", "{task}"),
     conda:

@@ -33,6 +33,8 @@ rule zero_shot:
     threads: config["extraction"]["threads"]
     resources:
         mem_mb=4000,
+    # Retrieval prompts wait on these; run them before the long extraction queue.
+    priority: 10
     log:
         paths.log("zero_shot", "{model}", "{task}"),
     conda:

@@ -55,6 +55,46 @@ def separated(a: pd.Series, b: pd.Series) -> bool:
     return a.ci_low > b.ci_high or b.ci_low > a.ci_high
 
 
+def number(metric: str, value: float) -> str:
+    if np.isnan(value):
+        return ""
+    return f"{value:.0f}" if metric == "n_demos" else f"{value:.3f}"
+
+
+def conclusion(kind: str, summary: pd.DataFrame, baseline: str) -> str:
+    """Whether the kernel view's prediction held, in one sentence, judged by non-overlapping 95% CIs."""
+    def metric_rows(metric: str) -> pd.DataFrame:
+        return summary[summary.metric == metric]
+
+    if kind == "order":
+        icl = metric_rows("icl_changed")["mean"].mean()
+        return (f"Where the explanation stops: the ICL prediction depends on order for {icl:.0%} of prompts, "
+                "which no kernel regression can produce.")
+    base = {t: value(summary, t, baseline, "icl_accuracy") for t in summary.task.unique()}
+    acc = metric_rows("icl_accuracy")
+    others = acc[acc.setting != baseline]
+    apart = [(r.task, r.setting, r["mean"] > base[r.task]["mean"]) for _, r in others.iterrows() if separated(r, base[r.task])]
+    if kind == "retrieval":
+        up = [f"{t}/{s}" for t, s, higher in apart if higher and "dis" not in s]
+        narrower = all(value(summary, t, s, "entropy")["mean"] < value(summary, t, baseline, "entropy")["mean"]
+                       for t in base for s in others[others.task == t].setting if s.startswith("similar"))
+        if up:
+            return f"Held: similar demonstrations raised ICL accuracy beyond the intervals ({', '.join(up)})."
+        return ("Not established: similar demonstrations " + ("narrowed the head's kernel" if narrower else "did not narrow the kernel everywhere")
+                + " and accuracy moved in the predicted direction only within overlapping 95% CIs.")
+    if kind == "labels":
+        return ("Held: the label format changes ICL accuracy beyond the intervals." if apart
+                else "Not established: no label format moved ICL accuracy outside the intervals.")
+    if kind == "typos":
+        down = [f"{t}/{s}" for t, s, higher in apart if not higher]
+        return (f"Held: typos lowered ICL accuracy beyond the intervals ({', '.join(down)})." if down
+                else "Not established: typos did not lower ICL accuracy outside the intervals.")
+    agree = metric_rows("agreement").merge(metric_rows("n_demos")[["task", "setting", "mean"]], on=["task", "setting"], suffixes=("", "_k"))
+    trend = np.mean([np.corrcoef(g.mean_k, g["mean"])[0, 1] for _, g in agree.groupby("task") if len(g) > 2])
+    return (f"Head agreement with ICL vs. k has a correlation of {trend:.2f} across k: "
+            + ("it rises with k, as the theorem's n -> infinity suggests." if trend > 0 else "it does not rise with k."))
+
+
 def verdict(kind: str, summary: pd.DataFrame, baseline: str) -> str:
     """One honest sentence per task on whether the kernel view's prediction held."""
     parts = []
@@ -121,7 +161,8 @@ def section(ablations: dict[str, dict], summaries: dict[str, pd.DataFrame], mode
         summary = summaries[name]
         stem = f"{model}__ablation__{name}.png"
         figure(cfg["kind"], summary, cfg["baseline"], f"{model}: {name}", fig_dir / stem, dpi)
-        table = summary.pivot_table(index=["task", "setting"], columns="metric", values="mean", sort=False)
+        shown = summary if cfg["kind"] == "k" else summary[summary.metric != "n_demos"]
+        table = shown.pivot_table(index=["task", "setting"], columns="metric", values="mean", sort=False)
         header = list(table.columns)
         lines += [
             f"### {name} ({cfg['kind']})",
@@ -130,10 +171,10 @@ def section(ablations: dict[str, dict], summaries: dict[str, pd.DataFrame], mode
             "",
             "| task | setting | " + " | ".join(METRIC_TEXT.get(m, m.replace("_", " ")) for m in header) + " |",
             "|---|---|" + "---|" * len(header),
-            *[f"| {t} | {s} | " + " | ".join("" if np.isnan(v) else f"{v:.3f}" for v in row) + " |"
+            *[f"| {t} | {s} | " + " | ".join(number(m, v) for m, v in row.items()) + " |"
               for (t, s), row in table.iterrows()],
             "",
-            f"Measured: {verdict(cfg['kind'], summary, cfg['baseline'])}",
+            f"**{conclusion(cfg['kind'], summary, cfg['baseline'])}** Measured: {verdict(cfg['kind'], summary, cfg['baseline'])}",
             "",
             f"![{name}]({fig_dir.name}/{stem})",
             "",
