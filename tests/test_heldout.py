@@ -26,6 +26,15 @@ def test_select_and_heldout_are_disjoint_sized_and_stratified(counts, n_select, 
     assert not np.array_equal(select, heldout.select_heldout(labels, n_select, n_heldout, seed=4)[0])
 
 
+def test_ablation_subset_is_class_balanced_even_when_ids_are_sorted_by_label():
+    ids = np.arange(40)
+    labels = np.repeat([0, 1], 20)  # a data file sorted by label
+    chosen = heldout.ablation_ids(ids[::-1], labels[::-1], 10)
+    assert np.bincount(labels[chosen]).tolist() == [5, 5]
+    assert chosen.tolist() == [0, 1, 2, 3, 4, 20, 21, 22, 23, 24]
+    np.testing.assert_array_equal(heldout.ablation_ids(ids, labels, 0), ids)
+
+
 def test_select_heldout_too_large_names_the_keys():
     with pytest.raises(heldout.HeldoutError, match=r"'analysis.n_select'=8 and 'analysis.n_heldout'=5 need 13 prompts; the set has 12"):
         heldout.select_heldout(np.zeros(12, dtype=int), 8, 5, seed=0)

@@ -99,7 +99,8 @@ def write_ablation(
         heldout = schemas.read_table(heldout_paths[f"{s['task']}/{s['seed']}"], schemas.HELDOUT).to_pandas()
         prompts = schemas.read_table(s["prompts"], schemas.PROMPTS)
         shards = schemas.read_tables(s["shards"], schemas.SHARD)
-        keep = set(ablation_ids(heldout.prompt_id.unique(), cfg["ablation_prompts"]).tolist())
+        held = heldout.drop_duplicates("prompt_id")
+        keep = set(ablation_ids(held.prompt_id.to_numpy(), held.label.to_numpy(), cfg["ablation_prompts"]).tolist())
         rows = prompt_rows(prompts, shards, chosen_head(heldout), keep, read_embeddings(embeddings_paths[s["task"]]), n_classes[s["task"]])
         if {r["prompt_id"] for r in rows} != keep:
             raise ValueError(f"{s['prompts']}: setting {s['setting']!r} lacks held-out prompts of the baseline; "

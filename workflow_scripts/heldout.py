@@ -42,10 +42,18 @@ def select_heldout(labels: np.ndarray, n_select: int, n_heldout: int, seed: int)
     return np.sort(order[:n_select]), np.sort(order[n_select : n_select + n_heldout])
 
 
-def ablation_ids(heldout: np.ndarray, limit: int) -> np.ndarray:
-    """The held-out prompt ids the ablations use: the first `limit` (all when limit is 0)."""
-    ids = np.sort(np.asarray(heldout))
-    return ids[:limit] if limit else ids
+def ablation_ids(heldout: np.ndarray, labels: np.ndarray, limit: int) -> np.ndarray:
+    """The held-out prompt ids the ablations use (sorted): all of them, or `limit` taken round-robin
+    over the gold classes in prompt-id order, so a subset is as class-balanced as the held-out set
+    allows (prompt ids follow the data file, which may be sorted by label)."""
+    order = np.argsort(heldout, kind="stable")
+    ids, labels = np.asarray(heldout)[order], np.asarray(labels)[order]
+    if not limit:
+        return ids
+    rank = np.zeros(len(ids))
+    for c in np.unique(labels):
+        rank[labels == c] = np.arange((labels == c).sum())
+    return np.sort(ids[np.lexsort((labels, rank))[:limit]])
 
 
 def kernel_regression(similarity: np.ndarray, demo_labels: np.ndarray, n_classes: int) -> np.ndarray:

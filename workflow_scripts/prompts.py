@@ -288,7 +288,7 @@ def heldout_ids(data: pd.DataFrame, task_cfg: dict, prompt_cfg: dict, task: str,
     data, split = task_split(data, task_cfg, prompt_cfg, task)
     labels = data.label.to_numpy()[split.eval]
     held = select_heldout(labels, heldout_cfg["n_select"], heldout_cfg["n_heldout"], prompt_cfg["split_seed"])[1]
-    return ablation_ids(held, heldout_cfg["ablation_prompts"])
+    return ablation_ids(held, labels[held], heldout_cfg["ablation_prompts"])
 
 
 def write_prompts(
