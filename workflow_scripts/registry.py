@@ -5,6 +5,7 @@ The package registry is the only network this tool may assume; pip already knows
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -15,6 +16,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -127,6 +129,22 @@ def fetch_member(
     return out
 
 
+@contextlib.contextmanager
+def atomic_dir(out_dir: Path) -> Iterator[Path]:
+    """A temporary folder beside `out_dir` that replaces it when the block succeeds and is removed
+    when it fails, so a reader never sees half a directory."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def extract_tree(archive: Path, prefix: str, out_dir: Path) -> Path:
     """Copy every file of a wheel/zip or sdist/tar archive below the folder `prefix` into `out_dir`.
 
@@ -135,9 +153,7 @@ def extract_tree(archive: Path, prefix: str, out_dir: Path) -> Path:
     """
     archive, out_dir = Path(archive), Path(out_dir)
     prefix = prefix.rstrip("/") + "/"
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
-    try:
+    with atomic_dir(out_dir) as tmp:
         copied = 0
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
@@ -161,12 +177,6 @@ def extract_tree(archive: Path, prefix: str, out_dir: Path) -> Path:
                     copied += 1
         if not copied:
             raise RegistryError(f"{archive.name} has no files under {prefix!r}")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
