@@ -86,6 +86,8 @@ def test_k_larger_than_the_pool_is_rejected(tokenizer):
     cfg = {**PROMPT_CFG, "k": 100}
     with pytest.raises(PromptError, match="prompts.k=100 is larger than the demonstration pool"):
         prompts.build_prompts(toy_data(), TASK, cfg, RANDOM, 7, tokenizer, "toy")
+    with pytest.raises(PromptError, match="the setting's k=100 is larger than the demonstration pool"):
+        prompts.build_prompts(toy_data(), TASK, PROMPT_CFG, {**RANDOM, "k": 100}, 7, tokenizer, "toy")
 
 
 def test_same_seed_same_bytes_other_seed_other_demos(tokenizer, tmp_path):
@@ -98,3 +100,24 @@ def test_same_seed_same_bytes_other_seed_other_demos(tokenizer, tmp_path):
     a = schemas.read_table(paths[0], schemas.PROMPTS).column("demo_ids").to_pylist()
     c = schemas.read_table(paths[2], schemas.PROMPTS).column("demo_ids").to_pylist()
     assert a != c
+
+
+def test_the_manifest_tokenizer_builds_the_same_prompts_as_transformers(tokenizer, tiny_llama_dir, tmp_path):
+    from workflow_scripts import models
+
+    manifest = tmp_path / "manifest.json"
+    models.prepare_model("tiny", {"source": "local", "path": str(tiny_llama_dir)}, manifest, tmp_path / "cache")
+    saved = models.read_manifest(manifest)
+    assert saved["tokenizer"] == str((tmp_path / "tokenizer.json").resolve())
+    light = models.load_tokenizer(saved)
+    settings = [RANDOM, setting_defaults({"selection": "random", "labels": "symbols", "typo_rate": 0.2})]
+    for setting in settings:
+        ours = prompts.build_prompts(toy_data(), TASK, PROMPT_CFG, setting, 7, light, "toy")
+        theirs = prompts.build_prompts(toy_data(), TASK, PROMPT_CFG, setting, 7, tokenizer, "toy")
+        assert ours == theirs
+    text = "Review: naïve, isn't it?\nSentiment: good"
+    assert light(text, return_offsets_mapping=True)["offset_mapping"] == list(
+        map(tuple, tokenizer(text, return_offsets_mapping=True)["offset_mapping"]))
+    # An old manifest, without the saved tokenizer, falls back to transformers' with the same encoding.
+    old = {k: v for k, v in saved.items() if k != "tokenizer"}
+    assert models.load_tokenizer(old)(text)["input_ids"] == light(text)["input_ids"]

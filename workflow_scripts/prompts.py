@@ -204,7 +204,8 @@ def build_prompts(
     labels = data.label.to_numpy()
     k = setting.get("k") or prompt_cfg["k"]
     if k > len(split.pool):
-        raise PromptError(f"prompts.k={k} is larger than the demonstration pool of task {task!r} ({len(split.pool)} examples)")
+        key = "the setting's k" if setting.get("k") else "prompts.k"
+        raise PromptError(f"{key}={k} is larger than the demonstration pool of task {task!r} ({len(split.pool)} examples)")
     words = perturb.label_words(
         setting["labels"], list(config_mod.label_words(task_cfg).values()), setting["label_symbols"], setting["label_pool"]
     )
@@ -297,8 +298,6 @@ def write_prompts(
 ) -> None:
     data = schemas.read_table(data_path, schemas.TASK_DATA).to_pandas()
     tokenizer = models.load_tokenizer(models.read_manifest(manifest_path))
-    if not getattr(tokenizer, "is_fast", False):
-        raise PromptError(f"the tokenizer of {manifest_path} is not a fast tokenizer; character offsets are needed")
     kept = heldout_ids(data, task_cfg, prompt_cfg, task, heldout_cfg) if setting["queries"] == "heldout" else None
     vectors = similarity_vectors(setting, vectors_path)
     columns = build_prompts(data, task_cfg, prompt_cfg, setting, seed, tokenizer, task, vectors=vectors, queries_kept=kept)
@@ -306,7 +305,10 @@ def write_prompts(
 
 
 def from_snakemake(smk) -> None:
-    write_prompts(
-        smk.input.data, smk.input.manifest, smk.wildcards.task, smk.params.task, smk.params.prompts,
-        smk.params.setting, int(smk.wildcards.seed), smk.output[0], smk.input.get("vectors"), smk.params.heldout,
-    )
+    try:
+        write_prompts(
+            smk.input.data, smk.input.manifest, smk.wildcards.task, smk.params.task, smk.params.prompts,
+            smk.params.setting, int(smk.wildcards.seed), smk.output[0], smk.input.get("vectors"), smk.params.heldout,
+        )
+    except PromptError as err:
+        raise PromptError(f"settings.{smk.wildcards.setting}: {err}") from err
