@@ -13,6 +13,7 @@ rule ablation:
                             for a in [config["ablations"][wc.ablation]] for t in a["tasks"] for s in a["seeds"]},
         embeddings=lambda wc: {t: paths.embeddings(t) for t in config["ablations"][wc.ablation]["tasks"]},
         kind=lambda wc: config["ablations"][wc.ablation]["kind"],
+        baseline=lambda wc: config["ablations"][wc.ablation]["baseline"],
         n_classes={task: len(cfg["classes"]) for task, cfg in config["tasks"].items()},
         analysis=analysis_params("bootstrap_resamples", "bootstrap_seed", "ablation_prompts"),
     log:

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workflow_scripts import ablation, stats
+from workflow_scripts import ablation, ablation_report, stats
 from workflow_scripts.reconstruction import kernel_weights, reconstruct
 
 from .test_reconstruction import C, synthetic_set
@@ -56,7 +56,7 @@ def test_summarize_means_and_intervals():
                 label = e % 2
                 rows.append(("t", seed, setting, f"e{e}", label, int(rng.integers(2)), int(rng.integers(2)), rng.random(), rng.random(), 8))
     data = frame(rows)
-    out = pd.DataFrame(ablation.summarize(data, "order", 300, 0))
+    out = pd.DataFrame(ablation.summarize(data, "order", "random", 300, 0))
     got = out[(out.setting == "random") & (out.metric == "icl_accuracy")].iloc[0]
     part = data[data.setting == "random"]
     per_prompt = (part.icl_prediction == part.label).groupby(part.example_id).mean()
@@ -67,4 +67,33 @@ def test_summarize_means_and_intervals():
     pivot = data.pivot_table(index=["seed", "example_id"], columns="setting", values="icl_prediction")
     expected = (pivot["random"] != pivot["order_1"]).groupby("example_id").mean().mean()
     assert changed["mean"] == pytest.approx(expected)
-    assert set(out.metric) == set(ablation.METRICS) | {"icl_changed", "head_changed"}
+    shift = out[(out.setting == "order_1") & (out.metric == "icl_accuracy_shift")].iloc[0]
+    other = data[data.setting == "order_1"]
+    paired = (other.icl_prediction == other.label).groupby(other.example_id).mean() - per_prompt
+    assert shift["mean"] == pytest.approx(paired.mean())
+    assert (shift.ci_low, shift.ci_high) == pytest.approx(stats.bootstrap_ci(paired.to_numpy(dtype=float), 300, 0))
+    assert set(out.metric) == set(ablation.METRICS) | {"icl_changed", "head_changed"} | {
+        f"{m}_shift" for m in ("icl_accuracy", "agreement", "entropy")}
+    assert not ((out.setting == "random") & out.metric.str.endswith("_shift")).any()
+
+
+def test_a_paired_difference_finds_what_separate_intervals_miss():
+    # 30 inputs; the setting flips 6 wrong answers to right and nothing else: separate 95% intervals
+    # overlap, the paired one does not, and the conclusion says so. A k ablation also compares its
+    # largest and smallest k directly.
+    rows = []
+    for setting, k in (("random", 8), ("k2", 2), ("k16", 16)):
+        for e in range(30):
+            icl = int(e < 15 or (setting == "k16" and e < 21))
+            rows.append(("t", 0, setting, f"e{e}", 1, icl, icl if setting != "k2" else 0, 0.5, 0.1, k))
+    out = pd.DataFrame(ablation.summarize(frame(rows), "k", "random", 1000, 0))
+    acc = out[out.metric == "icl_accuracy"].set_index("setting")
+    assert acc.loc["k16", "ci_low"] < acc.loc["random", "ci_high"]
+    shift = out[(out.setting == "k16") & (out.metric == "icl_accuracy_shift")].iloc[0]
+    assert shift["mean"] == pytest.approx(0.2) and shift.ci_low > 0
+    gain = out[(out.setting == "k16 vs k2") & (out.metric == "agreement_shift")].iloc[0]
+    assert gain["mean"] == pytest.approx(1.0 - 0.5)
+    assert ablation_report.conclusion("k", out, "random").startswith("Held: head agreement with ICL rises")
+    assert ablation_report.conclusion("retrieval", out.replace({"k16": "similar"}), "random") == (
+        "Partly held: similar demonstrations raised ICL accuracy (t/similar) and did not narrow the head's kernel, "
+        "by paired 95% CIs.")

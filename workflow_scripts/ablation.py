@@ -20,6 +20,7 @@ from .heldout import ablation_ids
 from .reconstruction import iter_prompts, kernel_weights, reconstruct
 
 METRICS = ("icl_accuracy", "agreement", "head_accuracy", "entropy", "demo_similarity", "n_demos")
+SHIFTED = ("icl_accuracy", "agreement", "entropy")
 
 
 def chosen_head(heldout: pd.DataFrame) -> tuple[int, int]:
@@ -59,9 +60,11 @@ def prompt_rows(
     return rows
 
 
-def summarize(rows: pd.DataFrame, kind: str, n_resamples: int, seed: int) -> dict[str, list]:
+def summarize(rows: pd.DataFrame, kind: str, baseline: str, n_resamples: int, seed: int) -> dict[str, list]:
     """Columns of ABLATION_SUMMARY: per task and setting each metric's mean over prompts (seed-averaged)
-    with a bootstrap CI; for an order ablation also the share of prompts whose prediction changes."""
+    with a bootstrap CI, and for ICL accuracy, agreement and entropy the paired difference to `baseline`
+    (metric "<name>_shift"); a k ablation adds that difference from its smallest to its largest k
+    (setting "<largest> vs <smallest>"), an order ablation the share of prompts whose prediction changes."""
     rows = rows.assign(
         icl_accuracy=rows.icl_prediction == rows.label,
         agreement=rows.head_prediction == rows.icl_prediction,
@@ -76,9 +79,23 @@ def summarize(rows: pd.DataFrame, kind: str, n_resamples: int, seed: int) -> dic
         for name in out:
             out[name].append(row[name])
 
-    for (task, setting), part in rows.groupby(["task", "setting"], sort=False):
+    groups = rows.groupby(["task", "setting"], sort=False)
+    means = {key: part.groupby("example_id")[list(METRICS)].mean() for key, part in groups}
+    n_seeds = {key: part.seed.nunique() for key, part in groups}
+    for key, per in means.items():
         for metric in METRICS:
-            add(task, setting, metric, part.groupby("example_id")[metric].mean(), part.seed.nunique())
+            add(*key, metric, per[metric], n_seeds[key])
+    # Every setting shows the same test inputs, so a difference is paired per input: a far tighter
+    # test than comparing two separate intervals.
+    for (task, setting), per in means.items():
+        pairs = [(setting, setting, baseline)] if setting != baseline else []
+        if kind == "k" and setting == baseline:
+            by_k = sorted((m.n_demos.mean(), s) for (t, s), m in means.items() if t == task)
+            largest, smallest = by_k[-1][1], by_k[0][1]
+            pairs.append((f"{largest} vs {smallest}", largest, smallest))
+        for name, a, b in pairs:
+            for metric in SHIFTED:
+                add(task, name, f"{metric}_shift", means[(task, a)][metric] - means[(task, b)][metric], n_seeds[(task, a)])
     if kind == "order":
         for task, part in rows.groupby("task", sort=False):
             per = part.groupby(["seed", "example_id"])
@@ -89,7 +106,7 @@ def summarize(rows: pd.DataFrame, kind: str, n_resamples: int, seed: int) -> dic
 
 
 def write_ablation(
-    sets: list[dict], heldout_paths: dict[str, str], embeddings_paths: dict[str, str], kind: str,
+    sets: list[dict], heldout_paths: dict[str, str], embeddings_paths: dict[str, str], kind: str, baseline: str,
     n_classes: dict[str, int], cfg: dict, rows_out: str | Path, summary_out: str | Path,
 ) -> None:
     """`sets`: dicts with task, seed, setting, prompts (path) and shards (paths); heldout_paths and
@@ -108,11 +125,11 @@ def write_ablation(
         frames.append(pd.DataFrame(rows).assign(task=s["task"], seed=s["seed"], setting=s["setting"]))
     rows = pd.concat(frames, ignore_index=True)
     schemas.write_table(pa.Table.from_pandas(rows, preserve_index=False), schemas.ABLATION_PROMPTS, rows_out)
-    schemas.write_table(summarize(rows, kind, cfg["bootstrap_resamples"], cfg["bootstrap_seed"]), schemas.ABLATION_SUMMARY, summary_out)
+    schemas.write_table(summarize(rows, kind, baseline, cfg["bootstrap_resamples"], cfg["bootstrap_seed"]), schemas.ABLATION_SUMMARY, summary_out)
 
 
 def from_snakemake(smk) -> None:
     write_ablation(
-        smk.params.sets, smk.params.heldout, smk.params.embeddings, smk.params.kind, smk.params.n_classes,
+        smk.params.sets, smk.params.heldout, smk.params.embeddings, smk.params.kind, smk.params.baseline, smk.params.n_classes,
         smk.params.analysis, smk.output.rows, smk.output.summary,
     )

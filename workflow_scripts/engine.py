@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from .schemas import TOP_OFFSETS
+
 CAPTURE = "icl_capture"
-TOP_OFFSETS = (-1, 0, 1, 2, 3)  # keys/values are kept at these offsets from each demonstration's peak
 _STATE: contextvars.ContextVar["_Capture | None"] = contextvars.ContextVar("icl_capture", default=None)
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import engine, schemas, stats, zero_shot
+from . import schemas, stats, zero_shot
 from .similarity import lookup
 
 
@@ -71,7 +71,7 @@ def probe_table(samples: dict, zero_shot_predictions: np.ndarray, n_classes: int
     targets = {"key": zero_shot_predictions, "value": samples["labels"]}
     for vector, target in targets.items():
         accuracy = stats.probe_accuracy_many(samples[f"{vector}s"], target, groups, n_classes, ridge, folds, seed)
-        layer, head, offset = np.meshgrid(samples["layers"], np.arange(accuracy.shape[1]), engine.TOP_OFFSETS, indexing="ij")
+        layer, head, offset = np.meshgrid(samples["layers"], np.arange(accuracy.shape[1]), schemas.TOP_OFFSETS, indexing="ij")
         columns["layer"] += layer.ravel().tolist()
         columns["head"] += head.ravel().tolist()
         columns["vector"] += [vector] * accuracy.size

@@ -52,8 +52,9 @@ PROMPTS = pa.schema(
 #   keys, values:           (len(kv_layers), n_kv_heads, len(kv_positions), head_dim) = kv_shape
 #   top_positions:          (len(kv_layers), n_heads, k) highest-attention position within [x_i, y_i]
 #   top_keys, top_values:   (len(kv_layers), n_heads, k, len(TOP_OFFSETS), head_dim) = top_shape, at each
-#                           top position + engine.TOP_OFFSETS (clipped to the prompt)
+#                           top position + TOP_OFFSETS (clipped to the prompt)
 #   hidden:                 (len(hidden_layers), len(hidden_positions), hidden_size) = hidden_shape
+TOP_OFFSETS = (-1, 0, 1, 2, 3)  # keys/values are kept at these offsets from each demonstration's peak
 _f16s = pa.list_(pa.float16())
 SHARD = pa.schema(
     [

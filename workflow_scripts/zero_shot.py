@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from . import config as config_mod
-from . import engine, extract, models, prompts, schemas
+from . import models, prompts, schemas
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +24,11 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
-def requests_for(rows: pd.DataFrame, task_cfg: dict, tokenizer) -> list[engine.Request]:
+def requests_for(rows: pd.DataFrame, task_cfg: dict, tokenizer) -> list:
     """One request per example: the template's input part alone, scored on the label words."""
+    # Imported here, so that analyses reading zero-shot results never import torch.
+    from . import engine
+
     template = task_cfg["template"]
     words = list(config_mod.label_words(task_cfg).values())
     records = list(rows.itertuples())
@@ -59,6 +62,8 @@ def write_zero_shot(
     out: str | Path,
 ) -> None:
     import torch
+
+    from . import engine, extract
 
     torch.set_num_threads(cfg["threads"])
     device, dtype = extract.resolve_device(cfg["device"], cfg["dtype"])
