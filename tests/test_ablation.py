@@ -95,5 +95,5 @@ def test_a_paired_difference_finds_what_separate_intervals_miss():
     assert gain["mean"] == pytest.approx(1.0 - 0.5)
     assert ablation_report.conclusion("k", out, "random").startswith("Held: head agreement with ICL rises")
     assert ablation_report.conclusion("retrieval", out.replace({"k16": "similar"}), "random") == (
-        "Partly held: similar demonstrations raised ICL accuracy (t/similar) and did not narrow the head's kernel, "
+        "Partly held: similar demonstrations raised ICL accuracy (t/similar) but did not narrow the head's kernel, "
         "by paired 95% CIs.")

@@ -87,7 +87,8 @@ def conclusion(kind: str, summary: pd.DataFrame, baseline: str) -> str:
         narrower = [f"{r.task}/{r.setting}" for _, r in entropy.iterrows() if moved(r) and r["mean"] < 0]
         word = "Held" if up and narrower else "Partly held" if up or narrower else "Not established"
         return (f"{word}: similar demonstrations "
-                + (f"raised ICL accuracy ({', '.join(up)})" if up else "did not raise ICL accuracy") + " and "
+                + (f"raised ICL accuracy ({', '.join(up)})" if up else "did not raise ICL accuracy")
+                + (" and " if bool(up) == bool(narrower) else " but ")
                 + (f"narrowed the head's kernel ({', '.join(narrower)})" if narrower else "did not narrow the head's kernel")
                 + ", by paired 95% CIs.")
     if kind == "labels":
