@@ -55,9 +55,14 @@ def save_tokenizer(name: str, where: dict, trust_remote_code: bool, out: Path) -
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(where["path"], revision=where["revision"], trust_remote_code=trust_remote_code)
+    fast_backend(tokenizer, f"models.{name}").save(str(out))
+
+
+def fast_backend(tokenizer, where: str):
+    """The `tokenizers` object behind a transformers tokenizer; slow tokenizers have no character offsets."""
     if not getattr(tokenizer, "is_fast", False):
-        raise ModelError(f"models.{name}: its tokenizer is not a fast tokenizer; prompts need character offsets")
-    tokenizer.backend_tokenizer.save(str(out))
+        raise ModelError(f"{where}: its tokenizer is not a fast tokenizer; prompts need character offsets")
+    return tokenizer.backend_tokenizer
 
 
 def prepare_model(name: str, cfg: dict, manifest: str | Path, cache: str | Path) -> None:
@@ -120,7 +125,7 @@ def load_tokenizer(manifest: dict) -> Tokenizer:
     tokenizer = AutoTokenizer.from_pretrained(
         manifest["path"], revision=manifest["revision"], trust_remote_code=manifest["trust_remote_code"]
     )
-    return Tokenizer(tokenizer.backend_tokenizer)
+    return Tokenizer(fast_backend(tokenizer, manifest["path"]))
 
 
 def load_model(manifest: dict, device: str, dtype: str, attn_implementation: str | None = None):
