@@ -9,9 +9,8 @@ rule ablation:
         summary=paths.ablation("summary.parquet"),
     params:
         sets=ablation_sets,
-        heldout=lambda wc: {f"{t}/{s}": paths.analysis("heldout.parquet", wc.model, t, s, a["baseline"])
-                            for a in [config["ablations"][wc.ablation]] for t in a["tasks"] for s in a["seeds"]},
-        embeddings=lambda wc: {t: paths.embeddings(t) for t in config["ablations"][wc.ablation]["tasks"]},
+        heldout=ablation_heldout,
+        embeddings=ablation_embeddings,
         kind=lambda wc: config["ablations"][wc.ablation]["kind"],
         baseline=lambda wc: config["ablations"][wc.ablation]["baseline"],
         n_classes={task: len(cfg["classes"]) for task, cfg in config["tasks"].items()},

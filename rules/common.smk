@@ -85,15 +85,24 @@ def ablation_sets(wildcards):
     ]
 
 
-def ablation_inputs(wildcards):
+def ablation_heldout(wildcards):
+    """"task/seed" -> the baseline's Table 2 rows, which name the head every setting is read through."""
     ablation = config["ablations"][wildcards.ablation]
+    return {f"{t}/{s}": paths.analysis("heldout.parquet", wildcards.model, t, s, ablation["baseline"])
+            for t in ablation["tasks"] for s in ablation["seeds"]}
+
+
+def ablation_embeddings(wildcards):
+    return {t: paths.embeddings(t) for t in config["ablations"][wildcards.ablation]["tasks"]}
+
+
+def ablation_inputs(wildcards):
     sets = ablation_sets(wildcards)
     return {
         "prompts": [s["prompts"] for s in sets],
         "shards": [p for s in sets for p in s["shards"]],
-        "heldout": [paths.analysis("heldout.parquet", wildcards.model, t, s, ablation["baseline"])
-                    for t in ablation["tasks"] for s in ablation["seeds"]],
-        "embeddings": [paths.embeddings(t) for t in ablation["tasks"]],
+        "heldout": list(ablation_heldout(wildcards).values()),
+        "embeddings": list(ablation_embeddings(wildcards).values()),
     }
 
 

@@ -87,15 +87,15 @@ def summarize(rows: pd.DataFrame, kind: str, baseline: str, n_resamples: int, se
             add(*key, metric, per[metric], n_seeds[key])
     # Every setting shows the same test inputs, so a difference is paired per input: a far tighter
     # test than comparing two separate intervals.
-    for (task, setting), per in means.items():
-        pairs = [(setting, setting, baseline)] if setting != baseline else []
-        if kind == "k" and setting == baseline:
+    pairs = [(task, setting, setting, baseline) for task, setting in means if setting != baseline]
+    if kind == "k":
+        for task in rows.task.unique():
             by_k = sorted((m.n_demos.mean(), s) for (t, s), m in means.items() if t == task)
             largest, smallest = by_k[-1][1], by_k[0][1]
-            pairs.append((f"{largest} vs {smallest}", largest, smallest))
-        for name, a, b in pairs:
-            for metric in SHIFTED:
-                add(task, name, f"{metric}_shift", means[(task, a)][metric] - means[(task, b)][metric], n_seeds[(task, a)])
+            pairs.append((task, f"{largest} vs {smallest}", largest, smallest))
+    for task, name, a, b in pairs:
+        for metric in SHIFTED:
+            add(task, name, f"{metric}_shift", means[(task, a)][metric] - means[(task, b)][metric], n_seeds[(task, a)])
     if kind == "order":
         for task, part in rows.groupby("task", sort=False):
             per = part.groupby(["seed", "example_id"])

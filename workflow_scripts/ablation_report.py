@@ -59,6 +59,11 @@ def shift_text(shift: pd.Series) -> str:
     return f"{shift['mean']:+.3f} [{shift.ci_low:+.3f}, {shift.ci_high:+.3f}]"
 
 
+def setting_shifts(summary: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Each setting's paired difference to the baseline (not the k ablation's between-settings rows)."""
+    return summary[(summary.metric == f"{metric}_shift") & ~summary.setting.str.contains(" vs ")]
+
+
 def number(metric: str, value: float) -> str:
     if np.isnan(value):
         return ""
@@ -78,12 +83,13 @@ def conclusion(kind: str, summary: pd.DataFrame, baseline: str) -> str:
         if any(moved(r) and r["mean"] > 0 for _, r in gains.iterrows()):
             return f"Held: head agreement with ICL rises from the smallest to the largest k ({'; '.join(texts)})."
         return f"Not established: head agreement with ICL does not rise from the smallest to the largest k beyond the paired CI ({'; '.join(texts)})."
-    shifts = summary[(summary.metric == "icl_accuracy_shift") & ~summary.setting.str.contains(" vs ")]
+    shifts = setting_shifts(summary, "icl_accuracy")
     up = [f"{r.task}/{r.setting}" for _, r in shifts.iterrows() if moved(r) and r["mean"] > 0]
     down = [f"{r.task}/{r.setting}" for _, r in shifts.iterrows() if moved(r) and r["mean"] < 0]
     if kind == "retrieval":
         up = [s for s in up if "/dis" not in s]
-        entropy = summary[(summary.metric == "entropy_shift") & summary.setting.str.startswith("similar")]
+        entropy = setting_shifts(summary, "entropy")
+        entropy = entropy[entropy.setting.str.startswith("similar")]
         narrower = [f"{r.task}/{r.setting}" for _, r in entropy.iterrows() if moved(r) and r["mean"] < 0]
         word = "Held" if up and narrower else "Partly held" if up or narrower else "Not established"
         return (f"{word}: similar demonstrations "
@@ -108,7 +114,8 @@ def verdict(kind: str, summary: pd.DataFrame, baseline: str) -> str:
                          f"kernel prediction for {head['mean']:.0%}")
             continue
         base = value(summary, task, baseline, "icl_accuracy")
-        shifts = summary[(summary.task == task) & (summary.metric == "icl_accuracy_shift") & ~summary.setting.str.contains(" vs ")]
+        shifts = setting_shifts(summary, "icl_accuracy")
+        shifts = shifts[shifts.task == task]
         diffs = []
         for _, shift in shifts.iterrows():
             acc = value(summary, task, shift.setting, "icl_accuracy")

@@ -282,8 +282,8 @@ def similarity_vectors(setting: dict, path: str | Path | None) -> dict[str, np.n
 
 
 def heldout_ids(data: pd.DataFrame, task_cfg: dict, prompt_cfg: dict, task: str, heldout_cfg: dict) -> np.ndarray:
-    """Prompt ids of Table 2's held-out prompts (the same split heldout.py makes), the first
-    analysis.ablation_prompts of them when that is set."""
+    """Prompt ids of Table 2's held-out prompts (the same split heldout.py makes), or the
+    analysis.ablation_prompts of them that heldout.ablation_ids picks when that is set."""
     from .heldout import ablation_ids, select_heldout
 
     data, split = task_split(data, task_cfg, prompt_cfg, task)

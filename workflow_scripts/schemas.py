@@ -226,7 +226,8 @@ ABLATION_PROMPTS = pa.schema(
 )
 
 # results/{model}/ablations/{ablation}/summary.parquet: per task, setting and metric, the mean over
-# prompts (each averaged over seeds) with a bootstrap 95% CI.
+# prompts (each averaged over seeds) with a bootstrap 95% CI; "<metric>_shift" rows hold the paired
+# difference to the baseline (setting "<a> vs <b>": between two settings, for k).
 ABLATION_SUMMARY = pa.schema(
     [
         ("task", pa.string()),
