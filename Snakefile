@@ -20,6 +20,16 @@ include: "rules/theory.smk"
 include: "rules/report.smk"
 
 
+# On a cluster these run where snakemake itself runs: the downloads need the network that compute
+# nodes often lack, and the report is a light aggregation the user wants at once.
+localrules:
+    all,
+    fetch_task_source,
+    prepare_model,
+    prepare_encoder,
+    report,
+
+
 rule all:
     input:
         paths.report(),

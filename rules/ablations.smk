@@ -15,6 +15,8 @@ rule ablation:
         baseline=lambda wc: config["ablations"][wc.ablation]["baseline"],
         n_classes={task: len(cfg["classes"]) for task, cfg in config["tasks"].items()},
         analysis=analysis_params("bootstrap_resamples", "bootstrap_seed", "ablation_prompts"),
+    group:
+        "analysis"
     log:
         paths.log("ablation", "{model}", "{ablation}"),
     conda:

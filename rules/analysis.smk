@@ -11,6 +11,8 @@ rule reconstruct:
         summary=paths.analysis("summary.parquet"),
     params:
         n_classes=n_classes,
+    group:
+        "analysis"
     log:
         paths.log("reconstruct", "{model}", "{task}", "seed{seed}", "{setting}"),
     conda:
@@ -28,6 +30,8 @@ rule attention_map:
         label_mass=paths.analysis("label_mass.parquet"),
     params:
         resample_length=config["analysis"]["resample_length"],
+    group:
+        "analysis"
     log:
         paths.log("attention_map", "{model}", "{task}", "seed{seed}", "{setting}"),
     conda:
@@ -43,6 +47,8 @@ rule similarity:
         zero_shot=paths.zero_shot(),
     output:
         paths.analysis("similarity.parquet"),
+    group:
+        "analysis"
     log:
         paths.log("similarity", "{model}", "{task}", "seed{seed}", "{setting}"),
     conda:
@@ -61,6 +67,8 @@ rule probes:
     params:
         n_classes=n_classes,
         analysis=analysis_params("probe_ridge", "probe_folds"),
+    group:
+        "analysis"
     log:
         paths.log("probes", "{model}", "{task}", "seed{seed}", "{setting}"),
     conda:
@@ -82,6 +90,8 @@ rule heldout:
         encoder=config["encoder"]["name"],
         analysis=analysis_params("n_select", "n_heldout"),
         split_seed=config["prompts"]["split_seed"],
+    group:
+        "analysis"
     log:
         paths.log("heldout", "{model}", "{task}", "seed{seed}", "{setting}"),
     conda:
@@ -98,6 +108,8 @@ rule table2:
     params:
         seeds=STUDY["seeds"],
         **analysis_params("bootstrap_resamples", "bootstrap_seed"),
+    group:
+        "analysis"
     log:
         paths.log("table2", "{model}", "{task}", "{setting}"),
     conda:

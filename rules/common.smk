@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, workflow.basedir)
 
-from workflow_scripts import paths
+from workflow_scripts import paths, resources
 from workflow_scripts.config import ConfigError, validate_config
 
 try:
@@ -143,3 +143,39 @@ def over_seeds_keys():
 
 def over_seeds_outputs(name):
     return [paths.over_seeds(name, *key) for key in over_seeds_keys()]
+
+
+# Cluster resources. Snakemake evaluates these again when a job's inputs exist, so the jobs that
+# load the model are sized from its measured weights (the manifest); profiles size the others.
+def model_billions(wildcards, input):
+    return resources.model_billions(input.get("manifest"), config["models"][wildcards.model].get("parameters"))
+
+
+def model_mem_mb(wildcards, input, attempt):
+    extraction = config["extraction"]
+    per_parameter = resources.bytes_per_parameter(extraction["device"], extraction["dtype"])
+    return resources.model_mem_mb(model_billions(wildcards, input), per_parameter, attempt)
+
+
+def model_runtime(n_prompts):
+    """A runtime callable for jobs that run `n_prompts(wildcards, input)` prompt-sized forwards."""
+
+    def runtime(wildcards, input, threads, attempt):
+        return resources.model_runtime_min(
+            model_billions(wildcards, input), n_prompts(wildcards, input), threads, config["extraction"]["device"], attempt
+        )
+
+    return runtime
+
+
+def shard_prompts(wildcards, input):
+    start = int(wildcards.shard) * config["extraction"]["shard_size"]
+    return min(config["extraction"]["shard_size"], n_prompts(wildcards.setting) - start)
+
+
+def zero_shot_examples(wildcards, input):
+    """Test queries, dev and pool examples run alone, each about 1/(k+1) of a prompt."""
+    prompts = config["prompts"]
+    pool = prompts["pool_size"] or resources.table_rows(input.data, fallback=10 * prompts["n_eval"])
+    return (prompts["n_eval"] + prompts["n_dev"] + pool) / (prompts["k"] + 1)
+

@@ -22,6 +22,8 @@ rule prepare_task:
         paths.task_data(),
     params:
         task=lambda wc: config["tasks"][wc.task],
+    group:
+        "prep"
     log:
         paths.log("prepare_task", "{task}"),
     conda:

@@ -27,6 +27,8 @@ rule embed_task:
     threads: 1
     # Retrieval prompts wait on these; run them before the long extraction queue.
     priority: 10
+    group:
+        "prep"
     log:
         paths.log("embed_task", "{task}"),
     conda:

@@ -11,7 +11,8 @@ rule extract_shard:
         extraction=config["extraction"],
     threads: config["extraction"]["threads"]
     resources:
-        mem_mb=4000,
+        mem_mb=model_mem_mb,
+        runtime=model_runtime(shard_prompts),
     log:
         paths.log("extract_shard", "{model}", "{task}", "seed{seed}", "{setting}", "{shard}"),
     conda:
@@ -32,7 +33,8 @@ rule zero_shot:
         extraction=config["extraction"],
     threads: config["extraction"]["threads"]
     resources:
-        mem_mb=4000,
+        mem_mb=model_mem_mb,
+        runtime=model_runtime(zero_shot_examples),
     # Retrieval prompts wait on these; run them before the long extraction queue.
     priority: 10
     log:

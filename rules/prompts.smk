@@ -11,6 +11,8 @@ rule build_prompts:
         prompts=config["prompts"],
         setting=lambda wc: config["settings"][wc.setting],
         heldout=heldout_params,
+    group:
+        "prompts"
     log:
         paths.log("build_prompts", "{model}", "{task}", "seed{seed}", "{setting}"),
     conda:

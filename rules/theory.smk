@@ -7,6 +7,8 @@ rule theory:
         summary=paths.theory("summary.md"),
     params:
         theory=config["theory"],
+    group:
+        "analysis"
     log:
         paths.log("theory"),
     conda:

@@ -1,0 +1,103 @@
+"""The tiny study submitted to a real one-node Slurm cluster through the CPU cluster profile.
+
+tests/cluster/setup_slurm.sh installs Debian's slurm-wlm and munge when missing and starts a
+controller and a node daemon on localhost (root only); the daemons this test started are stopped
+after it. Snakemake polls with squeue, since no accounting database runs here.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from workflow_scripts import paths
+
+from .conftest import REPO, toy_sentiment_rows
+from .test_workflow import SNAKEMAKE, planned_jobs, tiny_config, write_config
+
+pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
+
+CLUSTER = REPO / "tests" / "cluster"
+# The rules the Snakefile marks local: they run beside snakemake, never through sbatch.
+LOCAL_RULES = {"all", "fetch_task_source", "prepare_model", "prepare_encoder", "report"}
+SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+) \(log: (\S+)\)")
+
+
+def can_run_slurm() -> str | None:
+    """Why this machine cannot host the test cluster, or None when it can."""
+    if shutil.which("sbatch") is None and (os.geteuid() != 0 or shutil.which("apt-get") is None):
+        return "Slurm is not installed and installing it needs root and apt-get"
+    if os.geteuid() != 0:
+        return "starting slurmctld/slurmd needs root"
+    return None
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    reason = can_run_slurm()
+    if reason:
+        pytest.skip(reason)
+    started = tmp_path_factory.mktemp("slurm") / "started"
+    setup = subprocess.run(
+        ["bash", str(CLUSTER / "setup_slurm.sh")], env={**os.environ, "SLURM_STARTED": str(started)},
+        capture_output=True, text=True,
+    )
+    assert setup.returncode == 0, setup.stdout[-3000:] + setup.stderr[-3000:]
+    yield
+    subprocess.run(["bash", str(CLUSTER / "stop_slurm.sh"), str(started)], check=True)
+
+
+def submit(workdir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*SNAKEMAKE[:-2], "--directory", str(workdir), "--profile", str(REPO / "profiles" / "slurm-cpu"),
+         # No accounting database: poll with squeue, and soon (the plugin waits 40 s by default).
+         "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "5",
+         "--slurm-keep-successful-logs"],
+        capture_output=True, text=True,
+    )
+
+
+def squeue_states(job_ids: list[str]) -> dict[str, str]:
+    out = subprocess.run(["squeue", "--states=all", "-h", "-o", "%i %T", "-j", ",".join(job_ids)],
+                         capture_output=True, text=True, check=True).stdout
+    return dict(line.split() for line in out.splitlines())
+
+
+def test_tiny_study_runs_through_slurm_and_a_rerun_submits_nothing(slurm, tmp_path, tiny_llama_dir, tiny_bert_dir):
+    data_file = tmp_path / "toy.csv"
+    pd.DataFrame(toy_sentiment_rows()).to_csv(data_file, index=False)
+    write_config(tmp_path, tiny_config(tiny_llama_dir, data_file, tiny_bert_dir))
+    planned = planned_jobs(tmp_path)
+
+    started = time.perf_counter()
+    done = submit(tmp_path)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-6000:]
+    print(f"tiny study through Slurm: {time.perf_counter() - started:.0f} s")
+    assert (tmp_path / paths.report()).is_file()
+
+    submissions = SUBMITTED.findall(output)
+    job_ids = [job_id for job_id, _ in submissions]
+    assert job_ids and set(squeue_states(job_ids).values()) == {"COMPLETED"}, squeue_states(job_ids)
+    # Every job of a non-local rule ran inside one of those Slurm jobs: inside a job, snakemake runs
+    # each of its rules as a "localrule" and logs it to the plugin's log of that submission.
+    ran_in_slurm: dict[str, int] = {}
+    for _, log in submissions:
+        for rule in re.findall(r"^\[.*\]\nlocalrule (\w+):", Path(log).read_text(), flags=re.M):
+            ran_in_slurm[rule] = ran_in_slurm.get(rule, 0) + 1
+    remote = {rule: n for rule, n in planned.items() if rule not in LOCAL_RULES}
+    assert ran_in_slurm == remote, (ran_in_slurm, remote)
+    assert {rule for rule in LOCAL_RULES if rule in planned} <= set(re.findall(r"^localrule (\w+):", output, flags=re.M))
+    # Grouping: the seconds-long jobs share submissions, so there are far fewer than jobs.
+    assert len(submissions) < sum(remote.values()) / 2, (len(submissions), remote)
+
+    again = submit(tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Nothing to be done" in again.stdout + again.stderr
+    assert not SUBMITTED.search(again.stdout + again.stderr)
