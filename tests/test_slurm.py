@@ -2,7 +2,7 @@
 
 tests/cluster/setup_slurm.sh installs Debian's slurm-wlm and munge when missing and starts a
 controller and a node daemon on localhost (root only); the daemons this test started are stopped
-after it. Snakemake polls with squeue, since no accounting database runs here.
+after it. Elsewhere it skips, unless REQUIRE_SLURM is set (CI sets it) and it fails instead. Snakemake polls with squeue, since no accounting database runs here.
 """
 from __future__ import annotations
 
@@ -41,6 +41,8 @@ def can_run_slurm() -> str | None:
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
     reason = can_run_slurm()
+    if reason and os.environ.get("REQUIRE_SLURM"):
+        pytest.fail(f"REQUIRE_SLURM is set but {reason}")
     if reason:
         pytest.skip(reason)
     started = tmp_path_factory.mktemp("slurm") / "started"
@@ -53,14 +55,20 @@ def slurm(tmp_path_factory):
     subprocess.run(["bash", str(CLUSTER / "stop_slurm.sh"), str(started)], check=True)
 
 
-def submit(workdir: Path) -> subprocess.CompletedProcess:
+def submit(workdir: Path, *args: str, profile: str = "slurm-cpu") -> subprocess.CompletedProcess:
     return subprocess.run(
-        [*SNAKEMAKE[:-2], "--directory", str(workdir), "--profile", str(REPO / "profiles" / "slurm-cpu"),
+        [*SNAKEMAKE[:-2], "--directory", str(workdir), "--profile", str(REPO / "profiles" / profile), *args,
          # No accounting database: poll with squeue, and soon (the plugin waits 40 s by default).
          "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "5",
          "--slurm-keep-successful-logs"],
         capture_output=True, text=True,
     )
+
+
+def tres_per_job(job_id: str) -> str:
+    shown = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, check=True).stdout
+    found = re.search(r"TresPerJob=(\S+)", shown)
+    return found.group(1) if found else ""
 
 
 def squeue_states(job_ids: list[str]) -> dict[str, str]:
@@ -101,3 +109,12 @@ def test_tiny_study_runs_through_slurm_and_a_rerun_submits_nothing(slurm, tmp_pa
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Nothing to be done" in again.stdout + again.stderr
     assert not SUBMITTED.search(again.stdout + again.stderr)
+
+    # The GPU profile, unedited: the jobs that load the model ask Slurm for a GPU (the test cluster
+    # has one pretend GPU); extraction.device auto still runs them on the CPU here.
+    targets = [paths.zero_shot("tiny", "toy"), paths.shard("tiny", "toy", 0, "random", "000")]
+    gpu_run = submit(tmp_path, *targets, "--forcerun", *targets, profile="slurm")
+    output = gpu_run.stdout + gpu_run.stderr
+    assert gpu_run.returncode == 0, output[-6000:]
+    gpu_jobs = [job_id for job_id, _ in SUBMITTED.findall(output)]
+    assert len(gpu_jobs) == 2 and {tres_per_job(j) for j in gpu_jobs} == {"gres:gpu:1"}, gpu_jobs

@@ -56,13 +56,17 @@ SelectTypeParameters=CR_Core_Memory
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 AccountingStorageType=accounting_storage/none
+# One pretend GPU (/dev/null as its device), so the GPU requests of profiles/slurm get scheduled.
+GresTypes=gpu
 MinJobAge=600
 SlurmctldTimeout=30
 SlurmdTimeout=30
-NodeName=${HOST} NodeAddr=127.0.0.1 CPUs=${CPUS} RealMemory=${MEM} State=UNKNOWN
+NodeName=${HOST} NodeAddr=127.0.0.1 CPUs=${CPUS} RealMemory=${MEM} Gres=gpu:1 State=UNKNOWN
 PartitionName=debug Nodes=${HOST} Default=YES MaxTime=INFINITE State=UP
 CONF
 )
+GRES="Name=gpu File=/dev/null"
+[ "$(cat /etc/slurm/gres.conf 2>/dev/null)" = "$GRES" ] || echo "$GRES" > /etc/slurm/gres.conf
 if [ "$(cat /etc/slurm/slurm.conf 2>/dev/null)" != "$CONF" ]; then
   echo "$CONF" > /etc/slurm/slurm.conf
   ! alive /run/slurm/slurmctld.pid || scontrol reconfigure
