@@ -121,3 +121,37 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     BertModel(config).save_pretrained(out)
     write_pooling(out, pooling_config("mean"))
     return out
+
+
+HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+HUB_TINY_LLAMA = "org/tiny-llama"
+
+
+def write_hub_cache(hf_home: Path, repo_id: str, files: Path, commit: str = HUB_COMMIT) -> Path:
+    """Lay a model directory out as huggingface_hub stores a download under HF_HOME: each file once in
+    blobs/ (named by its hash), the commit's snapshot folder of relative symlinks to them, and refs/main
+    naming the commit. Returns the snapshot folder."""
+    import hashlib
+    import os
+    import shutil
+
+    repo = hf_home / "hub" / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / commit
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    for file in sorted(p for p in files.rglob("*") if p.is_file()):
+        blob = repo / "blobs" / hashlib.sha256(file.read_bytes()).hexdigest()
+        shutil.copyfile(file, blob)
+        link = snapshot / file.relative_to(files)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+@pytest.fixture(scope="session")
+def hub_home(tmp_path_factory, tiny_llama_dir) -> Path:
+    """An HF_HOME whose hub cache holds the tiny llama as `org/tiny-llama` at HUB_COMMIT (read-only use)."""
+    home = tmp_path_factory.mktemp("hf_home")
+    write_hub_cache(home, HUB_TINY_LLAMA, tiny_llama_dir)
+    return home

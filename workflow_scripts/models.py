@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import registry
+from . import hub, paths, registry
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,71 @@ def fast_backend(tokenizer, where: str):
     return tokenizer.backend_tokenizer
 
 
+# What from_pretrained reads besides the weights: config, tokenizer files (json, txt merges,
+# sentencepiece .model, tiktoken, jinja chat templates) and, for trust_remote_code, the repository's
+# own Python.
+HUB_FILES = ["*.json", "*.txt", "*.model", "*.tiktoken", "*.jinja", "*.py"]
+WEIGHTS = "*.safetensors"
+# Only for repositories without safetensors: many large ones ship both formats, and fetching both
+# would double a multi-gigabyte download.
+LEGACY_WEIGHTS = "*.bin"
+
+
+def has_weights(folder: Path, pattern: str) -> bool:
+    # from_pretrained reads the weights at the top of the folder, not in subfolders (e.g. original/).
+    return any(folder.glob(pattern))
+
+
+def download_hub_model(repo_id: str, revision: str) -> Path:
+    """The model's snapshot folder in the hub cache, downloaded first if it is not cached (with
+    HF_HUB_OFFLINE=1, or when the hub cannot be reached, the cached snapshot is returned)."""
+    from huggingface_hub import snapshot_download
+
+    folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=[*HUB_FILES, WEIGHTS]))
+    if not has_weights(folder, WEIGHTS):
+        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=[LEGACY_WEIGHTS]))
+    return folder
+
+
+def hf_download_command(repo_id: str, revision: str) -> str:
+    """The `hf download` line that fetches what download_hub_model fetches."""
+    include = " ".join(f"--include '{pattern}'" for pattern in [*HUB_FILES, WEIGHTS])
+    legacy = f"(add --include '{LEGACY_WEIGHTS}' if it has no {WEIGHTS})"
+    return f"hf download {repo_id} --revision {revision} {include}  {legacy}"
+
+
+def hub_failure(exc: BaseException, name: str) -> str:
+    """Why the hub did not serve the model: a config key to check where the hub said no."""
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    if isinstance(exc, RevisionNotFoundError):
+        return f"the hub has no such revision; check models.{name}.revision"
+    if isinstance(exc, RepositoryNotFoundError):
+        return (f"the hub has no such model or it needs access; check models.{name}.id, and for a gated "
+                "model accept its licence on the hub and log in (`hf auth login`)")
+    return hub.reason(exc)
+
+
+def hub_snapshot(name: str, repo_id: str, revision: str) -> dict:
+    """Where a hub model lives on this machine: its cached snapshot, so that later jobs load it
+    without network, with the id and the commit it resolved to for reproducibility."""
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        folder = download_hub_model(repo_id, revision)
+    except (LocalEntryNotFoundError, HfHubHTTPError) as exc:
+        message = hub.not_available(
+            f"models.{name}.id", f"model {repo_id!r} (revision {revision!r})", hub.cache_dir(),
+            hub_failure(exc, name), paths.model_manifest(name), hf_download_command(repo_id, revision),
+        )
+        raise ModelError(message) from exc
+    if not (has_weights(folder, WEIGHTS) or has_weights(folder, LEGACY_WEIGHTS)):
+        raise ModelError(
+            f"models.{name}.id: {repo_id!r} (revision {revision!r}) has no {WEIGHTS} or {LEGACY_WEIGHTS} weights ({folder})"
+        )
+    return {"path": str(folder), "revision": None, "id": repo_id, "commit": folder.name}
+
+
 def prepare_model(name: str, cfg: dict, manifest: str | Path, cache: str | Path) -> None:
     """Write the manifest that every later stage loads the model from."""
     manifest = Path(manifest)
@@ -81,7 +146,7 @@ def prepare_model(name: str, cfg: dict, manifest: str | Path, cache: str | Path)
         convert_gguf(gguf, hf_dir)
         where = {"path": str(hf_dir.resolve()), "revision": None}
     elif cfg["source"] == "hub":
-        where = {"path": cfg["id"], "revision": cfg.get("revision", "main")}
+        where = hub_snapshot(name, cfg["id"], cfg.get("revision", "main"))
     else:
         where = {"path": str(Path(cfg["path"]).resolve()), "revision": None}
     trust = cfg.get("trust_remote_code", False)

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # A one-node Slurm cluster on localhost for the cluster test (Debian's slurm-wlm + munge, run as root).
 # Idempotent: installs only what is missing and starts only the daemons that are not running.
-# Prints one line per daemon it started to $SLURM_STARTED (default /dev/null), so the caller stops
-# only those (tests/cluster/stop_slurm.sh).
+# Appends to $SLURM_STARTED (default /dev/null) one line per daemon it started ("pidfile PATH") and
+# per config file it created ("created PATH"), so that tests/cluster/stop_slurm.sh undoes just that.
+# (A slurm.conf left behind without a controller makes every later scontrol call, and so every
+# snakemake start with the Slurm plugin installed, wait 9 s for the missing controller.)
 set -euo pipefail
 STARTED=${SLURM_STARTED:-/dev/null}
 HOST=$(hostname -s)
@@ -26,7 +28,7 @@ mkdir -p /run/munge /var/log/munge /var/lib/munge
 chown munge:munge /run/munge /var/log/munge /var/lib/munge; chmod 755 /run/munge
 if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
   runuser -u munge -- /usr/sbin/munged
-  echo /run/munge/munged.pid >> "$STARTED"
+  echo "pidfile /run/munge/munged.pid" >> "$STARTED"
   for _ in $(seq 20); do munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && break; sleep 0.5; done
 fi
 
@@ -65,6 +67,7 @@ NodeName=${HOST} NodeAddr=127.0.0.1 CPUs=${CPUS} RealMemory=${MEM} Gres=gpu:1 St
 PartitionName=debug Nodes=${HOST} Default=YES MaxTime=INFINITE State=UP
 CONF
 )
+for f in /etc/slurm/slurm.conf /etc/slurm/gres.conf; do [ -e "$f" ] || echo "created $f" >> "$STARTED"; done
 GRES="Name=gpu File=/dev/null"
 [ "$(cat /etc/slurm/gres.conf 2>/dev/null)" = "$GRES" ] || echo "$GRES" > /etc/slurm/gres.conf
 if [ "$(cat /etc/slurm/slurm.conf 2>/dev/null)" != "$CONF" ]; then
@@ -72,8 +75,8 @@ if [ "$(cat /etc/slurm/slurm.conf 2>/dev/null)" != "$CONF" ]; then
   ! alive /run/slurm/slurmctld.pid || scontrol reconfigure
 fi
 
-if ! alive /run/slurm/slurmctld.pid; then /usr/sbin/slurmctld; echo /run/slurm/slurmctld.pid >> "$STARTED"; fi
-if ! alive /run/slurm/slurmd.pid; then /usr/sbin/slurmd; echo /run/slurm/slurmd.pid >> "$STARTED"; fi
+if ! alive /run/slurm/slurmctld.pid; then /usr/sbin/slurmctld; echo "pidfile /run/slurm/slurmctld.pid" >> "$STARTED"; fi
+if ! alive /run/slurm/slurmd.pid; then /usr/sbin/slurmd; echo "pidfile /run/slurm/slurmd.pid" >> "$STARTED"; fi
 for _ in $(seq 60); do
   sinfo -h -o '%T' 2>/dev/null | grep -qE '^(idle|mixed|allocated)' && break
   scontrol update NodeName="$HOST" State=RESUME >/dev/null 2>&1 || true
