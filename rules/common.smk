@@ -110,6 +110,12 @@ def ablation_outputs(name):
     return [paths.ablation(name, m, a) for m in STUDY["models"] for a in config["ablations"]]
 
 
+def model_source(wildcards):
+    """Where a model comes from: its config entry without `parameters`, which only sizes cluster
+    jobs and so must not re-run prepare_model (and everything after it) when it changes."""
+    return {key: value for key, value in config["models"][wildcards.model].items() if key != "parameters"}
+
+
 def n_classes(wildcards):
     return len(config["tasks"][wildcards.task]["classes"])
 
@@ -119,6 +125,28 @@ def split_config():
     so per-example stages re-run only when the split changes."""
     keys = ("n_eval", "n_dev", "split_seed", "max_chars", "pool_size")
     return {key: config["prompts"][key] for key in keys}
+
+
+# The task keys each data stage reads: a template or label-word change re-runs the prompts and the
+# zero-shot pass, never the download, the normalized table or the embeddings.
+TASK_SOURCE_KEYS = ("source", "package", "sdist", "sha256", "member", "member_sha256", "path", "name", "split")
+TASK_TABLE_KEYS = (*TASK_SOURCE_KEYS, "format", "encoding", "column_names", "query", "columns", "classes", "label_map")
+
+
+def task_params(*keys):
+    """A params function: the given keys of the wildcard task's config entry (those it sets)."""
+
+    def params(wildcards):
+        task = config["tasks"][wildcards.task]
+        return {key: task[key] for key in keys if key in task}
+
+    return params
+
+
+def extraction_params(*keys):
+    """The extraction keys that change a job's numbers. The speed settings (threads, batch_size,
+    zero_shot_batch_size) are never params: jobs read them from the config, so they re-run nothing."""
+    return {key: config["extraction"][key] for key in keys}
 
 
 def analysis_params(*keys):

@@ -5,7 +5,7 @@ rule fetch_task_source:
     output:
         paths.task_source(),
     params:
-        task=lambda wc: config["tasks"][wc.task],
+        task=task_params(*TASK_SOURCE_KEYS),
         cache=paths.downloads("data"),
     log:
         paths.log("fetch_task_source", "{task}"),
@@ -21,7 +21,7 @@ rule prepare_task:
     output:
         paths.task_data(),
     params:
-        task=lambda wc: config["tasks"][wc.task],
+        task=task_params(*TASK_TABLE_KEYS),
     group:
         "prep"
     log:

@@ -22,7 +22,7 @@ rule embed_task:
     output:
         paths.embeddings(),
     params:
-        task=lambda wc: config["tasks"][wc.task],
+        task=task_params("classes"),
         prompts=split_config(),
     threads: 1
     # Retrieval prompts wait on these; run them before the long extraction queue.

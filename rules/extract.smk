@@ -8,7 +8,7 @@ rule extract_shard:
     output:
         paths.shard(),
     params:
-        extraction=config["extraction"],
+        extraction=extraction_params("shard_size", "device", "dtype", "kv_layers", "kv_max_prompts", "hidden_layers", "hidden_positions"),
     threads: config["extraction"]["threads"]
     resources:
         mem_mb=model_mem_mb,
@@ -30,7 +30,7 @@ rule zero_shot:
     params:
         task=lambda wc: config["tasks"][wc.task],
         prompts=split_config(),
-        extraction=config["extraction"],
+        extraction=extraction_params("device", "dtype"),
     threads: config["extraction"]["threads"]
     resources:
         mem_mb=model_mem_mb,

@@ -5,7 +5,7 @@ rule prepare_model:
     output:
         manifest=paths.model_manifest(),
     params:
-        model=lambda wc: config["models"][wc.model],
+        model=model_source,
         cache=paths.downloads("models"),
     log:
         paths.log("prepare_model", "{model}"),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -322,3 +323,31 @@ def test_every_schema_default_is_valid_for_its_property():
                 jsonschema.Draft7Validator(rest).validate(sub["default"])
             except jsonschema.ValidationError as exc:
                 pytest.fail(f"default of {path} is invalid: {exc.message}")
+
+
+def schema_keys(schema: dict, prefix: str = "", depth: int = 3) -> list[str]:
+    """Dotted paths of every key the config schema documents, `<name>` for user-named entries."""
+    keys = []
+    children = dict(schema.get("properties", {}))
+    if isinstance(schema.get("additionalProperties"), dict):
+        children["<name>"] = schema["additionalProperties"]
+    for name, sub in children.items():
+        path = f"{prefix}{name}"
+        keys.append(path)
+        if depth > 1:
+            keys += schema_keys(sub, f"{path}.", depth - 1)
+    return keys
+
+
+def test_rerun_contract_covers_every_config_key():
+    doc = (REPO / "docs" / "reruns.md").read_text()
+    named = set(re.findall(r"`([^`]+)`", doc))
+    # A row may name a key by its group (`theory.*`) or, within a task, as `.key` after `tasks.<name>.`.
+    wildcards = {n[:-1] for n in named if n.endswith(".*")} | {n for n in named if "." not in n}
+    named |= {f"tasks.<name>{n}" for n in named if n.startswith(".")}
+    schema = yaml.safe_load((REPO / "schemas" / "config.schema.yaml").read_text())
+    leaves = [k for k in schema_keys(schema) if k.count(".") >= 1 and not k.endswith("<name>")]
+    missing = [k for k in leaves if k not in named and not any(k.startswith(w) for w in wildcards)]
+    # A section's own name (e.g. `settings.<name>` for what is inside it) needs no row of its own.
+    missing = [k for k in missing if not any(k.startswith(f"{n}.") for n in named)]
+    assert not missing, f"docs/reruns.md has no row for {missing}"

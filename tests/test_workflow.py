@@ -63,9 +63,9 @@ def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*SNAKEMAKE, "--directory", str(workdir), *args], capture_output=True, text=True)
 
 
-def planned_jobs(workdir: Path) -> dict[str, int]:
+def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
     """Rule -> job count that a dry run would execute now (empty when nothing is to be done)."""
-    done = snakemake(workdir, "--dry-run")
+    done = snakemake(workdir, "--dry-run", *args)
     assert done.returncode == 0, done.stderr + done.stdout
     lines = done.stdout.splitlines()
     if "Job stats:" not in lines:
@@ -147,6 +147,73 @@ def test_rerun_with_nothing_changed_does_nothing_quickly(study):
     assert done.returncode == 0, done.stderr
     assert "Nothing to be done" in done.stdout + done.stderr
     assert elapsed <= 10, f"a no-op rerun took {elapsed:.1f} s"
+
+
+# The rerun contract of docs/reruns.md on the tiny study: each row changes config keys in an overlay
+# (merged over the study's config) and names the jobs a dry run then plans. The tiny study has one
+# prompt set of every test prompt (random, 2 shards) and four held-out ablation sets (sim, sim_hidden,
+# symbols, order_1; one shard each) read by three ablations.
+ANALYSES = {"reconstruct": 1, "attention_map": 1, "similarity": 1, "probes": 1, "heldout": 1, "table2": 1}
+REPORT = {"report": 1, "all": 1}
+EVERY_SET = {"build_prompts": 5, "extract_shard": 6, **ANALYSES, "ablation": 3, **REPORT}
+ONE_NEW_SET = {"build_prompts": 1, "extract_shard": 2, **ANALYSES, **REPORT}
+CONTRACT = {
+    "extraction.batch_size": ({"extraction": {"batch_size": 3}}, {}),
+    "extraction.threads": ({"extraction": {"threads": 2}}, {}),
+    "extraction.zero_shot_batch_size": ({"extraction": {"zero_shot_batch_size": 5}}, {}),
+    "models.<name>.parameters": ({"models": {"tiny": {"parameters": 7.0}}}, {}),
+    "report.title": ({"report": {"title": "Another title"}}, REPORT),
+    "analysis.top_head_fraction": ({"analysis": {"top_head_fraction": 0.5}}, REPORT),
+    "analysis.probe_ridge": ({"analysis": {"probe_ridge": 1.0}}, {"probes": 1, **REPORT}),
+    "analysis.resample_length": ({"analysis": {"resample_length": 10}}, {"attention_map": 1, **REPORT}),
+    "analysis.bootstrap_resamples": ({"analysis": {"bootstrap_resamples": 300}}, {"table2": 1, "ablation": 3, **REPORT}),
+    "theory.*": ({"theory": {"n_prompts": 6}}, {"theory": 1, **REPORT}),
+    "study.seeds (one more)": ({"study": {"seeds": [0, 1]}}, ONE_NEW_SET),
+    "study.settings (one more)": ({"study": {"settings": ["random", "k2"]}, "settings": {"k2": {"k": 2}}}, ONE_NEW_SET),
+    "ablations.<name>.settings (one more)": (
+        {"settings": {"words": {"labels": "words", "queries": "heldout"}}, "ablations": {"labels": {"settings": ["symbols", "words"]}}},
+        {"build_prompts": 1, "extract_shard": 1, "ablation": 1, **REPORT},
+    ),
+    "study.tasks (one more)": (
+        {"study": {"tasks": ["toy", "toy2"]}, "tasks": {"toy2": "like toy"}},
+        {"prepare_task": 1, "embed_task": 1, "zero_shot": 1, **EVERY_SET},
+    ),
+    "study.models (one more)": (
+        {"study": {"models": ["tiny", "tiny2"]}, "models": {"tiny2": "like tiny"}},
+        {"prepare_model": 1, "zero_shot": 1, **EVERY_SET},
+    ),
+    "prompts.k": ({"prompts": {"k": 3}}, EVERY_SET),
+    "extraction.kv_layers": ({"extraction": {"kv_layers": [0]}}, {**EVERY_SET, "build_prompts": 0}),
+    "tasks.<name>.template": (
+        {"tasks": {"toy": {"template": {"input": "Text: {text}\nSentiment:"}}}}, {"zero_shot": 1, **EVERY_SET},
+    ),
+    "prompts.split_seed": ({"prompts": {"split_seed": 7}}, {"embed_task": 1, "zero_shot": 1, **EVERY_SET}),
+    "encoder": (
+        {"encoder": {"name": "another-name"}},
+        {"prepare_encoder": 1, "embed_task": 1, "build_prompts": 1, "extract_shard": 1, "heldout": 1, "table2": 1,
+         "ablation": 3, **REPORT},
+    ),
+}
+
+
+def overlay_for(change: dict, config: dict) -> dict:
+    """The overlay, with "like <name>" entries filled in as copies of that task or model."""
+    change = yaml.safe_load(yaml.safe_dump(change))
+    for section in ("tasks", "models"):
+        for name, entry in change.get(section, {}).items():
+            if isinstance(entry, str) and entry.startswith("like "):
+                change[section][name] = config[section][entry.removeprefix("like ")]
+    return change
+
+
+@pytest.mark.parametrize("row", CONTRACT, ids=list(CONTRACT))
+def test_rerun_contract(study, tmp_path, row):
+    workdir, config = study
+    change, expected = CONTRACT[row]
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump(overlay_for(change, config)))
+    planned = planned_jobs(workdir, "--configfile", str(workdir / "config.yaml"), str(overlay))
+    assert planned == {rule: n for rule, n in expected.items() if n}, row
 
 
 def test_adding_a_seed_runs_only_the_new_jobs(study):

@@ -164,5 +164,13 @@ def write_shard(prompts_path: str | Path, manifest_path: str | Path, shard: int,
     schemas.write_table(extract_shard(prompts, model, cfg, str(prompts_path)), schemas.SHARD, out)
 
 
+def run_settings(smk) -> dict:
+    """The job's extraction settings: the params (what changes the numbers, so Snakemake re-runs on
+    a change) plus the speed settings, read from the config and the job's threads so that changing
+    them re-runs nothing (docs/reruns.md)."""
+    speed = {key: smk.config["extraction"][key] for key in ("batch_size", "zero_shot_batch_size")}
+    return {**smk.params.extraction, **speed, "threads": smk.threads}
+
+
 def from_snakemake(smk) -> None:
-    write_shard(smk.input.prompts, smk.input.manifest, int(smk.wildcards.shard), smk.params.extraction, smk.output[0])
+    write_shard(smk.input.prompts, smk.input.manifest, int(smk.wildcards.shard), run_settings(smk), smk.output[0])

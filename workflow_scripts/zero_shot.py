@@ -89,7 +89,9 @@ def read_zero_shot(path: str | Path, hidden: bool = True) -> pd.DataFrame:
 
 
 def from_snakemake(smk) -> None:
+    from . import extract
+
     write_zero_shot(
         smk.input.data, smk.input.manifest, smk.wildcards.task, smk.params.task, smk.params.prompts,
-        smk.params.extraction, smk.output[0],
+        extract.run_settings(smk), smk.output[0],
     )
