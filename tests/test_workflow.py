@@ -4,6 +4,9 @@ One module-scoped run; the tests after it change one thing at a time and check w
 """
 from __future__ import annotations
 
+import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -214,6 +217,65 @@ def test_rerun_contract(study, tmp_path, row):
     overlay.write_text(yaml.safe_dump(overlay_for(change, config)))
     planned = planned_jobs(workdir, "--configfile", str(workdir / "config.yaml"), str(overlay))
     assert planned == {rule: n for rule, n in expected.items() if n}, row
+
+
+def copy_of(workdir: Path, target: Path) -> Path:
+    """A copy of a finished study (results, logs and Snakemake's metadata) to damage freely."""
+    shutil.copytree(workdir, target, symlinks=True)
+    return target
+
+
+def test_killed_extraction_resumes_with_only_the_unfinished_jobs(study, tmp_path):
+    workdir, _ = study
+    copy = copy_of(workdir, tmp_path / "study")
+    shards = [paths.shard("tiny", "toy", 0, "random", s) for s in ("000", "001")]
+    for shard in shards:
+        (copy / shard).unlink()
+    logs = [copy / paths.log("extract_shard", "tiny", "toy", "seed0", "random", s) for s in ("000", "001")]
+    for log in logs:
+        log.unlink()
+    # One job at a time; kill the whole process group (snakemake and its job) once one shard is
+    # written and the other's job has started.
+    run = subprocess.Popen([*SNAKEMAKE[:-1], "1", "--directory", str(copy), *shards], start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and run.poll() is None:
+        written = [(copy / s).is_file() for s in shards]
+        if sum(written) == 1 and logs[written.index(False)].is_file():
+            os.killpg(run.pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    run.wait()
+    assert run.returncode == -signal.SIGKILL, "the run ended before it could be killed mid-extraction"
+    unfinished = shards[[(copy / s).is_file() for s in shards].index(False)]
+    shard_dir = (copy / unfinished).parent
+    # The finished shard is kept; the other is absent, not half-written (a write goes through a
+    # temporary file, which the rerun's write removes).
+    assert sorted(p.name for p in shard_dir.glob("*.parquet")) == [Path(s).name for s in shards if s != unfinished]
+
+    unlocked = snakemake(copy, "--unlock")  # what Snakemake asks for after a kill
+    assert unlocked.returncode == 0, unlocked.stderr[-3000:]
+    assert planned_jobs(copy, *shards) == {"extract_shard": 1}
+    done = snakemake(copy, *shards)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for shard in shards:
+        assert (copy / shard).read_bytes() == (workdir / shard).read_bytes(), shard
+    assert not list(shard_dir.glob(".*.tmp"))
+
+
+def test_damaged_shard_gets_an_error_naming_it_and_the_rebuild_command(study, tmp_path):
+    workdir, _ = study
+    copy = copy_of(workdir, tmp_path / "study")
+    shard = paths.shard("tiny", "toy", 0, "random", "001")
+    original = (copy / shard).read_bytes()
+    (copy / shard).write_bytes(original[: len(original) // 2])
+    done = snakemake(copy, "--keep-going")
+    assert done.returncode != 0
+    output = done.stdout + done.stderr
+    assert f"{shard} cannot be read as a Parquet table" in output and f"--forcerun {shard}" in output
+    rebuilt = snakemake(copy, "--forcerun", shard)
+    assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
+    assert (copy / shard).read_bytes() == original
 
 
 def test_adding_a_seed_runs_only_the_new_jobs(study):

@@ -77,7 +77,12 @@ def model_runtime_min(billions: float, n_prompts: float, threads: int, device: s
 
 
 def table_rows(path: str | Path, fallback: int) -> int:
-    """Rows of a Parquet file from its footer, or `fallback` while it does not exist yet."""
+    """Rows of a Parquet file from its footer, or `fallback` while it does not exist yet (or cannot be
+    read: the job that reads it will say so)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    return pq.read_metadata(path).num_rows if Path(path).is_file() else fallback
+    try:
+        return pq.read_metadata(path).num_rows
+    except (pa.ArrowException, OSError):
+        return fallback

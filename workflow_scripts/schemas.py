@@ -257,12 +257,25 @@ THEORY = pa.schema(
 )
 
 
+class TableError(ValueError):
+    """An intermediate file that cannot be read as its stage's table; the message says how to rebuild it."""
+
+
+def rebuild_hint(path: str | Path) -> str:
+    return (f"It is damaged or was edited by hand. Rebuild it, and what was computed from it, with:\n"
+            f"    snakemake --cores 1 --forcerun {path}\n"
+            "(add the study's --configfile / --profile options).")
+
+
 def write_table(rows: pa.Table | dict, schema: pa.Schema, path: str | Path) -> None:
     """Write rows under `schema`, atomically: the file appears complete or not at all."""
     table = rows if isinstance(rows, pa.Table) else pa.Table.from_pydict(rows, schema=schema)
     table = table.select(schema.names).cast(schema)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # A job killed while writing (SIGKILL skips the cleanup below) leaves its temporary file behind.
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -275,17 +288,22 @@ def write_table(rows: pa.Table | dict, schema: pa.Schema, path: str | Path) -> N
 
 def read_table(path: str | Path, schema: pa.Schema) -> pa.Table:
     """Read a stage's file and check it carries the columns and types the contract names."""
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        if not Path(path).is_file():
+            raise
+        raise TableError(f"{path} cannot be read as a Parquet table ({exc}).\n{rebuild_hint(path)}") from exc
     missing = [f.name for f in schema if f.name not in table.schema.names]
     if missing:
-        raise ValueError(f"{path}: missing columns {missing}; expected schema {schema.names}")
+        raise TableError(f"{path}: missing columns {missing}; expected schema {schema.names}.\n{rebuild_hint(path)}")
     wrong = [
         f"{f.name} is {table.schema.field(f.name).type}, expected {f.type}"
         for f in schema
         if not table.schema.field(f.name).type.equals(f.type)
     ]
     if wrong:
-        raise ValueError(f"{path}: {'; '.join(wrong)}")
+        raise TableError(f"{path}: {'; '.join(wrong)}.\n{rebuild_hint(path)}")
     return table.select(schema.names)
 
 
