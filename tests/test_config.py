@@ -351,3 +351,12 @@ def test_rerun_contract_covers_every_config_key():
     # A section's own name (e.g. `settings.<name>` for what is inside it) needs no row of its own.
     missing = [k for k in missing if not any(k.startswith(f"{n}.") for n in named)]
     assert not missing, f"docs/reruns.md has no row for {missing}"
+
+
+def test_layers_relative_to_depth_are_accepted_and_bad_ones_named(config):
+    config["extraction"] = {"kv_layers": [0, 0.5, 1.0, -1], "hidden_layers": [0.75]}
+    config["settings"] = {"random": {"selection": "random"}, "near": {"selection": "similar", "similarity": "hidden", "hidden_layer": 0.6}}
+    validate_config(copy.deepcopy(config))
+    config["extraction"] = {"kv_layers": [2.5]}
+    with pytest.raises(ConfigError, match=r"extraction.kv_layers.0': 2.5 is not an integer nor a number in \[0, 1\]"):
+        validate_config(config)

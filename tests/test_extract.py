@@ -8,6 +8,7 @@ import torch
 
 from workflow_scripts import engine, extract, models, paths, schemas
 from workflow_scripts.extract import ExtractionError
+from workflow_scripts.layers import LayerError
 
 CFG = {"batch_size": 2, "kv_layers": [], "kv_max_prompts": 200, "hidden_layers": [], "hidden_positions": ["last"]}
 
@@ -80,8 +81,14 @@ def test_prompt_longer_than_the_context_names_the_prompt(engine_model):
 
 
 def test_layers_beyond_the_model_are_a_config_error():
-    with pytest.raises(ExtractionError, match=r"extraction.kv_layers': layers \[5\]"):
-        extract.check_layers({**CFG, "kv_layers": [0, 5]}, 2)
+    with pytest.raises(LayerError, match=r"extraction.kv_layers': layer 5 does not exist \(the model has 2\)"):
+        extract.with_layers_resolved({**CFG, "kv_layers": [0, 5]}, 2)
+
+
+def test_layers_relative_to_depth_resolve_per_model():
+    cfg = {**CFG, "kv_layers": [0.0, 0.5, 1.0, -1], "hidden_layers": [-2]}
+    assert extract.with_layers_resolved(cfg, 30) == {**cfg, "kv_layers": [0, 15, 29], "hidden_layers": [28]}
+    assert extract.with_layers_resolved(cfg, 18)["kv_layers"] == [0, 9, 17]
 
 
 def test_non_finite_attention_names_the_prompt_and_layer():

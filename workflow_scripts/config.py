@@ -50,7 +50,17 @@ def _describe(error: jsonschema.ValidationError) -> str:
         return f"config key '{key}': give exactly one of " + ", ".join(
             sorted({str(e.validator_value[0]) for e in error.context if e.validator == "required"})
         )
+    if error.validator == "anyOf":
+        return f"config key '{key}': {error.instance!r} is not " + " nor ".join(map(_expected, error.validator_value))
     return f"config key '{key}': {error.message}"
+
+
+def _expected(schema: dict) -> str:
+    """A subschema in words, e.g. 'a number in [0, 1]'."""
+    words = {"integer": "an integer", "number": "a number", "string": "a string"}.get(schema.get("type"), str(schema))
+    if "minimum" in schema and "maximum" in schema:
+        words += f" in [{schema['minimum']}, {schema['maximum']}]"
+    return words
 
 
 def validate_config(config: dict) -> dict:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from . import engine, models, schemas
+from . import engine, layers, models, schemas
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +59,10 @@ def check_finite(prompt_id: int, logits: np.ndarray, attention: np.ndarray) -> N
         raise ExtractionError(f"prompt {prompt_id}: attention row of layer {int(bad[0])} has NaN or Inf")
 
 
-def check_layers(cfg: dict, n_layers: int) -> None:
-    for key in ("kv_layers", "hidden_layers"):
-        bad = [layer for layer in cfg[key] if layer >= n_layers]
-        if bad:
-            raise ExtractionError(f"config key 'extraction.{key}': layers {bad} do not exist (the model has {n_layers})")
+def with_layers_resolved(cfg: dict, n_layers: int) -> dict:
+    """`cfg` with kv_layers and hidden_layers as this model's layer indices (they may be given
+    relative to depth; layers.py)."""
+    return {**cfg, **{key: layers.resolve_all(cfg[key], n_layers, f"extraction.{key}") for key in ("kv_layers", "hidden_layers")}}
 
 
 def context_length(model) -> int | None:
@@ -159,7 +158,7 @@ def write_shard(prompts_path: str | Path, manifest_path: str | Path, shard: int,
     if prompts.num_rows == 0:
         raise ExtractionError(f"{prompts_path}: shard {shard} is empty (extraction.shard_size={cfg['shard_size']})")
     model = engine.prepare(models.load_model(models.read_manifest(manifest_path), device, dtype, attn_implementation="sdpa"))
-    check_layers(cfg, model.config.num_hidden_layers)
+    cfg = with_layers_resolved(cfg, model.config.num_hidden_layers)
     log.info("shard %d: %d prompts on %s (%s), batch size %d", shard, prompts.num_rows, device, dtype, cfg["batch_size"])
     schemas.write_table(extract_shard(prompts, model, cfg, str(prompts_path)), schemas.SHARD, out)
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from . import config as config_mod
-from . import models, perturb, schemas
+from . import layers, models, perturb, schemas
 from . import retrieval as retrieval_mod
 from .retrieval import per_class_counts
 
@@ -274,10 +274,7 @@ def similarity_vectors(setting: dict, path: str | Path | None) -> dict[str, np.n
     if setting["similarity"] == "encoder":
         return encoder.read_embeddings(path)
     hidden = zero_shot.read_zero_shot(path).hidden
-    n_layers = hidden.iloc[0].shape[0]
-    layer = setting["hidden_layer"]
-    if not -n_layers <= layer < n_layers:
-        raise PromptError(f"config key 'settings.*.hidden_layer': layer {layer} does not exist (the model has {n_layers})")
+    layer = layers.resolve(setting["hidden_layer"], hidden.iloc[0].shape[0], "settings.*.hidden_layer")
     return {i: h[layer] for i, h in hidden.items()}
 
 
