@@ -19,8 +19,10 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest
 
+# The study first (nothing to do when it is complete), then the HTML report of what it produced.
 report: $(VENV)/.installed
-	$(VENV)/bin/snakemake --cores $(CORES) --report results/report.html
+	$(VENV)/bin/snakemake --cores $(CORES)
+	$(VENV)/bin/snakemake --report results/report.html
 
 clean:
 	rm -rf results logs .snakemake

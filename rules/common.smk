@@ -207,3 +207,38 @@ def zero_shot_examples(wildcards, input):
     pool = prompts["pool_size"] or resources.table_rows(input.data, fallback=10 * prompts["n_eval"])
     return (prompts["n_eval"] + prompts["n_dev"] + pool) / (prompts["k"] + 1)
 
+
+# The report stage (rules/report.smk): inputs over seeds, and where each figure and table goes in the
+# HTML report (`snakemake --report`).
+def seeds_of(name):
+    """Input function: an analysis table of every seed of the wildcards' model x task x setting."""
+    return lambda wc: [paths.analysis(name, wc.model, wc.task, s, wc.setting) for s in STUDY["seeds"]]
+
+
+def report_sets(name):
+    """A report file of every model x task x setting, in study order."""
+    return [paths.report_set(name, *key) for key in over_seeds_keys()]
+
+
+def set_result(name, section, result):
+    """A figure or table of one model x task x setting in the HTML report: filed by paper section and
+    model; labelled by what it shows first (Snakemake may turn a later label into a toggle), then by
+    task and setting. Its caption is report/<file stem>.rst."""
+    return report(
+        paths.report_set(name),
+        caption=f"../report/{Path(name).stem}.rst",
+        category=section,
+        subcategory="{model}",
+        labels={"result": result, "task": "{task}", "setting": "{setting}"},
+    )
+
+
+def ablation_result(extension, caption, result):
+    """A figure or table of one ablation in the HTML report, labelled like set_result."""
+    return report(
+        paths.report_ablation(extension),
+        caption=f"../report/{caption}.rst",
+        category="4.2 Ablations",
+        subcategory="{model}",
+        labels={"result": result, "ablation": "{ablation}"},
+    )

@@ -1,33 +1,186 @@
-# Stage 8: results/report.md with tables and figures over every prompt set of the study.
+# Stage 8: the report. One rule per figure per model x task x setting (over its seeds), per ablation
+# and for Theorem 1, so a changed analysis re-renders only its own figure. Each writes its figure and
+# table, flagged for the HTML report (`snakemake --report`; captions in report/), and its piece of
+# results/report.md, which the `report` rule assembles.
+
+
+rule report_table2:
+    input:
+        table=paths.over_seeds("table2.parquet"),
+    output:
+        html=set_result("table2.html", "5.5 Table 2", "Table 2: held-out reconstruction"),
+        csv=paths.report_set("table2.csv"),
+        piece=paths.report_set("table2.md"),
+    params:
+        encoder=config["encoder"]["name"],
+    group:
+        "figures"
+    log:
+        paths.log("report_table2", "{model}", "{task}", "{setting}"),
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        STEP
+
+
+rule report_attention:
+    input:
+        maps=seeds_of("attention_map.parquet"),
+        label_mass=seeds_of("label_mass.parquet"),
+    output:
+        figure=set_result("attention.png", "5.1 Attention map", "Fig. 2: averaged attention"),
+        html=set_result("label_mass.html", "5.1 Attention map", "Table: attention on label tokens per layer"),
+        csv=paths.report_set("label_mass.csv"),
+        piece=paths.report_set("attention.md"),
+    params:
+        dpi=config["report"]["dpi"],
+    group:
+        "figures"
+    log:
+        paths.log("report_attention", "{model}", "{task}", "{setting}"),
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        STEP
+
+
+rule report_heads:
+    input:
+        heads=seeds_of("heads.parquet"),
+    output:
+        figure=set_result("heads.png", "5.2 Heads as kernels", "Fig. 3: per-head heatmaps"),
+        html=set_result("top_heads.html", "5.2 Heads as kernels", "Table: best heads"),
+        csv=paths.report_set("top_heads.csv"),
+        piece=paths.report_set("heads.md"),
+    params:
+        dpi=config["report"]["dpi"],
+        top_head_fraction=config["analysis"]["top_head_fraction"],
+    group:
+        "figures"
+    log:
+        paths.log("report_heads", "{model}", "{task}", "{setting}"),
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        STEP
+
+
+rule report_similarity:
+    input:
+        similarity=seeds_of("similarity.parquet"),
+        heads=seeds_of("heads.parquet"),
+    output:
+        figure=set_result("similarity.png", "5.3 Prediction similarity", "Fig. 4: kernel vs. prediction similarity"),
+        html=set_result("similarity_heads.html", "5.3 Prediction similarity", "Table: best heads"),
+        csv=paths.report_set("similarity_heads.csv"),
+        piece=paths.report_set("similarity.md"),
+    params:
+        dpi=config["report"]["dpi"],
+    group:
+        "figures"
+    log:
+        paths.log("report_similarity", "{model}", "{task}", "{setting}"),
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        STEP
+
+
+rule report_probes:
+    input:
+        probes=seeds_of("probes.parquet"),
+    output:
+        figure=set_result("probes.png", "5.4 Probes", "Fig. 5: probes on keys and values"),
+        html=set_result("probe_summary.html", "5.4 Probes", "Table: best offsets and heads"),
+        csv=paths.report_set("probe_summary.csv"),
+        piece=paths.report_set("probes.md"),
+    params:
+        dpi=config["report"]["dpi"],
+    group:
+        "figures"
+    log:
+        paths.log("report_probes", "{model}", "{task}", "{setting}"),
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        STEP
+
+
+rule report_ablation:
+    input:
+        paths.ablation("summary.parquet"),
+    output:
+        figure=ablation_result("png", "ablation", "Figure: settings with 95% CIs"),
+        html=ablation_result("html", "ablation_table", "Table: means per setting, verdict"),
+        csv=paths.report_ablation("csv"),
+        piece=paths.report_ablation("md"),
+    params:
+        kind=lambda wc: config["ablations"][wc.ablation]["kind"],
+        baseline=lambda wc: config["ablations"][wc.ablation]["baseline"],
+        dpi=config["report"]["dpi"],
+    group:
+        "figures"
+    log:
+        paths.log("report_ablation", "{model}", "{ablation}"),
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        STEP
+
+
+rule report_theory:
+    input:
+        table=paths.theory("table.parquet"),
+        summary=paths.theory("summary.md"),
+        # The theory rule draws this figure; it enters the HTML report here, beside its table.
+        figure=report(
+            paths.theory("convergence.png"),
+            caption="../report/theory.rst",
+            category="Theorem 1",
+            subcategory="synthetic HMMs",
+            labels={"result": "Figure: kernel regression vs. posterior over n"},
+        ),
+    output:
+        html=report(
+            paths.report_figure("theory.html"),
+            caption="../report/theory_table.rst",
+            category="Theorem 1",
+            subcategory="synthetic HMMs",
+            labels={"result": "Table: beside the paper's Table 3"},
+        ),
+        csv=paths.report_figure("theory.csv"),
+        piece=paths.report_figure("theory.md"),
+    group:
+        "figures"
+    log:
+        paths.log("report_theory"),
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        STEP
 
 
 rule report:
     input:
-        heads=analysis_outputs("heads.parquet"),
-        summaries=analysis_outputs("summary.parquet"),
-        maps=analysis_outputs("attention_map.parquet"),
-        label_mass=analysis_outputs("label_mass.parquet"),
-        similarity=analysis_outputs("similarity.parquet"),
-        probes=analysis_outputs("probes.parquet") if config["extraction"]["kv_layers"] else [],
-        table2=over_seeds_outputs("table2.parquet"),
-        ablations=ablation_outputs("summary.parquet"),
-        theory=paths.theory("summary.md"),
-        theory_figure=paths.theory("convergence.png"),
+        table2=report_sets("table2.md"),
+        attention=report_sets("attention.md"),
+        heads=report_sets("heads.md"),
+        similarity=report_sets("similarity.md"),
+        probes=report_sets("probes.md") if config["extraction"]["kv_layers"] else [],
+        summaries=[paths.analysis("summary.parquet", m, t, s, st) for m, t, st in over_seeds_keys() for s in STUDY["seeds"]],
+        ablations=[paths.report_ablation("md", m, a) for m in STUDY["models"] for a in config["ablations"]],
+        theory=paths.report_figure("theory.md"),
     output:
-        report=paths.report(),
-        figures=directory(paths.report_figure("")),
+        paths.report(),
     params:
-        sets=prompt_sets(),
-        table2_keys=over_seeds_keys(),
+        sets=over_seeds_keys(),
+        ablations=list(config["ablations"]),
+        title=config["report"]["title"],
         study={
             **STUDY,
             **{key: config["prompts"][key] for key in ("n_eval", "k")},
             **analysis_params("n_select", "n_heldout"),
-            "encoder": config["encoder"]["name"],
         },
-        options=config["report"],
-        top_head_fraction=config["analysis"]["top_head_fraction"],
-        ablations=config["ablations"],
     log:
         paths.log("report", "report"),
     conda:

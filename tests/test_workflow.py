@@ -4,7 +4,10 @@ One module-scoped run; the tests after it change one thing at a time and check w
 """
 from __future__ import annotations
 
+import base64
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -152,30 +155,103 @@ def test_rerun_with_nothing_changed_does_nothing_quickly(study):
     assert elapsed <= 10, f"a no-op rerun took {elapsed:.1f} s"
 
 
+# What the HTML report must hold: per paper section, each figure and table of a model x task x setting
+# (file name, a phrase its caption must contain: the paper's number where there is one).
+SET_RESULTS = {
+    "5.5 Table 2": {"table2.html": ".797"},
+    "5.1 Attention map": {"attention.png": "Fig. 2", "label_mass.html": "label tokens"},
+    "5.2 Heads as kernels": {"heads.png": "89.2%", "top_heads.html": "89.2%"},
+    "5.3 Prediction similarity": {"similarity.png": "Fig. 4", "similarity_heads.html": "Fig. 3"},
+    "5.4 Probes": {"probes.png": "offset 0", "probe_summary.html": "offset"},
+}
+
+
+def report_contents(html: Path) -> tuple[dict, dict, str]:
+    """What a Snakemake HTML report embeds: its results (path -> caption, labels, data, ...), its
+    categories (section -> subcategory -> paths) and the workflow description."""
+    text = html.read_text()
+
+    def embedded(script_id: str, name: str):
+        found = re.search(rf'<script id="{script_id}">\s*var {name} = (.*?);\s*</script>', text, re.S)
+        assert found, f"{name} is not in {html}"
+        return json.loads(found.group(1))
+
+    return embedded("results", "results"), embedded("categories", "categories"), embedded("workflow-desc", "workflow_desc")
+
+
+def test_html_report_holds_every_figure_and_table_with_its_caption(study, tmp_path):
+    workdir, config = study
+    # A second setting, so that results of the same figure must stay apart by their labels.
+    copy = copy_of(workdir, tmp_path / "study")
+    config = {**config, "study": {**config["study"], "settings": ["random", "k2"]}, "settings": {**config["settings"], "k2": {"k": 2}}}
+    write_config(copy, config)
+    done = snakemake(copy)
+    assert done.returncode == 0, done.stderr[-3000:]
+    html = tmp_path / "report.html"
+    made = snakemake(copy, "--report", str(html))
+    assert made.returncode == 0, made.stderr[-3000:]
+    results, categories, description = report_contents(html)
+
+    expected = {}  # path -> (section, subcategory, labels, phrase in the caption)
+    for section, files in SET_RESULTS.items():
+        for name, phrase in files.items():
+            for setting in ("random", "k2"):
+                labels = {"task": "toy", "setting": setting}
+                expected[paths.report_set(name, "tiny", "toy", setting)] = (section, "tiny", labels, phrase)
+    for ablation in config["ablations"]:
+        for extension, phrase in (("png", "95% CIs"), ("html", "paired difference")):
+            expected[paths.report_ablation(extension, "tiny", ablation)] = ("4.2 Ablations", "tiny", {"ablation": ablation}, phrase)
+    expected[paths.theory("convergence.png")] = ("Theorem 1", "synthetic HMMs", {}, "0.964")
+    expected[paths.report_figure("theory.html")] = ("Theorem 1", "synthetic HMMs", {}, "0.964")
+    assert set(results) == set(expected)
+    for path, (section, subcategory, labels, phrase) in expected.items():
+        result = results[path]
+        assert path in categories[section][subcategory], path
+        assert labels.items() <= result["labels"].items() and result["labels"]["result"], path
+        assert phrase in result["caption"] and "system-message" not in result["caption"], (path, result["caption"])
+        assert result["data_uri"].startswith(f"data:{result['mime_type']};"), path
+        if path.endswith(".html"):  # the table itself, sortable
+            page = base64.b64decode(result["data_uri"].split(",", 1)[1]).decode()
+            assert "<table>" in page and "<tbody>\n<tr>" in page and "th.addEventListener" in page, path
+    # Captions name their model, task and setting; the description gives the study's config.
+    caption = results[paths.report_set("heads.png", "tiny", "toy", "k2")]["caption"]
+    assert "for tiny on toy, k2 prompts" in caption
+    assert "models: tiny" in description and "random, k2" in description and "null baseline" in description
+
+
 # The rerun contract of docs/reruns.md on the tiny study: each row changes config keys in an overlay
 # (merged over the study's config) and names the jobs a dry run then plans. The tiny study has one
 # prompt set of every test prompt (random, 2 shards) and four held-out ablation sets (sim, sim_hidden,
 # symbols, order_1; one shard each) read by three ablations.
 ANALYSES = {"reconstruct": 1, "attention_map": 1, "similarity": 1, "probes": 1, "heldout": 1, "table2": 1}
+# The report's figures and tables of one model x task x setting (over its seeds).
+SET_REPORT = {"report_table2": 1, "report_attention": 1, "report_heads": 1, "report_similarity": 1, "report_probes": 1}
 REPORT = {"report": 1, "all": 1}
-EVERY_SET = {"build_prompts": 5, "extract_shard": 6, **ANALYSES, "ablation": 3, **REPORT}
-ONE_NEW_SET = {"build_prompts": 1, "extract_shard": 2, **ANALYSES, **REPORT}
+EVERY_SET = {"build_prompts": 5, "extract_shard": 6, **ANALYSES, "ablation": 3, **SET_REPORT, "report_ablation": 3, **REPORT}
+ONE_NEW_SET = {"build_prompts": 1, "extract_shard": 2, **ANALYSES, **SET_REPORT, **REPORT}
 CONTRACT = {
     "extraction.batch_size": ({"extraction": {"batch_size": 3}}, {}),
     "extraction.threads": ({"extraction": {"threads": 2}}, {}),
     "extraction.zero_shot_batch_size": ({"extraction": {"zero_shot_batch_size": 5}}, {}),
     "models.<name>.parameters": ({"models": {"tiny": {"parameters": 7.0}}}, {}),
     "report.title": ({"report": {"title": "Another title"}}, REPORT),
-    "analysis.top_head_fraction": ({"analysis": {"top_head_fraction": 0.5}}, REPORT),
-    "analysis.probe_ridge": ({"analysis": {"probe_ridge": 1.0}}, {"probes": 1, **REPORT}),
-    "analysis.resample_length": ({"analysis": {"resample_length": 10}}, {"attention_map": 1, **REPORT}),
-    "analysis.bootstrap_resamples": ({"analysis": {"bootstrap_resamples": 300}}, {"table2": 1, "ablation": 3, **REPORT}),
-    "theory.*": ({"theory": {"n_prompts": 6}}, {"theory": 1, **REPORT}),
+    "analysis.top_head_fraction": ({"analysis": {"top_head_fraction": 0.5}}, {"report_heads": 1, **REPORT}),
+    "report.dpi": (
+        {"report": {"dpi": 60}},
+        {"report_attention": 1, "report_heads": 1, "report_similarity": 1, "report_probes": 1, "report_ablation": 3, **REPORT},
+    ),
+    "analysis.probe_ridge": ({"analysis": {"probe_ridge": 1.0}}, {"probes": 1, "report_probes": 1, **REPORT}),
+    "analysis.resample_length": ({"analysis": {"resample_length": 10}}, {"attention_map": 1, "report_attention": 1, **REPORT}),
+    "analysis.bootstrap_resamples": (
+        {"analysis": {"bootstrap_resamples": 300}},
+        {"table2": 1, "ablation": 3, "report_table2": 1, "report_ablation": 3, **REPORT},
+    ),
+    "theory.*": ({"theory": {"n_prompts": 6}}, {"theory": 1, "report_theory": 1, **REPORT}),
     "study.seeds (one more)": ({"study": {"seeds": [0, 1]}}, ONE_NEW_SET),
     "study.settings (one more)": ({"study": {"settings": ["random", "k2"]}, "settings": {"k2": {"k": 2}}}, ONE_NEW_SET),
     "ablations.<name>.settings (one more)": (
         {"settings": {"words": {"labels": "words", "queries": "heldout"}}, "ablations": {"labels": {"settings": ["symbols", "words"]}}},
-        {"build_prompts": 1, "extract_shard": 1, "ablation": 1, **REPORT},
+        {"build_prompts": 1, "extract_shard": 1, "ablation": 1, "report_ablation": 1, **REPORT},
     ),
     "study.tasks (one more)": (
         {"study": {"tasks": ["toy", "toy2"]}, "tasks": {"toy2": "like toy"}},
@@ -194,7 +270,7 @@ CONTRACT = {
     "encoder": (
         {"encoder": {"name": "another-name"}},
         {"prepare_encoder": 1, "embed_task": 1, "build_prompts": 1, "extract_shard": 1, "heldout": 1, "table2": 1,
-         "ablation": 3, **REPORT},
+         "ablation": 3, "report_table2": 1, "report_ablation": 3, **REPORT},
     ),
 }
 
@@ -310,7 +386,7 @@ def test_changing_a_probe_parameter_reruns_only_the_probes_and_the_report(study)
     config["analysis"]["probe_ridge"] = 1.0
     write_config(workdir, config)
     seeds = len(config["study"]["seeds"])
-    assert planned_jobs(workdir) == {"probes": seeds, "report": 1, "all": 1}
+    assert planned_jobs(workdir) == {"probes": seeds, "report_probes": 1, "report": 1, "all": 1}
     done = snakemake(workdir)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -324,7 +400,7 @@ def test_changing_the_heldout_size_reruns_table_2_and_the_ablations_only(study):
     ablation_sets = 4  # sim, sim_hidden, symbols, order_1 build only the held-out prompts, so they follow
     assert planned_jobs(workdir) == {
         "heldout": seeds, "table2": 1, "build_prompts": ablation_sets, "extract_shard": ablation_sets,
-        "ablation": 3, "report": 1, "all": 1,
+        "ablation": 3, "report_table2": 1, "report_ablation": 3, "report": 1, "all": 1,
     }
     done = snakemake(workdir)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -1,5 +1,5 @@
-"""The report's Section 4.2 part: one figure per ablation with 95% CIs and one plain sentence on
-whether the kernel explanation's prediction held."""
+"""The report's Section 4.2 part, one rule per ablation: a figure with 95% CIs, the table of each
+setting's means, and one plain sentence on whether the kernel explanation's prediction held."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,6 +10,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from . import schemas  # noqa: E402
+from .report_files import Outputs, link, outputs_of, write_piece, write_table  # noqa: E402
 
 METRIC_TEXT = {
     "icl_accuracy": "ICL accuracy",
@@ -155,9 +158,9 @@ def figure(kind: str, summary: pd.DataFrame, baseline: str, title: str, out: Pat
     plt.close(fig)
 
 
-def section(ablations: dict[str, dict], summaries: dict[str, pd.DataFrame], model: str, fig_dir: Path, dpi: int) -> list[str]:
-    """Markdown lines for every ablation of one model; `ablations` is the config section."""
-    lines = [
+def heading(model: str) -> list[str]:
+    """What every ablation of one model shares; results/report.md puts it before their pieces."""
+    return [
         f"## Section 4.2 ablations: {model}",
         "",
         "Each setting is run on the held-out prompts of Table 2 and read through the head the baseline chose on its",
@@ -167,27 +170,46 @@ def section(ablations: dict[str, dict], summaries: dict[str, pd.DataFrame], mode
         "difference per input, mean [bootstrap 95% CI].",
         "",
     ]
-    for name, cfg in ablations.items():
-        summary = summaries[name]
-        stem = f"{model}__ablation__{name}.png"
-        figure(cfg["kind"], summary, cfg["baseline"], f"{model}: {name}", fig_dir / stem, dpi)
-        shown = summary[~summary.metric.str.endswith("_shift")]
-        shown = shown if cfg["kind"] == "k" else shown[shown.metric != "n_demos"]
-        table = shown.pivot_table(index=["task", "setting"], columns="metric", values="mean", sort=False)
-        header = list(table.columns)
-        lines += [
-            f"### {name} ({cfg['kind']})",
-            "",
-            f"Kernel view: {PREDICTION[cfg['kind']]} {NOTES[cfg['kind']]}",
-            "",
-            "| task | setting | " + " | ".join(METRIC_TEXT.get(m, m.replace("_", " ")) for m in header) + " |",
-            "|---|---|" + "---|" * len(header),
-            *[f"| {t} | {s} | " + " | ".join(number(m, v) for m, v in row.items()) + " |"
-              for (t, s), row in table.iterrows()],
-            "",
-            f"**{conclusion(cfg['kind'], summary, cfg['baseline'])}** Measured: {verdict(cfg['kind'], summary, cfg['baseline'])}",
-            "",
-            f"![{name}]({fig_dir.name}/{stem})",
-            "",
-        ]
-    return lines
+
+
+def means_table(kind: str, summary: pd.DataFrame) -> pd.DataFrame:
+    """Per task and setting, the mean of every metric (not the paired differences)."""
+    shown = summary[~summary.metric.str.endswith("_shift")]
+    shown = shown if kind == "k" else shown[shown.metric != "n_demos"]
+    return shown.pivot_table(index=["task", "setting"], columns="metric", values="mean", sort=False)
+
+
+def piece(name: str, kind: str, baseline: str, summary: pd.DataFrame, figure: str) -> list[str]:
+    """The ablation's part of results/report.md: prediction, table of means, verdict, figure."""
+    table = means_table(kind, summary)
+    header = list(table.columns)
+    return [
+        f"### {name} ({kind})",
+        "",
+        f"Kernel view: {PREDICTION[kind]} {NOTES[kind]}",
+        "",
+        "| task | setting | " + " | ".join(METRIC_TEXT.get(m, m.replace("_", " ")) for m in header) + " |",
+        "|---|---|" + "---|" * len(header),
+        *[f"| {t} | {s} | " + " | ".join(number(m, v) for m, v in row.items()) + " |"
+          for (t, s), row in table.iterrows()],
+        "",
+        f"**{conclusion(kind, summary, baseline)}** Measured: {verdict(kind, summary, baseline)}",
+        "",
+        f"![{name}]({figure})",
+        "",
+    ]
+
+
+def render(name: str, kind: str, baseline: str, summary: pd.DataFrame, model: str, out: Outputs, dpi: int) -> None:
+    figure(kind, summary, baseline, f"{model}: {name}", out.figure, dpi)
+    write_table(means_table(kind, summary).reset_index(), out, f"{model}: {name} ablation ({kind}), mean per setting", [
+        f"{conclusion(kind, summary, baseline)} Measured: {verdict(kind, summary, baseline)}",
+        f"Kernel view: {PREDICTION[kind]} {NOTES[kind]}",
+    ])
+    write_piece(out.piece, piece(name, kind, baseline, summary, link(out.figure)))
+
+
+def from_snakemake(smk) -> None:
+    summary = schemas.read_table(smk.input[0], schemas.ABLATION_SUMMARY).to_pandas()
+    render(smk.wildcards.ablation, smk.params.kind, smk.params.baseline, summary, smk.wildcards.model,
+           outputs_of(smk), smk.params.dpi)

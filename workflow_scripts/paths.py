@@ -81,7 +81,18 @@ def report() -> str:
 
 
 def report_figure(name: str) -> str:
+    """A figure, table or piece of results/report.md (which links the figures here)."""
     return f"{RESULTS}/report/{name}"
+
+
+def report_set(name: str, model=W["model"], task=W["task"], setting=W["setting"]) -> str:
+    """A figure, table or report piece of one model x task x setting, over all its seeds."""
+    return report_figure(f"{model}__{task}__{setting}__{name}")
+
+
+def report_ablation(extension: str, model=W["model"], ablation=W["ablation"]) -> str:
+    """The figure (png), table (csv, html) or report piece (md) of one ablation."""
+    return report_figure(f"{model}__ablation__{ablation}.{extension}")
 
 
 def shard_ids(n_prompts: int, shard_size: int) -> list[str]:

@@ -1,4 +1,7 @@
-"""results/report.md: tables (mean +- sd over seeds) and the figures of Sections 5.1 and 5.2."""
+"""The report of Sections 5.1-5.5 and Theorem 1: per model x task x setting (mean over seeds) one rule
+per figure, each writing its figure, its table (CSV and sortable HTML, for the Snakemake HTML report)
+and its piece of results/report.md; then the `report` rule assembles results/report.md from the pieces.
+ablation_report.py does the same for the Section 4.2 ablations."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +13,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import PowerNorm  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from . import ablation_report, schemas, stats, table2  # noqa: E402
+from .report_files import Outputs, link, outputs_of, read_piece, write_piece, write_table  # noqa: E402
 from .reconstruction import KERNELS  # noqa: E402
 
 KERNEL_TEXT = {
@@ -20,6 +25,11 @@ KERNEL_TEXT = {
     "mean": "mean attention over [x_i, y_i]",
 }
 PAPER_52 = "Paper (GPT-J-6B, sst2, max kernel): best head L17 H10, 89.2% agreement with the ICL prediction, 86.4% accuracy."
+PROBES_OFF = "**5.4** Probes are off: set extraction.kv_layers to keep key and value vectors."
+
+
+def set_title(model: str, task: str, setting: str) -> str:
+    return f"{model} / {task} / {setting}"
 
 
 def table_cell(text: str) -> str:
@@ -33,165 +43,23 @@ def mean_sd(values) -> str:
     return f"{values.mean():.3f} ± {sd:.3f}" if len(values) > 1 else f"{values.mean():.3f}"
 
 
-# Per-set tables the report reads: input name -> (schema, how it is kept).
-SET_TABLES = {
-    "heads": schemas.HEADS,
-    "summaries": schemas.SUMMARY,
-    "maps": schemas.ATTENTION_MAP,
-    "label_mass": schemas.LABEL_MASS,
-    "similarity": schemas.SIMILARITY,
-    "probes": schemas.PROBES,
-}
+def read_all(files: list[str], schema) -> list[pd.DataFrame]:
+    """One table per seed."""
+    return [schemas.read_table(f, schema).to_pandas() for f in files]
 
 
-def load_sets(sets: list[dict], files: dict[str, list[str]]) -> pd.DataFrame:
-    """One row per prompt set with each of its tables as a DataFrame (None where not computed)."""
-    rows = []
-    for i, key in enumerate(sets):
-        row = dict(key)
-        for name, schema in SET_TABLES.items():
-            paths = files.get(name)
-            row[name] = schemas.read_table(paths[i], schema).to_pandas() if paths else None
-        row["summary"] = row.pop("summaries").iloc[0].to_dict()
-        row["heads"], row["map"] = row["heads"], row.pop("maps")
-        rows.append(row)
-    return pd.DataFrame(rows)
+# Section 5.1 -------------------------------------------------------------------------------------
 
 
-def head_table(group: pd.DataFrame) -> pd.DataFrame:
-    """Per kernel, the head with the best mean agreement over seeds, with its per-seed numbers."""
-    heads = pd.concat([h.assign(seed=s) for h, s in zip(group["heads"], group["seed"])])
-    mean = heads.groupby(["kernel", "layer", "head"])[["agreement", "accuracy"]].mean().reset_index()
-    rows = []
-    for kernel in KERNELS:
-        best = mean[mean.kernel == kernel].sort_values(["agreement", "accuracy"], ascending=False).iloc[0]
-        per_seed = heads[(heads.kernel == kernel) & (heads.layer == best.layer) & (heads["head"] == best["head"])]
-        rows.append(
-            {
-                "kernel": kernel,
-                "layer": int(best.layer),
-                "head": int(best["head"]),
-                "agreement": mean_sd(per_seed.agreement),
-                "accuracy": mean_sd(per_seed.accuracy),
-            }
-        )
-    return pd.DataFrame(rows)
+def label_mass_table(masses: list[pd.DataFrame]) -> pd.DataFrame:
+    """Per layer, mean over seeds: the label tokens' share of the last token's attention, their share
+    of prompt positions, and the ratio of the two (1 = uniform)."""
+    return pd.concat(masses).groupby("layer")[["label_mass", "label_share", "ratio"]].mean().reset_index()
 
 
-def head_grid(heads: pd.DataFrame, kernel: str, metric: str) -> np.ndarray:
-    """(layers, heads) grid of one metric of one kernel variant."""
-    return heads[heads.kernel == kernel].groupby(["layer", "head"])[metric].mean().unstack("head").to_numpy()
-
-
-def heatmaps(group: pd.DataFrame, title: str, out: Path, dpi: int) -> None:
-    """Fig. 3: layer x head agreement with the ICL prediction and accuracy, every kernel, mean over seeds."""
-    heads = pd.concat(list(group["heads"]))
-    fig, axes = plt.subplots(2, len(KERNELS), figsize=(4 * len(KERNELS), 8), sharey=True, constrained_layout=True)
-    for col, kernel in enumerate(KERNELS):
-        for row, metric in enumerate(["agreement", "accuracy"]):
-            ax = axes[row, col]
-            im = ax.imshow(head_grid(heads, kernel, metric), aspect="auto", origin="lower", cmap="viridis", vmin=0, vmax=1)
-            ax.set_title(f"{kernel}: {'agreement with ICL' if metric == 'agreement' else 'accuracy vs. gold'}", fontsize=9)
-            ax.set_xlabel("head")
-        fig.colorbar(im, ax=axes[:, col].tolist(), shrink=0.6)
-    for row in axes:
-        row[0].set_ylabel("layer")
-    fig.suptitle(f"{title}: each head read as a kernel regression")
-    fig.savefig(out, dpi=dpi)
-    plt.close(fig)
-
-
-def top_head_depth(heads: pd.DataFrame, kernel: str, fraction: float) -> tuple[int, float, float, float]:
-    """Where the top `fraction` of heads by agreement sit: (count, mean, min, max) of layer / (layers - 1)."""
-    grid = head_grid(heads, kernel, "agreement")
-    n = max(1, int(round(fraction * grid.size)))
-    layers = np.unravel_index(np.argsort(grid, axis=None)[::-1][:n], grid.shape)[0]
-    depth = layers / max(1, grid.shape[0] - 1)
-    return n, float(depth.mean()), float(depth.min()), float(depth.max())
-
-
-def similarity_section(group: pd.DataFrame, title: str, out: Path, dpi: int) -> list[str]:
-    """Fig. 4: per head, Pearson(kernel weight, prediction similarity), and how it tracks Fig. 3."""
-    sim = pd.concat(list(group["similarity"]))
-    heads = pd.concat(list(group["heads"]))
-    fig, axes = plt.subplots(1, len(KERNELS), figsize=(4 * len(KERNELS), 4.5), sharey=True)
-    rows = ["| kernel | best head: Pearson | heads with Pearson > 0 | corr. with the agreement heatmap (Fig. 3) |", "|---|---|---|---|"]
-    for ax, kernel in zip(axes, KERNELS):
-        grid = head_grid(sim.rename(columns={"pearson": "value"}), kernel, "value")
-        limit = np.nanmax(np.abs(grid)) or 1.0
-        im = ax.imshow(grid, aspect="auto", origin="lower", cmap="RdBu_r", vmin=-limit, vmax=limit)
-        ax.set_title(f"{kernel} kernel", fontsize=9)
-        ax.set_xlabel("head")
-        fig.colorbar(im, ax=ax)
-        agree = head_grid(heads, kernel, "agreement")
-        layer, head = np.unravel_index(np.nanargmax(grid), grid.shape)
-        rows.append(
-            f"| {kernel} | L{layer} H{head}: {grid[layer, head]:.3f} | {np.mean(grid > 0):.0%} "
-            f"| {stats.pearson(grid.ravel(), agree.ravel()):.3f} |"
-        )
-    axes[0].set_ylabel("layer")
-    fig.suptitle(f"{title}: Pearson(a_i, P(o|x_test)·P(o|x_i)) per head")
-    fig.tight_layout()
-    fig.savefig(out, dpi=dpi)
-    plt.close(fig)
-    n_pairs = int(sim.n_pairs.iloc[0])
-    return [
-        "**5.3 Which demonstrations get attention.** Per head, the Pearson correlation between its kernel weight a_i and",
-        f"the prediction similarity P(o|x_test)·P(o|x_i) (zero-shot label distributions), over {n_pairs} (prompt, demo) pairs per seed;",
-        "the last column correlates this heatmap with the agreement heatmap of Section 5.2 across all heads (the paper: the two look alike).",
-        "",
-        *rows,
-        "",
-        f"![prediction similarity]({out.parent.name}/{out.name})",
-        "",
-    ]
-
-
-def probes_section(group: pd.DataFrame, title: str, out: Path, dpi: int) -> list[str]:
-    """Fig. 5: probe accuracy by layer and offset from each demonstration's peak, keys and values."""
-    probes = pd.concat(list(group["probes"])).groupby(["vector", "offset", "layer", "head"])[["accuracy", "majority"]].mean()
-    probes = probes.reset_index()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    target = {"key": "key -> argmax P(o|x_i) (zero-shot)", "value": "value -> y_i (label)"}
-    rows = ["| vector -> target | chance (majority) | best offset (mean over heads) | best head: layer, head, offset, accuracy |",
-            "|---|---|---|---|"]
-    for ax, vector in zip(axes, ["key", "value"]):
-        part = probes[probes.vector == vector]
-        by_offset = part.groupby(["offset", "layer"]).accuracy.mean()
-        for offset in sorted(part.offset.unique()):
-            line = by_offset.loc[offset]
-            ax.plot(line.index, line.to_numpy(), marker="o", ms=3, lw=2.5 if offset == 0 else 1, label=f"offset {offset:+d}")
-        majority = float(part.majority.mean())
-        ax.axhline(majority, color="grey", ls="--", lw=1, label="majority")
-        ax.set_title(target[vector], fontsize=10)
-        ax.set_xlabel("layer")
-        best_offset = part.groupby("offset").accuracy.mean().idxmax()
-        best = part.loc[part.accuracy.idxmax()]
-        rows.append(
-            f"| {table_cell(target[vector])} | {majority:.3f} | {best_offset:+d} ({part[part.offset == best_offset].accuracy.mean():.3f}) "
-            f"| L{int(best.layer)} H{int(best['head'])} offset {int(best.offset):+d}: {best.accuracy:.3f} |"
-        )
-    axes[0].set_ylabel("held-out probe accuracy (mean over heads)")
-    axes[1].legend(fontsize=7)
-    fig.suptitle(f"{title}: ridge probes on keys and values around each demonstration's peak")
-    fig.tight_layout()
-    fig.savefig(out, dpi=dpi)
-    plt.close(fig)
-    return [
-        "**5.4 Where the kernel's features live.** Ridge probes (cross-validated, folds grouped by demonstration example)",
-        "on each head's key and value vectors at offsets -1..+3 from the demonstration's highest-attention position.",
-        "The paper expects the peak at offset 0.",
-        "",
-        *rows,
-        "",
-        f"![probes]({out.parent.name}/{out.name})",
-        "",
-    ]
-
-
-def label_mass_lines(group: pd.DataFrame) -> list[str]:
+def label_mass_lines(table: pd.DataFrame) -> list[str]:
     """Section 5.1's number: how much more than uniform the last token attends to the label tokens."""
-    mass = pd.concat(list(group["label_mass"])).groupby("layer")[["label_mass", "label_share", "ratio"]].mean()
+    mass = table.set_index("layer")
     top = mass.ratio.idxmax()
     above = int((mass.ratio > 1).sum())
     cells = " ".join(f"{r:.1f}" for r in mass.ratio)
@@ -203,9 +71,9 @@ def label_mass_lines(group: pd.DataFrame) -> list[str]:
     ]
 
 
-def attention_figure(group: pd.DataFrame, title: str, out: Path, dpi: int) -> None:
+def attention_figure(maps: list[pd.DataFrame], title: str, out: str | Path, dpi: int) -> None:
     """Fig. 2: last-token attention averaged over prompts (and seeds) on the aligned prompt axis."""
-    maps = [m for m in group["map"] if len(m) == len(group["map"].iloc[0])]
+    maps = [m for m in maps if len(m) == len(maps[0])]
     frame = pd.concat(maps).groupby(["layer", "head", "column"], sort=True)["attention"].mean()
     n_layers = frame.index.get_level_values("layer").max() + 1
     n_heads = frame.index.get_level_values("head").max() + 1
@@ -229,7 +97,252 @@ def attention_figure(group: pd.DataFrame, title: str, out: Path, dpi: int) -> No
     plt.close(fig)
 
 
+def render_attention(maps: list[pd.DataFrame], masses: list[pd.DataFrame], title: str, out: Outputs, dpi: int) -> None:
+    attention_figure(maps, title, out.figure, dpi)
+    table = label_mass_table(masses)
+    write_table(table, out, f"{title}: attention on the label tokens per layer")
+    write_piece(out.piece, [*label_mass_lines(table), f"![averaged attention]({link(out.figure)})", ""])
+
+
+# Section 5.2 -------------------------------------------------------------------------------------
+
+
+def head_table(heads: pd.DataFrame) -> pd.DataFrame:
+    """Per kernel, the head with the best mean agreement over seeds, with its per-seed numbers."""
+    mean = heads.groupby(["kernel", "layer", "head"])[["agreement", "accuracy"]].mean().reset_index()
+    rows = []
+    for kernel in KERNELS:
+        best = mean[mean.kernel == kernel].sort_values(["agreement", "accuracy"], ascending=False).iloc[0]
+        per_seed = heads[(heads.kernel == kernel) & (heads.layer == best.layer) & (heads["head"] == best["head"])]
+        rows.append(
+            {
+                "kernel": kernel,
+                "layer": int(best.layer),
+                "head": int(best["head"]),
+                "agreement": mean_sd(per_seed.agreement),
+                "accuracy": mean_sd(per_seed.accuracy),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def head_grid(heads: pd.DataFrame, kernel: str, metric: str) -> np.ndarray:
+    """(layers, heads) grid of one metric of one kernel variant."""
+    return heads[heads.kernel == kernel].groupby(["layer", "head"])[metric].mean().unstack("head").to_numpy()
+
+
+def top_head_count(heads: pd.DataFrame, kernel: str, fraction: float) -> int:
+    return max(1, int(round(fraction * head_grid(heads, kernel, "agreement").size)))
+
+
+def top_head_depth(heads: pd.DataFrame, kernel: str, fraction: float) -> tuple[int, float, float, float]:
+    """Where the top `fraction` of heads by agreement sit: (count, mean, min, max) of layer / (layers - 1)."""
+    grid = head_grid(heads, kernel, "agreement")
+    n = top_head_count(heads, kernel, fraction)
+    layers = np.unravel_index(np.argsort(grid, axis=None)[::-1][:n], grid.shape)[0]
+    depth = layers / max(1, grid.shape[0] - 1)
+    return n, float(depth.mean()), float(depth.min()), float(depth.max())
+
+
+def top_heads(heads: pd.DataFrame, fraction: float) -> pd.DataFrame:
+    """Per kernel, the top `fraction` of heads by mean agreement over seeds (ties: better accuracy,
+    then lower layer and head), with mean and sd over seeds and their depth (layer / last layer)."""
+    scores = heads.groupby(["kernel", "layer", "head"])[["agreement", "accuracy"]].agg(["mean", "std"])
+    scores.columns = ["agreement", "agreement_sd", "accuracy", "accuracy_sd"]
+    scores = scores.reset_index()
+    last_layer = max(1, int(heads.layer.max()))
+    tables = []
+    for kernel in KERNELS:
+        part = scores[scores.kernel == kernel].sort_values(["agreement", "accuracy"], ascending=False, kind="stable")
+        part = part.head(top_head_count(heads, kernel, fraction))
+        tables.append(part.assign(rank=np.arange(1, len(part) + 1), depth=part.layer / last_layer))
+    columns = ["kernel", "rank", "layer", "head", "depth", "agreement", "agreement_sd", "accuracy", "accuracy_sd"]
+    return pd.concat(tables)[columns].reset_index(drop=True)
+
+
+def layer_head_axes(ax) -> None:
+    """Ticks at whole layers and heads only (small models would get 0.25 steps)."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def heatmaps(heads: pd.DataFrame, title: str, out: str | Path, dpi: int) -> None:
+    """Fig. 3: layer x head agreement with the ICL prediction and accuracy, every kernel, mean over seeds."""
+    fig, axes = plt.subplots(2, len(KERNELS), figsize=(4 * len(KERNELS), 8), sharey=True, constrained_layout=True)
+    for col, kernel in enumerate(KERNELS):
+        for row, metric in enumerate(["agreement", "accuracy"]):
+            ax = axes[row, col]
+            im = ax.imshow(head_grid(heads, kernel, metric), aspect="auto", origin="lower", cmap="viridis", vmin=0, vmax=1)
+            ax.set_title(f"{kernel}: {'agreement with ICL' if metric == 'agreement' else 'accuracy vs. gold'}", fontsize=9)
+            ax.set_xlabel("head")
+            layer_head_axes(ax)
+        fig.colorbar(im, ax=axes[:, col].tolist(), shrink=0.6)
+    for row in axes:
+        row[0].set_ylabel("layer")
+    fig.suptitle(f"{title}: each head read as a kernel regression")
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+
+
+def heads_lines(heads: pd.DataFrame, fraction: float, figure: str) -> list[str]:
+    lines = [
+        "**5.2 Heads as kernels** (best head chosen on all prompts, in-sample; Table 2 above holds it out).",
+        PAPER_52,
+        "",
+        "| kernel weight a_i | best head | agreement with ICL prediction | accuracy vs. gold | "
+        f"top {fraction:.0%} heads by agreement: depth (layer / last layer) |",
+        "|---|---|---|---|---|",
+    ]
+    for row in head_table(heads).itertuples():
+        n, mean, low, high = top_head_depth(heads, row.kernel, fraction)
+        lines.append(
+            f"| {KERNEL_TEXT[row.kernel]} | L{row.layer} H{row.head} | {row.agreement} | {row.accuracy} "
+            f"| {n} heads, mean {mean:.2f} (range {low:.2f}-{high:.2f}) |"
+        )
+    return lines + ["", f"![per-head reconstruction]({figure})", ""]
+
+
+def render_heads(heads: pd.DataFrame, title: str, fraction: float, out: Outputs, dpi: int) -> None:
+    heatmaps(heads, title, out.figure, dpi)
+    write_table(top_heads(heads, fraction), out, f"{title}: the top {fraction:.0%} heads by agreement",
+                       [f"Kernel weights: {'; '.join(f'{k} = {text}' for k, text in KERNEL_TEXT.items())}.", PAPER_52])
+    write_piece(out.piece, heads_lines(heads, fraction, link(out.figure)))
+
+
+# Section 5.3 -------------------------------------------------------------------------------------
+
+
+def similarity_table(sim: pd.DataFrame, heads: pd.DataFrame) -> pd.DataFrame:
+    """Per kernel: the head whose weights correlate best with the prediction similarity, the share of
+    heads with a positive correlation, and how the correlation heatmap tracks the agreement heatmap."""
+    rows = []
+    for kernel in KERNELS:
+        grid = head_grid(sim, kernel, "pearson")
+        layer, head = np.unravel_index(np.nanargmax(grid), grid.shape)
+        rows.append({
+            "kernel": kernel, "layer": int(layer), "head": int(head), "pearson": float(grid[layer, head]),
+            "share_positive": float(np.mean(grid > 0)),
+            "corr_with_agreement": stats.pearson(grid.ravel(), head_grid(heads, kernel, "agreement").ravel()),
+        })
+    return pd.DataFrame(rows)
+
+
+def similarity_figure(sim: pd.DataFrame, title: str, out: str | Path, dpi: int) -> None:
+    """Fig. 4: per head, Pearson(kernel weight, prediction similarity)."""
+    fig, axes = plt.subplots(1, len(KERNELS), figsize=(4 * len(KERNELS), 4.5), sharey=True)
+    for ax, kernel in zip(axes, KERNELS):
+        grid = head_grid(sim, kernel, "pearson")
+        limit = np.nanmax(np.abs(grid)) or 1.0
+        im = ax.imshow(grid, aspect="auto", origin="lower", cmap="RdBu_r", vmin=-limit, vmax=limit)
+        ax.set_title(f"{kernel} kernel", fontsize=9)
+        ax.set_xlabel("head")
+        layer_head_axes(ax)
+        fig.colorbar(im, ax=ax)
+    axes[0].set_ylabel("layer")
+    fig.suptitle(f"{title}: Pearson(a_i, P(o|x_test)·P(o|x_i)) per head")
+    fig.tight_layout()
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+
+
+def similarity_lines(table: pd.DataFrame, n_pairs: int, figure: str) -> list[str]:
+    return [
+        "**5.3 Which demonstrations get attention.** Per head, the Pearson correlation between its kernel weight a_i and",
+        f"the prediction similarity P(o|x_test)·P(o|x_i) (zero-shot label distributions), over {n_pairs} (prompt, demo) pairs per seed;",
+        "the last column correlates this heatmap with the agreement heatmap of Section 5.2 across all heads (the paper: the two look alike).",
+        "",
+        "| kernel | best head: Pearson | heads with Pearson > 0 | corr. with the agreement heatmap (Fig. 3) |",
+        "|---|---|---|---|",
+        *[f"| {r.kernel} | L{r.layer} H{r.head}: {r.pearson:.3f} | {r.share_positive:.0%} | {r.corr_with_agreement:.3f} |"
+          for r in table.itertuples()],
+        "",
+        f"![prediction similarity]({figure})",
+        "",
+    ]
+
+
+def render_similarity(sim: pd.DataFrame, heads: pd.DataFrame, title: str, out: Outputs, dpi: int) -> None:
+    similarity_figure(sim, title, out.figure, dpi)
+    table = similarity_table(sim, heads)
+    write_table(table, out, f"{title}: kernel weights vs. prediction similarity")
+    write_piece(out.piece, similarity_lines(table, int(sim.n_pairs.iloc[0]), link(out.figure)))
+
+
+# Section 5.4 -------------------------------------------------------------------------------------
+
+PROBE_TARGET = {"key": "key -> argmax P(o|x_i) (zero-shot)", "value": "value -> y_i (label)"}
+
+
+def mean_probes(probes: pd.DataFrame) -> pd.DataFrame:
+    """Probe accuracy per vector kind, offset, layer and head, mean over seeds."""
+    columns = ["vector", "offset", "layer", "head"]
+    return probes.groupby(columns)[["accuracy", "majority"]].mean().reset_index()
+
+
+def probes_table(probes: pd.DataFrame) -> pd.DataFrame:
+    """Per vector kind: chance, the offset with the best accuracy averaged over heads, the best head."""
+    rows = []
+    for vector in ["key", "value"]:
+        part = probes[probes.vector == vector]
+        best_offset = int(part.groupby("offset").accuracy.mean().idxmax())
+        best = part.loc[part.accuracy.idxmax()]
+        rows.append({
+            "vector": vector, "target": PROBE_TARGET[vector], "majority": float(part.majority.mean()),
+            "best_offset": best_offset, "best_offset_accuracy": float(part[part.offset == best_offset].accuracy.mean()),
+            "layer": int(best.layer), "head": int(best["head"]), "offset": int(best.offset), "accuracy": float(best.accuracy),
+        })
+    return pd.DataFrame(rows)
+
+
+def probes_figure(probes: pd.DataFrame, title: str, out: str | Path, dpi: int) -> None:
+    """Fig. 5: probe accuracy by layer and offset from each demonstration's peak, keys and values."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, vector in zip(axes, ["key", "value"]):
+        part = probes[probes.vector == vector]
+        by_offset = part.groupby(["offset", "layer"]).accuracy.mean()
+        for offset in sorted(part.offset.unique()):
+            line = by_offset.loc[offset]
+            ax.plot(line.index, line.to_numpy(), marker="o", ms=3, lw=2.5 if offset == 0 else 1, label=f"offset {offset:+d}")
+        ax.axhline(float(part.majority.mean()), color="grey", ls="--", lw=1, label="majority")
+        ax.set_title(PROBE_TARGET[vector], fontsize=10)
+        ax.set_xlabel("layer")
+    axes[0].set_ylabel("held-out probe accuracy (mean over heads)")
+    axes[1].legend(fontsize=7)
+    fig.suptitle(f"{title}: ridge probes on keys and values around each demonstration's peak")
+    fig.tight_layout()
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+
+
+def probes_lines(table: pd.DataFrame, figure: str) -> list[str]:
+    return [
+        "**5.4 Where the kernel's features live.** Ridge probes (cross-validated, folds grouped by demonstration example)",
+        "on each head's key and value vectors at offsets -1..+3 from the demonstration's highest-attention position.",
+        "The paper expects the peak at offset 0.",
+        "",
+        "| vector -> target | chance (majority) | best offset (mean over heads) | best head: layer, head, offset, accuracy |",
+        "|---|---|---|---|",
+        *[f"| {table_cell(r.target)} | {r.majority:.3f} | {r.best_offset:+d} ({r.best_offset_accuracy:.3f}) "
+          f"| L{r.layer} H{r.head} offset {r.offset:+d}: {r.accuracy:.3f} |" for r in table.itertuples()],
+        "",
+        f"![probes]({figure})",
+        "",
+    ]
+
+
+def render_probes(probes: pd.DataFrame, title: str, out: Outputs, dpi: int) -> None:
+    probes = mean_probes(probes)
+    probes_figure(probes, title, out.figure, dpi)
+    table = probes_table(probes)
+    write_table(table, out, f"{title}: ridge probes on keys and values")
+    write_piece(out.piece, probes_lines(table, link(out.figure)))
+
+
+# Section 5.5 (Table 2) ---------------------------------------------------------------------------
+
 METHOD_TEXT = {
+    "icl": "ICL (the model's own prediction)",
+    "null": "null: always the select split's most frequent ICL prediction",
     "head_max": "best head, max kernel (paper)",
     "head_label": "best head, label-token kernel",
     "head_mean": "best head, span-mean kernel",
@@ -242,6 +355,12 @@ PAPER_ROWS = {  # our (method, metric) -> the paper's Table 2 row
     ("head_max", "accuracy"): "reconstructed accuracy",
     ("kr_encoder", "accuracy"): "KR on all-MiniLM-L6-v2",
 }
+
+
+def paper_number(method: str, metric: str, task: str) -> float:
+    """The paper's GPT-J-6B number for the same task, method and metric (nan where it has none)."""
+    row = PAPER_ROWS.get((method, metric))
+    return table2.PAPER[row][task] if row and task in table2.PAPER[row] else float("nan")
 
 
 def paper_table() -> list[str]:
@@ -267,8 +386,8 @@ def table2_lines(table: pd.DataFrame, task: str, encoder: str) -> list[str]:
         return f"{r['mean']:.3f}{sd} [{r.ci_low:.3f}, {r.ci_high:.3f}]"
 
     def paper(method: str, metric: str) -> str:
-        row = PAPER_ROWS.get((method, metric))
-        return f"{table2.PAPER[row][task]:.3f}" if row and task in table2.PAPER[row] else "—"
+        number = paper_number(method, metric, task)
+        return "—" if np.isnan(number) else f"{number:.3f}"
 
     first = table.iloc[0]
     lines = [
@@ -277,10 +396,12 @@ def table2_lines(table: pd.DataFrame, task: str, encoder: str) -> list[str]:
         "",
         f"| | agreement with ICL prediction | accuracy vs. gold | chosen on the select split | paper, agreement / accuracy ({task}) |",
         "|---|---|---|---|---|",
-        f"| ICL (the model's own prediction) | — | {cell('icl', 'accuracy')} | | — / {paper('icl', 'accuracy')} |",
-        f"| null: always the select split's most frequent ICL prediction | {cell('null', 'agreement')} | {cell('null', 'accuracy')} | | |",
+        f"| {METHOD_TEXT['icl']} | — | {cell('icl', 'accuracy')} | | — / {paper('icl', 'accuracy')} |",
+        f"| {METHOD_TEXT['null']} | {cell('null', 'agreement')} | {cell('null', 'accuracy')} | | |",
     ]
     for method, text in METHOD_TEXT.items():
+        if method in ("icl", "null"):
+            continue
         choices = table[table.method == method].choices
         lines.append(
             f"| {text.format(encoder=encoder)} | {cell(method, 'agreement')} | {cell(method, 'accuracy')} "
@@ -289,26 +410,55 @@ def table2_lines(table: pd.DataFrame, task: str, encoder: str) -> list[str]:
     return lines + [""]
 
 
-def theory_section(summary: Path, figure: Path, out: Path) -> list[str]:
-    """The synthetic Theorem 1 check, as its own rule wrote it, with its figure."""
+def table2_frame(table: pd.DataFrame, task: str) -> pd.DataFrame:
+    """Table 2 as one row per method and metric, with the paper's number for the same task."""
+    return pd.DataFrame({
+        "method": table.method, "chosen_on_select": table.choices.fillna(""), "metric": table.metric,
+        "mean": table["mean"], "sd": table["sd"], "ci_low": table.ci_low, "ci_high": table.ci_high,
+        "paper_gptj": [paper_number(m, k, task) for m, k in zip(table.method, table.metric)],
+        "n_seeds": table.n_seeds, "n_heldout": table.n_heldout,
+    })
+
+
+def render_table2(table: pd.DataFrame, model: str, task: str, setting: str, encoder: str, out: Outputs) -> None:
+    title = set_title(model, task, setting)
+    methods = "; ".join(f"{method} = {text.format(encoder=encoder)}" for method, text in METHOD_TEXT.items())
+    write_table(table2_frame(table, task), out, f"Table 2: {title}", [
+        "One head, chosen on the select split, read as a kernel regression on held-out prompts: mean and sd over "
+        "seeds, bootstrap 95% CI over held-out examples. paper_gptj is the paper's GPT-J-6B number for the same task "
+        "(empty where the paper has none).",
+        f"Methods. {methods}.",
+    ])
+    write_piece(out.piece, [f"### {title}", "", *table2_lines(table, task, encoder)])
+
+
+# Theorem 1 ---------------------------------------------------------------------------------------
+
+
+def theory_frame(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows pooled over HMM seeds, our numbers beside the paper's Table 3."""
+    pooled = table[table.hmm_seed.isna()]
+    columns = ["kernel", "n_demos", "distance_mean", "distance_ci_low", "distance_ci_high", "paper_distance",
+               "agreement_mean", "agreement_ci_low", "agreement_ci_high", "paper_agreement", "n_prompts"]
+    return pooled[columns].reset_index(drop=True)
+
+
+def theory_lines(summary: str, figure: str) -> list[str]:
+    """The synthetic Theorem 1 check, as the theory rule wrote it, with its figure."""
+    return [summary.strip(), "", f"![kernel regression vs. posterior]({figure})", ""]
+
+
+def render_theory(table: pd.DataFrame, summary: str, figure: str, out: Outputs) -> None:
+    write_table(theory_frame(table), out, "Theorem 1 on synthetic HMMs: kernel regression vs. the exact posterior")
+    write_piece(out.piece, theory_lines(summary, link(figure)))
+
+
+# results/report.md -------------------------------------------------------------------------------
+
+
+def header_lines(title: str, study: dict) -> list[str]:
     return [
-        summary.read_text().strip(),
-        "",
-        f"![kernel regression vs. posterior]({figure.relative_to(out.parent)})",
-        "",
-    ]
-
-
-def render_report(
-    sets: pd.DataFrame, tables: dict[tuple[str, str, str], pd.DataFrame], study: dict, options: dict, out: Path,
-    fig_dir: Path, theory: list[str], ablations: list[str] = (),
-) -> str:
-    """results/report.md: Table 2 first (the paper's headline), then Sections 5.1-5.4 per prompt set,
-    the Section 4.2 ablations and the theorem check."""
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    rel = fig_dir.relative_to(out.parent)
-    lines = [
-        f"# {options['title']}",
+        f"# {title}",
         "",
         f"Models: {', '.join(study['models'])}. Tasks: {', '.join(study['tasks'])}. "
         f"Seeds: {', '.join(map(str, study['seeds']))}. Settings: {', '.join(study['settings'])}. "
@@ -324,65 +474,87 @@ def render_report(
         "",
         *paper_table(),
     ]
-    for (model, task, setting), table in tables.items():
-        lines += [f"### {model} / {task} / {setting}", "", *table2_lines(table, task, study["encoder"])]
-    for (model, task, setting), group in sets.groupby(["model", "task", "setting"], sort=False):
-        title = f"{model} / {task} / {setting}"
-        stem = f"{model}__{task}__{setting}"
-        summary = pd.DataFrame(list(group["summary"]))
-        heads = pd.concat(list(group["heads"]))
-        lines += [
-            f"## {title}",
-            "",
-            f"All {int(summary.n_prompts.iloc[0])} prompts per seed, {len(group)} seeds: ICL accuracy {mean_sd(summary.icl_accuracy)}; "
-            f"null baseline: agreement {mean_sd(summary.null_agreement)}, accuracy {mean_sd(summary.null_accuracy)}.",
-            "",
-            *label_mass_lines(group),
-            f"![averaged attention]({rel}/{stem}__attention.png)",
-            "",
-            "**5.2 Heads as kernels** (best head chosen on all prompts, in-sample; Table 2 above holds it out).",
-            PAPER_52,
-            "",
-            "| kernel weight a_i | best head | agreement with ICL prediction | accuracy vs. gold | "
-            f"top {options['top_head_fraction']:.0%} heads by agreement: depth (layer / last layer) |",
-            "|---|---|---|---|---|",
-        ]
-        for row in head_table(group).itertuples():
-            n, mean, low, high = top_head_depth(heads, row.kernel, options["top_head_fraction"])
-            lines.append(
-                f"| {KERNEL_TEXT[row.kernel]} | L{row.layer} H{row.head} | {row.agreement} | {row.accuracy} "
-                f"| {n} heads, mean {mean:.2f} (range {low:.2f}-{high:.2f}) |"
-            )
-        attention_figure(group, title, fig_dir / f"{stem}__attention.png", options["dpi"])
-        heatmaps(group, title, fig_dir / f"{stem}__heads.png", options["dpi"])
-        lines += ["", f"![per-head reconstruction]({rel}/{stem}__heads.png)", ""]
-        lines += similarity_section(group, title, fig_dir / f"{stem}__similarity.png", options["dpi"])
-        if group["probes"].notna().all():
-            lines += probes_section(group, title, fig_dir / f"{stem}__probes.png", options["dpi"])
-        else:
-            lines += ["**5.4** Probes are off: set extraction.kv_layers to keep key and value vectors.", ""]
-    text = "\n".join(lines + list(ablations) + theory) + "\n"
-    out.write_text(text)
-    return text
 
 
-def load_tables2(keys: list[list[str]], files: list[str]) -> dict[tuple[str, str, str], pd.DataFrame]:
-    return {tuple(key): schemas.read_table(f, schemas.TABLE2).to_pandas() for key, f in zip(keys, files)}
+def set_heading(title: str, summaries: list[pd.DataFrame]) -> list[str]:
+    """A prompt set's heading and its whole-set numbers, over seeds."""
+    summary = pd.concat(summaries)
+    return [
+        f"## {title}",
+        "",
+        f"All {int(summary.n_prompts.iloc[0])} prompts per seed, {len(summaries)} seeds: ICL accuracy {mean_sd(summary.icl_accuracy)}; "
+        f"null baseline: agreement {mean_sd(summary.null_agreement)}, accuracy {mean_sd(summary.null_accuracy)}.",
+        "",
+    ]
+
+
+def assemble(
+    title: str, study: dict, tables2: list[list[str]], sets: list[tuple[str, list[pd.DataFrame], list[list[str]]]],
+    ablations: list[str], theory: list[str],
+) -> str:
+    """results/report.md: Table 2 first (the paper's headline), then Sections 5.1-5.4 per model x task x
+    setting (title, its summaries over seeds, its pieces), the Section 4.2 ablations and the theorem check."""
+    lines = header_lines(title, study)
+    for piece in tables2:
+        lines += piece
+    for set_name, summaries, pieces in sets:
+        lines += set_heading(set_name, summaries)
+        for piece in pieces:
+            lines += piece
+    return "\n".join(lines + ablations + theory) + "\n"
+
+
+def chunks(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def assemble_from_snakemake(smk) -> None:
+    """Pieces come per model x task x setting in params.sets order; summaries are every seed of each."""
+    keys, study = smk.params.sets, smk.params.study
+    summaries = chunks(read_all(list(smk.input.summaries), schemas.SUMMARY), len(study["seeds"]))
+    # Without keys and values kept (extraction.kv_layers empty) there are no probes: say so in their place.
+    probes = [read_piece(p) for p in smk.input.probes] or [[PROBES_OFF, ""]] * len(keys)
+    pieces = zip(*([read_piece(p) for p in smk.input[name]] for name in ("attention", "heads", "similarity")), probes)
+    sets = [(set_title(*key), seeds, list(parts)) for key, seeds, parts in zip(keys, summaries, pieces)]
+    ablations = []
+    per_model = chunks([read_piece(p) for p in smk.input.ablations], len(smk.params.ablations) or 1)
+    for model, model_pieces in zip(study["models"], per_model):
+        ablations += ablation_report.heading(model) + [line for piece in model_pieces for line in piece]
+    tables2 = [read_piece(p) for p in smk.input.table2]
+    Path(smk.output[0]).write_text(assemble(smk.params.title, study, tables2, sets, ablations, read_piece(smk.input.theory)))
+
+
+def title_of(smk) -> str:
+    return set_title(smk.wildcards.model, smk.wildcards.task, smk.wildcards.setting)
+
+
+def stacked(smk, name: str, schema) -> pd.DataFrame:
+    """An analysis table of every seed of the rule's model x task x setting, stacked."""
+    return pd.concat(read_all(smk.input[name], schema))
+
+
+RENDERERS = {
+    "report_attention": lambda smk, out: render_attention(
+        read_all(smk.input.maps, schemas.ATTENTION_MAP), read_all(smk.input.label_mass, schemas.LABEL_MASS),
+        title_of(smk), out, smk.params.dpi),
+    "report_heads": lambda smk, out: render_heads(
+        stacked(smk, "heads", schemas.HEADS), title_of(smk), smk.params.top_head_fraction, out, smk.params.dpi),
+    "report_similarity": lambda smk, out: render_similarity(
+        stacked(smk, "similarity", schemas.SIMILARITY), stacked(smk, "heads", schemas.HEADS), title_of(smk), out,
+        smk.params.dpi),
+    "report_probes": lambda smk, out: render_probes(
+        stacked(smk, "probes", schemas.PROBES), title_of(smk), out, smk.params.dpi),
+    "report_table2": lambda smk, out: render_table2(
+        schemas.read_table(smk.input.table, schemas.TABLE2).to_pandas(), smk.wildcards.model, smk.wildcards.task,
+        smk.wildcards.setting, smk.params.encoder, out),
+    "report_theory": lambda smk, out: render_theory(
+        schemas.read_table(smk.input.table, schemas.THEORY).to_pandas(), Path(smk.input.summary).read_text(),
+        smk.input.figure, out),
+}
 
 
 def from_snakemake(smk) -> None:
-    files = {name: list(smk.input[name]) for name in SET_TABLES if name in smk.input.keys()}
-    sets = load_sets(smk.params.sets, files)
-    tables2 = load_tables2(smk.params.table2_keys, list(smk.input.table2))
-    out = Path(smk.output.report)
-    theory = theory_section(Path(smk.input.theory), Path(smk.input.theory_figure), out)
-    options = {**smk.params.options, "top_head_fraction": smk.params.top_head_fraction}
-    fig_dir = Path(smk.output.figures)
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    ablations = []
-    summaries = iter(smk.input.ablations)
-    for model in smk.params.study["models"]:
-        tables = {name: schemas.read_table(next(summaries), schemas.ABLATION_SUMMARY).to_pandas() for name in smk.params.ablations}
-        if tables:
-            ablations += ablation_report.section(smk.params.ablations, tables, model, fig_dir, options["dpi"])
-    render_report(sets, tables2, smk.params.study, options, out, fig_dir, theory, ablations)
+    if smk.rule == "report":
+        assemble_from_snakemake(smk)
+    else:
+        RENDERERS[smk.rule](smk, outputs_of(smk))

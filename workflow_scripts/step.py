@@ -28,6 +28,13 @@ STAGES = {
     "table2": "table2",
     "ablation": "ablation",
     "theory": "theory",
+    "report_table2": "report",
+    "report_attention": "report",
+    "report_heads": "report",
+    "report_similarity": "report",
+    "report_probes": "report",
+    "report_ablation": "ablation_report",
+    "report_theory": "report",
     "report": "report",
 }
 
