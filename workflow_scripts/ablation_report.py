@@ -179,9 +179,9 @@ def means_table(kind: str, summary: pd.DataFrame) -> pd.DataFrame:
     return shown.pivot_table(index=["task", "setting"], columns="metric", values="mean", sort=False)
 
 
-def piece(name: str, kind: str, baseline: str, summary: pd.DataFrame, figure: str) -> list[str]:
-    """The ablation's part of results/report.md: prediction, table of means, verdict, figure."""
-    table = means_table(kind, summary)
+def piece(name: str, kind: str, table: pd.DataFrame, finding: tuple[str, str], figure: str) -> list[str]:
+    """The ablation's part of results/report.md: prediction, table of means, verdict (conclusion,
+    measured numbers), figure."""
     header = list(table.columns)
     return [
         f"### {name} ({kind})",
@@ -193,7 +193,7 @@ def piece(name: str, kind: str, baseline: str, summary: pd.DataFrame, figure: st
         *[f"| {t} | {s} | " + " | ".join(number(m, v) for m, v in row.items()) + " |"
           for (t, s), row in table.iterrows()],
         "",
-        f"**{conclusion(kind, summary, baseline)}** Measured: {verdict(kind, summary, baseline)}",
+        f"**{finding[0]}** Measured: {finding[1]}",
         "",
         f"![{name}]({figure})",
         "",
@@ -202,11 +202,13 @@ def piece(name: str, kind: str, baseline: str, summary: pd.DataFrame, figure: st
 
 def render(name: str, kind: str, baseline: str, summary: pd.DataFrame, model: str, out: Outputs, dpi: int) -> None:
     figure(kind, summary, baseline, f"{model}: {name}", out.figure, dpi)
-    write_table(means_table(kind, summary).reset_index(), out, f"{model}: {name} ablation ({kind}), mean per setting", [
-        f"{conclusion(kind, summary, baseline)} Measured: {verdict(kind, summary, baseline)}",
+    table = means_table(kind, summary)
+    finding = conclusion(kind, summary, baseline), verdict(kind, summary, baseline)
+    write_table(table.reset_index(), out, f"{model}: {name} ablation ({kind}), mean per setting", [
+        f"{finding[0]} Measured: {finding[1]}",
         f"Kernel view: {PREDICTION[kind]} {NOTES[kind]}",
     ])
-    write_piece(out.piece, piece(name, kind, baseline, summary, link(out.figure)))
+    write_piece(out.piece, piece(name, kind, table, finding, link(out.figure)))
 
 
 def from_snakemake(smk) -> None:
