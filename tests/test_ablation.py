@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from workflow_scripts import ablation, ablation_report, stats
-from workflow_scripts.reconstruction import kernel_weights, reconstruct
+from workflow_scripts.kernels import attention_weights, kernel_vote, normalized_entropy
 
 from .test_reconstruction import C, synthetic_set
 
@@ -14,13 +14,6 @@ from .test_reconstruction import C, synthetic_set
 def test_chosen_head_reads_the_baseline_choice():
     heldout = pd.DataFrame({"method": ["kr_encoder", "head_max"], "choice": ["enc", "L23 H2"]})
     assert ablation.chosen_head(heldout) == (23, 2)
-
-
-def test_normalized_entropy():
-    assert ablation.normalized_entropy(np.ones(8)) == pytest.approx(1.0)
-    assert ablation.normalized_entropy(np.array([1.0, 0, 0, 0])) == pytest.approx(0.0)
-    w = np.array([0.5, 0.25, 0.25])
-    assert ablation.normalized_entropy(w * 3) == pytest.approx(-(w * np.log(w)).sum() / np.log(3))
 
 
 def test_prompt_rows_against_a_direct_computation():
@@ -34,12 +27,12 @@ def test_prompt_rows_against_a_direct_computation():
     assert sorted(r["prompt_id"] for r in rows) == [1, 3, 4]
     for r in rows:
         p, t = truth[r["prompt_id"]], table.iloc[r["prompt_id"]]
-        w = kernel_weights(p["att"][1, 2], p["x_start"], p["y_pos"])["max"]
-        assert r["head_prediction"] == reconstruct(w, np.asarray(p["demo_labels"]), C)
+        w = attention_weights(p["att"][1, 2], p["x_start"], p["y_pos"])["max"]
+        assert r["head_prediction"] == kernel_vote(w, np.asarray(p["demo_labels"]), C)
         q = embeddings[t.example_id] / np.linalg.norm(embeddings[t.example_id])
         sims = [q @ embeddings[d] / np.linalg.norm(embeddings[d]) for d in t.demo_ids]
         assert r["demo_similarity"] == pytest.approx(np.mean(sims), rel=1e-5)
-        assert r["entropy"] == pytest.approx(ablation.normalized_entropy(w.astype(np.float32)), rel=1e-3)
+        assert r["entropy"] == pytest.approx(normalized_entropy(w.astype(np.float32)), rel=1e-3)
 
 
 def frame(kind_rows: list[tuple]) -> pd.DataFrame:

@@ -6,6 +6,8 @@ import pytest
 
 from workflow_scripts import perturb, prompts, retrieval
 from workflow_scripts.config import setting_defaults
+from workflow_scripts.readers import MissingExamplesError
+from workflow_scripts.split import task_split
 
 from .test_prompts_tokenize import PROMPT_CFG, TASK, toy_data
 
@@ -143,7 +145,7 @@ def test_retrieval_picks_the_most_similar_pool_examples(tokenizer):
     rng = np.random.default_rng(0)
     vectors = {i: rng.normal(size=4) for i in data.example_id}
     built = build_with(tokenizer, {"selection": "similar", "balanced": False}, vectors=vectors)
-    _, split = prompts.task_split(data, TASK, PROMPT_CFG, "toy")
+    _, split = task_split(data, TASK, PROMPT_CFG, "toy")
     pool_ids = data.example_id.to_numpy()[split.pool]
 
     def cos(a, b):
@@ -153,5 +155,5 @@ def test_retrieval_picks_the_most_similar_pool_examples(tokenizer):
         sims = np.array([cos(vectors[query], vectors[p]) for p in pool_ids])
         best = pool_ids[np.argsort(-sims)[: PROMPT_CFG["k"]]]
         assert list(demos) == list(best[::-1])  # most similar last, next to the query
-    with pytest.raises(prompts.PromptError, match="no vector for examples"):
+    with pytest.raises(MissingExamplesError, match="similarity vectors: no row for examples"):
         build_with(tokenizer, {"selection": "similar"}, vectors={})

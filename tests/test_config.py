@@ -360,3 +360,59 @@ def test_layers_relative_to_depth_are_accepted_and_bad_ones_named(config):
     config["extraction"] = {"kv_layers": [2.5]}
     with pytest.raises(ConfigError, match=r"extraction.kv_layers.0': 2.5 is not an integer nor a number in \[0, 1\]"):
         validate_config(config)
+
+
+def test_encoder_source_needs_its_keys(config):
+    config["encoder"] = {"name": "enc", "source": "registry", "package": "x==1", "member": "m/"}
+    assert "config key 'encoder.sha256': required when source is 'registry'" in errors_of(copy.deepcopy(config))
+    config["encoder"] = {"name": "enc", "source": "hub"}
+    assert "config key 'encoder.source'" in errors_of(config)
+
+
+def test_theory_sizes_that_cannot_make_an_hmm_are_named(config):
+    config["theory"] = {"n_tasks": 9, "n_states": 8, "n_observations": 4, "n_labels": 3}
+    msg = errors_of(config)
+    assert "config keys 'theory.n_tasks' (9) and 'theory.n_states' (8)" in msg
+    assert "config keys 'theory.n_observations' (4) and 'theory.n_labels' (3)" in msg
+
+
+def test_label_format_needs_a_word_per_class(config):
+    config["settings"] = {"sym": {"selection": "random", "labels": "symbols", "label_symbols": ["A"]}}
+    config["study"]["settings"] = ["sym"]
+    assert "config key 'settings.sym.label_symbols': 1 entries for labels: symbols, but a task of the study has 2 classes" in errors_of(config)
+
+
+KEY_SECTIONS = "study|models|tasks|settings|ablations|prompts|extraction|analysis|encoder|report|theory"
+# A key as code and docs name it: `prompts.k`, config key 'tasks.{task}.columns', prompts.n_eval=...
+NAMED_KEY = re.compile(
+    rf"(?:config keys? '|`|\b(?=(?:{KEY_SECTIONS})\.[\w.]+=))((?:{KEY_SECTIONS})(?:\.(?:[A-Za-z_]+|\*|\{{[^}}]*\}}|<[^>]*>))+)"
+)
+
+
+def schema_has(schema: dict, key: str) -> bool:
+    """Whether `key` names a config key; a placeholder part ({task}, <name>, *) stands for any name."""
+    node = schema
+    for part in key.split("."):
+        named = node.get("properties", {})
+        if part[0] in "{<*":
+            if named:
+                return True  # a placeholder among named keys (config.py's own loops): any of them
+            node = node.get("additionalProperties", {})
+        elif part in named:
+            node = named[part]
+        elif isinstance(node.get("additionalProperties"), dict):
+            node = node["additionalProperties"]
+        else:
+            return False
+    return True
+
+
+def test_config_keys_named_in_code_and_docs_exist():
+    schema = yaml.safe_load((REPO / "schemas" / "config.schema.yaml").read_text())
+    files = [*(REPO / "workflow_scripts").glob("*.py"), *(REPO / "rules").glob("*.smk"), REPO / "README.md",
+             *(REPO / "docs").glob("*.md"), *(REPO / "report").glob("*.rst")]
+    named = {(f.relative_to(REPO), m.group(1).rstrip(".")) for f in files for m in NAMED_KEY.finditer(f.read_text())}
+    assert len(named) > 40  # the pattern still finds what code and docs name
+    stale = sorted(f"{f}: {key}" for f, key in named if not schema_has(schema, key))
+    assert not stale, f"keys that the config schema does not have: {stale}"
+    assert not schema_has(schema, "analysis.encoder.path") and schema_has(schema, "encoder.path")

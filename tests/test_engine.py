@@ -75,7 +75,7 @@ def test_engine_matches_eager_oracle_alone_and_left_padded(arch):
                     for d, (s, y) in enumerate([(1, 4), (6, 9)]):
                         top = s + int(np.argmax(rows[layer, h, s : y + 1]))
                         assert res["top_positions"][j, h, d] == top
-                        around = np.clip(top + np.asarray(schemas.TOP_OFFSETS), 0, len(p) - 1)
+                        around = np.clip(top + np.asarray(schemas.DEMO_OFFSETS), 0, len(p) - 1)
                         kv = h // (n_heads // n_kv)
                         np.testing.assert_allclose(res["top_keys"][j, h, d], keys[layer][kv, around], atol=1e-5)
                         np.testing.assert_allclose(res["top_values"][j, h, d], values[layer][kv, around], atol=1e-5)

@@ -1,4 +1,4 @@
-"""Section 5.5: the select/held-out split, kernel-regression baselines and Table 2 over seeds."""
+"""Section 5.5: kernel-regression baselines and Table 2 over seeds."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,50 +8,10 @@ import pytest
 
 from workflow_scripts import heldout, schemas, stats, table2
 from workflow_scripts import reconstruction as rc
+from workflow_scripts.readers import prediction_grid
+from workflow_scripts.split import select_heldout
 
 from .test_reconstruction import C, synthetic_set
-
-
-@pytest.mark.parametrize("counts,n_select,n_heldout", [([30, 30], 24, 20), ([20, 20, 21], 30, 30), ([5, 9], 7, 7)])
-def test_select_and_heldout_are_disjoint_sized_and_stratified(counts, n_select, n_heldout):
-    labels = np.random.default_rng(1).permutation(np.repeat(np.arange(len(counts)), counts))
-    select, held = heldout.select_heldout(labels, n_select, n_heldout, seed=3)
-    assert len(select) == n_select and len(held) == n_heldout
-    assert not set(select) & set(held)
-    for part in (select, held):
-        expected = np.asarray(counts) / sum(counts) * len(part)
-        assert np.all(np.abs(np.bincount(labels[part], minlength=len(counts)) - expected) <= 1.5)
-    again = heldout.select_heldout(labels, n_select, n_heldout, seed=3)
-    np.testing.assert_array_equal(select, again[0])
-    assert not np.array_equal(select, heldout.select_heldout(labels, n_select, n_heldout, seed=4)[0])
-
-
-def test_ablation_subset_is_class_balanced_even_when_ids_are_sorted_by_label():
-    ids = np.arange(40)
-    labels = np.repeat([0, 1], 20)  # a data file sorted by label
-    chosen = heldout.ablation_ids(ids[::-1], labels[::-1], 10)
-    assert np.bincount(labels[chosen]).tolist() == [5, 5]
-    assert chosen.tolist() == [0, 1, 2, 3, 4, 20, 21, 22, 23, 24]
-    np.testing.assert_array_equal(heldout.ablation_ids(ids, labels, 0), ids)
-
-
-def test_select_heldout_too_large_names_the_keys():
-    with pytest.raises(heldout.HeldoutError, match=r"'analysis.n_select'=8 and 'analysis.n_heldout'=5 need 13 prompts; the set has 12"):
-        heldout.select_heldout(np.zeros(12, dtype=int), 8, 5, seed=0)
-
-
-def test_kernel_regression_follows_the_normalized_formula():
-    rng = np.random.default_rng(0)
-    sims = rng.normal(size=(50, 6))
-    labels = rng.integers(0, 3, size=(50, 6))
-    got = heldout.kernel_regression(sims, labels, 3)
-    for s, y, g in zip(sims, labels, got):
-        y_hat = sum(k * np.eye(3)[c] for k, c in zip(s, y)) / s.sum()
-        assert g == np.argmax(y_hat)
-    # a negative total similarity flips the vote, as the formula says: [-0.5, -0.1] / -0.6 favours class 0
-    assert heldout.kernel_regression(np.array([-0.5, -0.1]), np.array([0, 1]), 2) == 0
-    assert heldout.kernel_regression(np.array([0.5, 0.1]), np.array([0, 1]), 2) == 0
-    assert heldout.kernel_regression(np.array([0.1, 0.5]), np.array([0, 1]), 2) == 1
 
 
 def set_with_baselines(seed: int = 0):
@@ -69,10 +29,10 @@ def set_with_baselines(seed: int = 0):
 def test_heldout_rows_choose_on_select_and_report_only_heldout():
     frame, recon, embeddings, hidden = set_with_baselines()
     cols = pd.DataFrame(heldout.heldout_rows(frame, recon, embeddings, hidden, "enc", C, 18, 12, seed=5))
-    select, held = heldout.select_heldout(frame.sort_values("prompt_id").label.to_numpy(), 18, 12, seed=5)
+    select, held = select_heldout(frame.sort_values("prompt_id").label.to_numpy(), 18, 12, seed=5)
     assert set(cols.method) == {"head_max", "head_label", "head_mean", "kr_encoder", "kr_hidden"}
     assert sorted(set(cols.prompt_id)) == sorted(frame.prompt_id.to_numpy()[held])
-    _, _, icl, grid = rc.prediction_grid(recon, "max")
+    _, _, icl, grid = prediction_grid(recon, "max")
     scores = (grid[select] == icl[select, None, None]).mean(axis=0)
     layer, head = np.unravel_index(np.argmax(scores), scores.shape)
     head_rows = cols[cols.method == "head_max"].sort_values("prompt_id")
@@ -87,13 +47,13 @@ def test_heldout_rows_choose_on_select_and_report_only_heldout():
         if row.prompt_id in enc.index:
             q = embeddings[row.example_id] / np.linalg.norm(embeddings[row.example_id])
             s = np.array([q @ embeddings[d] / np.linalg.norm(embeddings[d]) for d in row.demo_ids])
-            assert enc.prediction[row.prompt_id] == heldout.kernel_regression(s, np.asarray(row.demo_labels), C)
+            y_hat = (s[:, None] * np.eye(C)[list(row.demo_labels)]).sum(axis=0) / s.sum()
+            assert enc.prediction[row.prompt_id] == np.argmax(y_hat)
     # hidden-state baseline: the chosen layer is the best on the select split
     layer = int(cols[cols.method == "kr_hidden"].choice.iloc[0].split()[-1])
     agree = []
     for candidate in range(3):
-        sims = heldout.cosine_similarities({i: v[candidate] for i, v in hidden.items()}, frame.example_id.tolist(), frame.demo_ids.tolist())
-        pred = heldout.kernel_regression(sims, np.stack(frame.demo_labels.map(np.asarray)), C)
+        pred = heldout.cosine_votes({i: v[candidate] for i, v in hidden.items()}, frame, C)
         agree.append(np.mean(pred[select] == icl[select]))
     assert layer == int(np.argmax(agree))
 

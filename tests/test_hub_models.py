@@ -16,7 +16,7 @@ import pytest
 
 from workflow_scripts import models, paths, schemas
 
-from .conftest import HUB_COMMIT, HUB_TINY_LLAMA, REPO, toy_sentiment_rows, write_hub_cache
+from .conftest import HUB_COMMIT, HUB_TINY_LLAMA, REPO, toy_sentiment_rows
 
 # Variables that would override HF_HOME's hub cache if the environment running the tests had them.
 CACHE_OVERRIDES = ["HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE", "HF_DATASETS_CACHE", "HF_ENDPOINT"]

@@ -10,8 +10,8 @@ from workflow_scripts import probes, schemas
 from .test_reconstruction import C, H, K, L, synthetic_set
 
 D = 8
-KEY_CELL = (1, 2, schemas.TOP_OFFSETS.index(0))  # layer, head, offset index where keys encode the zero-shot answer
-VALUE_CELL = (0, 0, schemas.TOP_OFFSETS.index(1))  # where values encode the demonstration's label
+KEY_CELL = (1, 2, schemas.DEMO_OFFSETS.index(0))  # layer, head, offset index where keys encode the zero-shot answer
+VALUE_CELL = (0, 0, schemas.DEMO_OFFSETS.index(1))  # where values encode the demonstration's label
 
 
 def with_vectors(n_prompts: int = 40, seed: int = 0):
@@ -22,7 +22,7 @@ def with_vectors(n_prompts: int = 40, seed: int = 0):
     demo_labels = {r["prompt_id"]: r["demo_labels"] for r in prompts.to_pylist()}
     zero_shot = {d: int(rng.integers(C)) for ids in demo_ids.values() for d in ids}
     rows = shards.to_pylist()
-    shape = [L, H, K, len(schemas.TOP_OFFSETS), D]
+    shape = [L, H, K, len(schemas.DEMO_OFFSETS), D]
     for row in rows:
         keys = rng.normal(size=shape)
         values = rng.normal(size=shape)
@@ -38,7 +38,7 @@ def with_vectors(n_prompts: int = 40, seed: int = 0):
 def test_probe_samples_align_vectors_with_their_demonstrations():
     prompts, shards, _ = with_vectors(n_prompts=4)
     samples = probes.probe_samples(prompts, shards)
-    assert samples["keys"].shape == (L, H, len(schemas.TOP_OFFSETS), 3 * K, D)  # one prompt kept nothing
+    assert samples["keys"].shape == (L, H, len(schemas.DEMO_OFFSETS), 3 * K, D)  # one prompt kept nothing
     kept = [r for r in shards.to_pylist() if r["top_keys"] is not None]
     by_id = {r["prompt_id"]: r for r in prompts.to_pylist()}
     first = np.asarray(kept[0]["top_keys"], dtype=np.float32).reshape(kept[0]["top_shape"])
@@ -52,11 +52,11 @@ def test_probes_find_the_planted_cells_and_only_those():
     samples = probes.probe_samples(prompts, shards)
     answers = np.array([zero_shot[d] for d in samples["example_ids"]])
     table = pa.table(probes.probe_table(samples, answers, C, ridge=0.01, folds=5, seed=0)).to_pandas()
-    assert len(table) == 2 * L * H * len(schemas.TOP_OFFSETS)
+    assert len(table) == 2 * L * H * len(schemas.DEMO_OFFSETS)
     for vector, (layer, head, offset) in (("key", KEY_CELL), ("value", VALUE_CELL)):
         part = table[table.vector == vector].set_index(["layer", "head", "offset"])
-        planted = part.accuracy.loc[(layer, head, schemas.TOP_OFFSETS[offset])]
-        others = part.accuracy.drop(index=(layer, head, schemas.TOP_OFFSETS[offset]))
+        planted = part.accuracy.loc[(layer, head, schemas.DEMO_OFFSETS[offset])]
+        others = part.accuracy.drop(index=(layer, head, schemas.DEMO_OFFSETS[offset]))
         assert planted > 0.9
         assert others.max() < 0.6  # noise: chance is about 1/3
         assert part.n_samples.iloc[0] == 39 * K

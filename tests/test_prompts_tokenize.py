@@ -7,7 +7,7 @@ import pytest
 
 from workflow_scripts import prompts, schemas
 from workflow_scripts.config import setting_defaults
-from workflow_scripts.prompts import PromptError
+from workflow_scripts.render import PromptError
 
 from .conftest import toy_sentiment_rows
 

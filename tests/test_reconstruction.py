@@ -8,6 +8,8 @@ import pytest
 
 from workflow_scripts import reconstruction as rc
 from workflow_scripts import schemas
+from workflow_scripts.kernels import ATTENTION_KERNELS
+from workflow_scripts.readers import iter_prompts
 
 
 def random_spans(rng: np.random.Generator, k: int, prefix: int = 2):
@@ -23,7 +25,7 @@ def random_spans(rng: np.random.Generator, k: int, prefix: int = 2):
 
 def loop_weights(att: np.ndarray, x_start, y_pos) -> dict[str, np.ndarray]:
     L, H, _ = att.shape
-    out = {name: np.zeros((L, H, len(x_start))) for name in rc.KERNELS}
+    out = {name: np.zeros((L, H, len(x_start))) for name in ATTENTION_KERNELS}
     for l in range(L):
         for h in range(H):
             for i, (s, y) in enumerate(zip(x_start, y_pos)):
@@ -44,42 +46,6 @@ def loop_reconstruct(weights: np.ndarray, demo_labels, n_classes: int) -> np.nda
                 sums[y] += float(w)
             out[l, h] = max(range(n_classes), key=lambda c: (sums[c], -c))  # first maximum
     return out
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_kernel_weights_against_loop(seed):
-    rng = np.random.default_rng(seed)
-    x_start, y_pos, T = random_spans(rng, k=6)
-    T += 3
-    att = rng.random((3, 4, T))
-    got = rc.kernel_weights(att, np.array(x_start), np.array(y_pos))
-    want = loop_weights(att, x_start, y_pos)
-    for name in rc.KERNELS:
-        assert got[name].shape == (3, 4, 6)
-        np.testing.assert_allclose(got[name], want[name], rtol=1e-12, err_msg=name)
-
-
-def test_kernel_weights_single_row():
-    att = np.array([0.0, 0.1, 0.5, 0.2, 0.0, 0.05, 0.15])
-    got = rc.kernel_weights(att, [1, 4], [3, 6])
-    np.testing.assert_allclose(got["max"], [0.5, 0.15])
-    np.testing.assert_allclose(got["label"], [0.2, 0.15])
-    np.testing.assert_allclose(got["mean"], [0.8 / 3, 0.2 / 3])
-
-
-@pytest.mark.parametrize("n_classes", [2, 3, 5])
-def test_reconstruct_against_loop(n_classes):
-    rng = np.random.default_rng(n_classes)
-    weights = rng.random((4, 3, 8))
-    demo_labels = rng.integers(0, n_classes, size=8)
-    got = rc.reconstruct(weights, demo_labels, n_classes)
-    np.testing.assert_array_equal(got, loop_reconstruct(weights, demo_labels, n_classes))
-
-
-def test_reconstruct_hand_example():
-    # class 0: 0.1 + 0.2 = 0.3, class 1: 0.25, class 2 absent -> 0
-    assert rc.reconstruct(np.array([0.1, 0.25, 0.2]), np.array([0, 1, 0]), 3) == 0
-    assert rc.reconstruct(np.array([0.1, 0.35, 0.2]), np.array([0, 1, 0]), 3) == 1
 
 
 def test_null_baseline_hand_example():
@@ -142,21 +108,21 @@ def test_score_heads_against_independent_computation():
     heads, summary = rc.score_heads(prompts, shards, C)
     n = len(truth)
 
-    agree = {k: np.zeros((L, H)) for k in rc.KERNELS}
-    correct = {k: np.zeros((L, H)) for k in rc.KERNELS}
+    agree = {k: np.zeros((L, H)) for k in ATTENTION_KERNELS}
+    correct = {k: np.zeros((L, H)) for k in ATTENTION_KERNELS}
     for p in truth:
         weights = loop_weights(p["att"], p["x_start"], p["y_pos"])
-        for k in rc.KERNELS:
+        for k in ATTENTION_KERNELS:
             y_tilde = loop_reconstruct(weights[k], p["demo_labels"], C)
             agree[k] += y_tilde == p["prediction"]
             correct[k] += y_tilde == p["label"]
 
     assert set(heads) == set(schemas.HEADS.names)
-    assert len(heads["layer"]) == len(rc.KERNELS) * L * H
+    assert len(heads["layer"]) == len(ATTENTION_KERNELS) * L * H
     got = {(l, h, k): (a, c) for l, h, k, a, c in zip(
         heads["layer"], heads["head"], heads["kernel"], heads["agreement"], heads["accuracy"])}
-    assert len(got) == len(rc.KERNELS) * L * H  # every (layer, head, kernel) exactly once
-    for k in rc.KERNELS:
+    assert len(got) == len(ATTENTION_KERNELS) * L * H  # every (layer, head, kernel) exactly once
+    for k in ATTENTION_KERNELS:
         for l in range(L):
             for h in range(H):
                 a, c = got[(l, h, k)]
@@ -187,17 +153,17 @@ def test_write_scores_files_match_schemas(tmp_path):
     rc.write_scores(prompts_path, shard_paths, C, tmp_path / "recon.parquet", tmp_path / "heads.parquet",
                     tmp_path / "summary.parquet")
     recon = schemas.read_table(tmp_path / "recon.parquet", schemas.RECONSTRUCTION)
-    assert recon.num_rows == 6 * len(rc.KERNELS)
+    assert recon.num_rows == 6 * len(ATTENTION_KERNELS)
     assert all(len(h) == L * H for h in recon.column("head_predictions").to_pylist())
     heads = schemas.read_table(tmp_path / "heads.parquet", schemas.HEADS)
     summary = schemas.read_table(tmp_path / "summary.parquet", schemas.SUMMARY)
-    assert heads.num_rows == len(rc.KERNELS) * L * H
+    assert heads.num_rows == len(ATTENTION_KERNELS) * L * H
     assert summary.column("n_prompts").to_pylist() == [6]
 
 
 def test_iter_prompts_reshapes_attention():
     prompts, shards, truth = synthetic_set(n_prompts=4, seed=7)
-    for row in rc.iter_prompts(prompts, shards):
+    for row in iter_prompts(prompts, shards):
         want = truth[row["prompt_id"]]
         assert row["attention"].shape == (L, H, len(row["input_ids"]))
         np.testing.assert_array_equal(row["attention"], want["att"])
@@ -208,7 +174,7 @@ def test_iter_prompts_missing_shard_row():
     prompts, shards, _ = synthetic_set(n_prompts=4, seed=1)
     keep = pc.not_equal(shards.column("prompt_id"), 2)
     with pytest.raises(ValueError, match="no extraction row.*prompt 2"):
-        list(rc.iter_prompts(prompts, shards.filter(keep)))
+        list(iter_prompts(prompts, shards.filter(keep)))
 
 
 def test_iter_prompts_token_count_mismatch():
@@ -218,4 +184,4 @@ def test_iter_prompts_token_count_mismatch():
     prompts = prompts.set_column(prompts.schema.get_field_index("input_ids"), "input_ids",
                                  pa.array(ids, type=pa.list_(pa.int32())))
     with pytest.raises(ValueError, match="prompt 0"):
-        list(rc.iter_prompts(prompts, shards))
+        list(iter_prompts(prompts, shards))

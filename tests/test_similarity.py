@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workflow_scripts import reconstruction as rc
 from workflow_scripts import similarity as sim
+from workflow_scripts.kernels import ATTENTION_KERNELS
 
 from .test_reconstruction import C, H, L, loop_weights, synthetic_set
 
@@ -27,10 +27,10 @@ def test_prediction_similarity_is_a_dot_product_per_demo():
 def test_head_correlations_against_corrcoef_over_all_pairs():
     prompts, shards, truth = synthetic_set(n_prompts=10, seed=2)
     probs = zero_shot_probs(prompts)
-    got = pd.DataFrame(sim.head_correlations(prompts, shards, probs))
-    assert len(got) == L * H * len(rc.KERNELS)
+    got = pd.DataFrame(sim.head_correlations(prompts, shards, probs.probs))
+    assert len(got) == L * H * len(ATTENTION_KERNELS)
     rows = prompts.to_pylist()
-    for kernel in rc.KERNELS:
+    for kernel in ATTENTION_KERNELS:
         weights, sims = [], []
         for p, row in zip(truth, rows):
             weights.append(loop_weights(p["att"], p["x_start"], p["y_pos"])[kernel])  # (L, H, k)
@@ -50,4 +50,4 @@ def test_a_missing_zero_shot_row_names_the_table():
     prompts, shards, _ = synthetic_set(n_prompts=3)
     probs = zero_shot_probs(prompts).drop(index="t-d1-2")
     with pytest.raises(ValueError, match=r"zs\.parquet: no row for examples \['t-d1-2'\]"):
-        sim.head_correlations(prompts, shards, probs, "zs.parquet")
+        sim.head_correlations(prompts, shards, probs.probs, "zs.parquet")

@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from workflow_scripts import theory as th
+from workflow_scripts.kernels import kernel_estimate
 
 
 def tiny_mixture(seed: int = 3, n_inputs: int = 3, n_labels: int = 2, n_states: int = 3) -> th.HmmMixture:
@@ -197,19 +198,13 @@ def test_operator_kernel_is_symmetric_between_inputs():
     assert np.allclose(kernel, kernel.T, rtol=1e-6, atol=1e-8 * np.abs(kernel).max())
 
 
-def test_kernel_regression_matches_an_explicit_loop():
+def test_kernel_regression_prefixes_match_the_estimate_on_each_prefix():
     rng = np.random.default_rng(9)
     weights = rng.normal(size=(5, 11))  # negative weights included on purpose
     labels = rng.integers(0, 4, size=(5, 11))
-    result = th.kernel_regression(weights, labels, 4)
-    for p in range(5):
-        numerator = np.zeros(4)
-        for w, y in zip(weights[p], labels[p]):
-            numerator[y] += w
-        assert np.allclose(result[p], numerator / weights[p].sum())
     prefixes = th.kernel_regression_prefixes(weights, labels, 4, [1, 4, 11])
     for column, n in enumerate([1, 4, 11]):
-        assert np.allclose(prefixes[:, column], th.kernel_regression(weights[:, :n], labels[:, :n], 4))
+        assert np.allclose(prefixes[:, column], kernel_estimate(weights[:, :n], labels[:, :n], 4))
 
 
 def test_uniform_second_moment_kernel_regression_tends_to_the_task_prediction():
@@ -223,7 +218,7 @@ def test_uniform_second_moment_kernel_regression_tends_to_the_task_prediction():
     x, y = th.sample_segments(mixture, np.full(50_000, task), 2, rng)
     x_test = every_input[1:2]
     weights = th.kernel_matrix(precision, th.operator_features(mixture, x_test), th.operator_features(mixture, x))
-    prediction = th.kernel_regression(weights[0], y, mixture.n_labels)
+    prediction = kernel_estimate(weights[0], y, mixture.n_labels)
     start = np.eye(mixture.n_states)[mixture.start_states[task]]
     joint = start @ th.input_operators(mixture, x_test)[0] @ mixture.transition @ mixture.emission[:, mixture.label_ids]
     assert np.abs(prediction - joint / joint.sum()).sum() < 0.03
@@ -258,7 +253,7 @@ def small_params() -> dict:
     return dict(
         hmm_seeds=[0, 1], n_tasks=3, n_states=6, n_observations=12, n_labels=3, x_length=2,
         transition_concentration=1.0, emission_concentration=1.0, n_demos=[1, 2, 4, 8],
-        n_prompts=20, sigma_samples=100, ridge=1e-3, kernels=list(th.KERNELS),
+        n_prompts=20, sigma_samples=100, ridge=1e-3, kernels=list(th.THEOREM_KERNELS),
         bootstrap_resamples=50, ci_level=0.9, bootstrap_seed=0,
     )
 
@@ -269,9 +264,9 @@ def test_from_snakemake_writes_table_figure_and_summary(tmp_path):
     smk = SimpleNamespace(params=SimpleNamespace(theory=small_params()), output=SimpleNamespace(**outputs))
     th.from_snakemake(smk)
     table = pq.read_table(outputs["table"]).to_pandas()
-    assert set(table["kernel"]) == set(th.KERNELS)
+    assert set(table["kernel"]) == set(th.THEOREM_KERNELS)
     pooled = table[table["hmm_seed"].isna()]
-    assert sorted(pooled["n_demos"].unique()) == [1, 2, 4, 8] and len(pooled) == 4 * len(th.KERNELS)
+    assert sorted(pooled["n_demos"].unique()) == [1, 2, 4, 8] and len(pooled) == 4 * len(th.THEOREM_KERNELS)
     assert len(table) == 3 * len(pooled)
     assert (pooled["distance_ci_low"] <= pooled["distance_mean"] + 1e-12).all()
     assert (pooled["agreement_ci_high"] >= pooled["agreement_mean"] - 1e-12).all()
@@ -287,5 +282,5 @@ def test_from_snakemake_writes_table_figure_and_summary(tmp_path):
 def test_same_params_give_identical_results():
     params = small_params()
     first, second = th.run_seed(params, 1), th.run_seed(params, 1)
-    for kernel in th.KERNELS:
+    for kernel in th.THEOREM_KERNELS:
         assert np.array_equal(first.distance[kernel], second.distance[kernel])

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from workflow_scripts import models, schemas, zero_shot
+from workflow_scripts.readers import read_zero_shot
 
 from .test_prompts_tokenize import PROMPT_CFG, TASK, toy_data
 
@@ -21,7 +22,7 @@ def table(tiny_llama_dir, tmp_path_factory):
     schemas.write_table(toy_data(), schemas.TASK_DATA, data)
     out = tmp / "zero_shot.parquet"
     zero_shot.write_zero_shot(data, manifest, "toy", TASK, PROMPT_CFG, CFG, out)
-    return zero_shot.read_zero_shot(out), out
+    return read_zero_shot(out), out
 
 
 def test_rows_cover_the_test_queries_and_the_pool(table):
@@ -56,5 +57,5 @@ def test_probabilities_and_hidden_states_equal_a_plain_forward(table, tiny_llama
 
 def test_reading_without_hidden_states_skips_them(table):
     _, path = table
-    frame = zero_shot.read_zero_shot(path, hidden=False)
+    frame = read_zero_shot(path, hidden=False)
     assert "hidden" not in frame.columns and len(frame.probs.iloc[0]) == 2

@@ -15,9 +15,9 @@ import pandas as pd
 import pyarrow as pa
 
 from . import schemas, stats
-from .encoder import read_embeddings, unit_rows
-from .heldout import ablation_ids
-from .reconstruction import iter_prompts, kernel_weights, reconstruct
+from .kernels import attention_weights, kernel_vote, normalized_entropy, unit_rows
+from .readers import iter_prompts, read_embeddings
+from .split import ablation_ids
 
 METRICS = ("icl_accuracy", "agreement", "head_accuracy", "entropy", "demo_similarity", "n_demos")
 SHIFTED = ("icl_accuracy", "agreement", "entropy")
@@ -30,13 +30,6 @@ def chosen_head(heldout: pd.DataFrame) -> tuple[int, int]:
     return int(layer[1:]), int(head[1:])
 
 
-def normalized_entropy(weights: np.ndarray) -> float:
-    """Entropy of weights / sum(weights), divided by log(k): 1 = uniform over the demonstrations."""
-    p = weights / weights.sum()
-    p = p[p > 0]
-    return float(-(p * np.log(p)).sum() / np.log(len(weights))) if len(weights) > 1 else 0.0
-
-
 def prompt_rows(
     prompts: pa.Table, shards: pa.Table, head: tuple[int, int], keep: set[int], embeddings: dict[str, np.ndarray],
     n_classes: int,
@@ -47,13 +40,13 @@ def prompt_rows(
     for p in iter_prompts(prompts, shards):
         if p["prompt_id"] not in keep:
             continue
-        weights = kernel_weights(p["attention"][layer, h], p["x_start"], p["y_pos"])["max"]
+        weights = attention_weights(p["attention"][layer, h], p["x_start"], p["y_pos"])["max"]
         query = unit_rows(embeddings[p["example_id"]])
         demos = unit_rows(np.stack([embeddings[d] for d in p["demo_ids"]]))
         rows.append({
             "prompt_id": p["prompt_id"], "example_id": p["example_id"], "label": p["label"],
             "icl_prediction": p["prediction"],
-            "head_prediction": int(reconstruct(weights, np.asarray(p["demo_labels"]), n_classes)),
+            "head_prediction": int(kernel_vote(weights, np.asarray(p["demo_labels"]), n_classes)),
             "entropy": normalized_entropy(weights), "demo_similarity": float((demos @ query).mean()),
             "n_demos": len(p["demo_ids"]),
         })

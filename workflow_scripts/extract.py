@@ -16,9 +16,6 @@ from . import engine, layers, models, schemas
 
 log = logging.getLogger(__name__)
 
-LABEL_OFFSETS = (-1, 0, 1, 2, 3)  # key/value positions around each demonstration's label token
-
-
 class ExtractionError(RuntimeError):
     """A forward pass whose numbers cannot be trusted; the shard is not written."""
 
@@ -87,7 +84,7 @@ def requests_for(rows: list[dict], cfg: dict, where: str, max_length: int | None
                 input_ids=row["input_ids"],
                 label_token_ids=row["label_token_ids"],
                 spans=list(zip(row["x_start"], row["y_pos"])) if keep_kv else (),
-                kv_positions=[min(y + d, n - 1) for y in row["y_pos"] for d in LABEL_OFFSETS] if keep_kv else (),
+                kv_positions=[min(y + d, n - 1) for y in row["y_pos"] for d in schemas.DEMO_OFFSETS] if keep_kv else (),
                 hidden_positions=[p for name in cfg["hidden_positions"] for p in hidden[name]] if cfg["hidden_layers"] else (),
             )
         )

@@ -17,57 +17,28 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from . import schemas, zero_shot
-from .encoder import read_embeddings, unit_rows
-from .reconstruction import KERNELS, prediction_grid
+from . import schemas
+from .kernels import ATTENTION_KERNELS, cosine_weights, kernel_vote
+from .readers import prediction_grid, read_embeddings, read_zero_shot, rows_for
+from .split import select_heldout
 
 
 class HeldoutError(ValueError):
-    """A select/held-out split that cannot be made; the message names the config keys."""
+    """Tables of one prompt set that do not belong together; the message names the rule to re-run."""
 
 
-def select_heldout(labels: np.ndarray, n_select: int, n_heldout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Disjoint, label-stratified index sets of sizes n_select and n_heldout (sorted)."""
-    n = len(labels)
-    if n_select + n_heldout > n:
-        raise HeldoutError(
-            f"config keys 'analysis.n_select'={n_select} and 'analysis.n_heldout'={n_heldout} need "
-            f"{n_select + n_heldout} prompts; the set has {n} (prompts.n_eval)"
-        )
-    rng = np.random.default_rng(seed)
-    # Interleave the classes in a random order, so any prefix of the order is as balanced as it can be.
-    order = np.concatenate([rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)])
-    rank = np.concatenate([np.arange((labels == c).sum()) / (labels == c).sum() for c in np.unique(labels)])
-    order = order[np.lexsort((rng.random(n), rank))]
-    return np.sort(order[:n_select]), np.sort(order[n_select : n_select + n_heldout])
+def cosine_votes(vectors: dict[str, np.ndarray], prompts: pd.DataFrame, n_classes: int) -> np.ndarray:
+    """The kernel-regression prediction of every prompt with a cosine kernel over `vectors`
+    (example id -> vector, holding every query and demonstration of the prompts)."""
+    queries = np.stack([vectors[i] for i in prompts.example_id])
+    demos = np.stack([np.stack([vectors[i] for i in row]) for row in prompts.demo_ids])
+    return kernel_vote(cosine_weights(queries, demos), np.stack(prompts.demo_labels.map(np.asarray)), n_classes)
 
 
-def ablation_ids(heldout: np.ndarray, labels: np.ndarray, limit: int) -> np.ndarray:
-    """The held-out prompt ids the ablations use (sorted): all of them, or `limit` taken round-robin
-    over the gold classes in prompt-id order, so a subset is as class-balanced as the held-out set
-    allows (prompt ids follow the data file, which may be sorted by label)."""
-    order = np.argsort(heldout, kind="stable")
-    ids, labels = np.asarray(heldout)[order], np.asarray(labels)[order]
-    if not limit:
-        return ids
-    rank = np.zeros(len(ids))
-    for c in np.unique(labels):
-        rank[labels == c] = np.arange((labels == c).sum())
-    return np.sort(ids[np.lexsort((labels, rank))[:limit]])
-
-
-def kernel_regression(similarity: np.ndarray, demo_labels: np.ndarray, n_classes: int) -> np.ndarray:
-    """The paper's formula for similarities (..., k) and labels (..., k); a negative sum of similarities
-    flips the vote, exactly as the normalized formula does."""
-    votes = np.einsum("...k,...kc->...c", similarity, np.eye(n_classes)[demo_labels])
-    return np.argmax(votes / similarity.sum(axis=-1, keepdims=True), axis=-1)
-
-
-def cosine_similarities(vectors: dict[str, np.ndarray], queries: list[str], demos: list[list[str]]) -> np.ndarray:
-    """cos(v(x_test), v(x_i)) for every prompt and demonstration: (prompts, k)."""
-    q = unit_rows(np.stack([vectors[i] for i in queries]))
-    d = unit_rows(np.stack([np.stack([vectors[i] for i in row]) for row in demos]))
-    return np.einsum("pd,pkd->pk", q, d)
+def examples_of(prompts: pd.DataFrame, table: dict[str, np.ndarray] | pd.Series, where: str) -> dict[str, np.ndarray]:
+    """The rows of `table` for every query and demonstration of the prompts."""
+    ids = sorted(set(prompts.example_id) | {d for row in prompts.demo_ids for d in row})
+    return dict(zip(ids, rows_for(table, ids, where)))
 
 
 def agreement(predictions: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -83,21 +54,18 @@ def heldout_rows(
     select, heldout = select_heldout(prompts.label.to_numpy(), n_select, n_heldout, seed)
     icl = None
     methods: list[tuple[str, str, float, np.ndarray]] = []  # (method, choice, select agreement, predictions)
-    for kernel in KERNELS:
+    for kernel in ATTENTION_KERNELS:
         ids, _, icl, grid = prediction_grid(recon, kernel)
         if not np.array_equal(ids, prompts.prompt_id.to_numpy()):
             raise HeldoutError("the reconstruction table and the prompts hold different prompts; re-run reconstruct")
         scores = agreement(grid[select], icl[select])
         layer, head = np.unravel_index(np.argmax(scores), scores.shape)
         methods.append((f"head_{kernel}", f"L{layer} H{head}", float(scores[layer, head]), grid[:, layer, head]))
-    demo_labels = np.stack(prompts.demo_labels.map(np.asarray))
-    queries, demos = prompts.example_id.tolist(), prompts.demo_ids.tolist()
-    encoder_pred = kernel_regression(cosine_similarities(embeddings, queries, demos), demo_labels, n_classes)
+    encoder_pred = cosine_votes(embeddings, prompts, n_classes)
     methods.append(("kr_encoder", encoder, float(agreement(encoder_pred[select], icl[select])), encoder_pred))
     n_layers = next(iter(hidden.values())).shape[0]
     by_layer = np.stack([
-        kernel_regression(cosine_similarities({i: v[layer] for i, v in hidden.items()}, queries, demos), demo_labels, n_classes)
-        for layer in range(n_layers)
+        cosine_votes({i: v[layer] for i, v in hidden.items()}, prompts, n_classes) for layer in range(n_layers)
     ], axis=1)  # (prompts, layers)
     scores = agreement(by_layer[select], icl[select])
     best = int(np.argmax(scores))
@@ -116,23 +84,14 @@ def heldout_rows(
     return columns
 
 
-def needed(table: dict[str, np.ndarray], prompts: pd.DataFrame, where: str) -> dict[str, np.ndarray]:
-    """The vectors of every query and demonstration of the prompts (an error names the table otherwise)."""
-    ids = sorted(set(prompts.example_id) | {d for row in prompts.demo_ids for d in row})
-    missing = [i for i in ids if i not in table]
-    if missing:
-        raise HeldoutError(f"{where}: no vector for examples {missing[:3]}; it was built from a different split")
-    return {i: table[i] for i in ids}
-
-
 def write_heldout(
     prompts_path: str | Path, recon_path: str | Path, zero_shot_path: str | Path, embeddings_path: str | Path,
     encoder: str, n_classes: int, cfg: dict, seed: int, out: str | Path,
 ) -> None:
     prompts = schemas.read_table(prompts_path, schemas.PROMPTS).to_pandas()
     recon = schemas.read_table(recon_path, schemas.RECONSTRUCTION)
-    embeddings = needed(read_embeddings(embeddings_path), prompts, str(embeddings_path))
-    hidden = needed(zero_shot.read_zero_shot(zero_shot_path).hidden.to_dict(), prompts, str(zero_shot_path))
+    embeddings = examples_of(prompts, read_embeddings(embeddings_path), str(embeddings_path))
+    hidden = examples_of(prompts, read_zero_shot(zero_shot_path).hidden, str(zero_shot_path))
     columns = heldout_rows(prompts, recon, embeddings, hidden, encoder, n_classes, cfg["n_select"], cfg["n_heldout"], seed)
     schemas.write_table(columns, schemas.HELDOUT, out)
 

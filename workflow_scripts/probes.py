@@ -12,12 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import schemas, stats, zero_shot
-from .similarity import lookup
+from . import schemas, stats
+from .readers import read_zero_shot, rows_for
 
 
 class ProbeError(ValueError):
@@ -71,7 +70,7 @@ def probe_table(samples: dict, zero_shot_predictions: np.ndarray, n_classes: int
     targets = {"key": zero_shot_predictions, "value": samples["labels"]}
     for vector, target in targets.items():
         accuracy = stats.probe_accuracy_many(samples[f"{vector}s"], target, groups, n_classes, ridge, folds, seed)
-        layer, head, offset = np.meshgrid(samples["layers"], np.arange(accuracy.shape[1]), schemas.TOP_OFFSETS, indexing="ij")
+        layer, head, offset = np.meshgrid(samples["layers"], np.arange(accuracy.shape[1]), schemas.DEMO_OFFSETS, indexing="ij")
         columns["layer"] += layer.ravel().tolist()
         columns["head"] += head.ravel().tolist()
         columns["vector"] += [vector] * accuracy.size
@@ -87,8 +86,8 @@ def write_probes(
     seed: int, out: str | Path,
 ) -> None:
     samples = probe_samples(schemas.read_table(prompts_path, schemas.PROMPTS), schemas.read_tables(shard_paths, schemas.SHARD))
-    table: pd.DataFrame = zero_shot.read_zero_shot(zero_shot_path, hidden=False)
-    predictions = np.asarray(lookup(table, samples["example_ids"].tolist(), "prediction", str(zero_shot_path)))
+    table = read_zero_shot(zero_shot_path, hidden=False)
+    predictions = np.asarray(rows_for(table.prediction, samples["example_ids"].tolist(), str(zero_shot_path)))
     columns = probe_table(samples, predictions, n_classes, cfg["probe_ridge"], cfg["probe_folds"], seed)
     schemas.write_table(columns, schemas.PROBES, out)
 

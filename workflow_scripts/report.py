@@ -16,8 +16,8 @@ from matplotlib.colors import PowerNorm  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from . import ablation_report, schemas, stats, table2  # noqa: E402
+from .kernels import ATTENTION_KERNELS  # noqa: E402
 from .report_files import Outputs, link, outputs_of, read_piece, write_piece, write_table  # noqa: E402
-from .reconstruction import KERNELS  # noqa: E402
 
 KERNEL_TEXT = {
     "max": "max attention over [x_i, y_i] (paper)",
@@ -111,7 +111,7 @@ def head_table(heads: pd.DataFrame) -> pd.DataFrame:
     """Per kernel, the head with the best mean agreement over seeds, with its per-seed numbers."""
     mean = heads.groupby(["kernel", "layer", "head"])[["agreement", "accuracy"]].mean().reset_index()
     rows = []
-    for kernel in KERNELS:
+    for kernel in ATTENTION_KERNELS:
         best = mean[mean.kernel == kernel].sort_values(["agreement", "accuracy"], ascending=False).iloc[0]
         per_seed = heads[(heads.kernel == kernel) & (heads.layer == best.layer) & (heads["head"] == best["head"])]
         rows.append(
@@ -152,7 +152,7 @@ def top_heads(heads: pd.DataFrame, fraction: float) -> pd.DataFrame:
     scores = scores.reset_index()
     last_layer = max(1, int(heads.layer.max()))
     tables = []
-    for kernel in KERNELS:
+    for kernel in ATTENTION_KERNELS:
         part = scores[scores.kernel == kernel].sort_values(["agreement", "accuracy"], ascending=False, kind="stable")
         part = part.head(top_head_count(heads, kernel, fraction))
         tables.append(part.assign(rank=np.arange(1, len(part) + 1), depth=part.layer / last_layer))
@@ -168,8 +168,8 @@ def layer_head_axes(ax) -> None:
 
 def heatmaps(heads: pd.DataFrame, title: str, out: str | Path, dpi: int) -> None:
     """Fig. 3: layer x head agreement with the ICL prediction and accuracy, every kernel, mean over seeds."""
-    fig, axes = plt.subplots(2, len(KERNELS), figsize=(4 * len(KERNELS), 8), sharey=True, constrained_layout=True)
-    for col, kernel in enumerate(KERNELS):
+    fig, axes = plt.subplots(2, len(ATTENTION_KERNELS), figsize=(4 * len(ATTENTION_KERNELS), 8), sharey=True, constrained_layout=True)
+    for col, kernel in enumerate(ATTENTION_KERNELS):
         for row, metric in enumerate(["agreement", "accuracy"]):
             ax = axes[row, col]
             im = ax.imshow(head_grid(heads, kernel, metric), aspect="auto", origin="lower", cmap="viridis", vmin=0, vmax=1)
@@ -216,7 +216,7 @@ def similarity_table(sim: pd.DataFrame, heads: pd.DataFrame) -> pd.DataFrame:
     """Per kernel: the head whose weights correlate best with the prediction similarity, the share of
     heads with a positive correlation, and how the correlation heatmap tracks the agreement heatmap."""
     rows = []
-    for kernel in KERNELS:
+    for kernel in ATTENTION_KERNELS:
         grid = head_grid(sim, kernel, "pearson")
         layer, head = np.unravel_index(np.nanargmax(grid), grid.shape)
         rows.append({
@@ -229,8 +229,8 @@ def similarity_table(sim: pd.DataFrame, heads: pd.DataFrame) -> pd.DataFrame:
 
 def similarity_figure(sim: pd.DataFrame, title: str, out: str | Path, dpi: int) -> None:
     """Fig. 4: per head, Pearson(kernel weight, prediction similarity)."""
-    fig, axes = plt.subplots(1, len(KERNELS), figsize=(4 * len(KERNELS), 4.5), sharey=True)
-    for ax, kernel in zip(axes, KERNELS):
+    fig, axes = plt.subplots(1, len(ATTENTION_KERNELS), figsize=(4 * len(ATTENTION_KERNELS), 4.5), sharey=True)
+    for ax, kernel in zip(axes, ATTENTION_KERNELS):
         grid = head_grid(sim, kernel, "pearson")
         limit = np.nanmax(np.abs(grid)) or 1.0
         im = ax.imshow(grid, aspect="auto", origin="lower", cmap="RdBu_r", vmin=-limit, vmax=limit)

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def per_class_counts(total: int, n_classes: int) -> list[int]:
-    """Split `total` over classes as evenly as possible (the first classes take the remainder)."""
-    return [total // n_classes + (c < total % n_classes) for c in range(n_classes)]
+from .split import per_class_counts
 
 
 def top_k(

@@ -49,12 +49,15 @@ PROMPTS = pa.schema(
 # results/.../shards/{shard}.parquet: what the model computed for each prompt.
 # attention is the last token's attention row, flattened from (n_layers, n_heads, n_tokens).
 # Optional captures (null when not configured), flattened in C order:
-#   keys, values:           (len(kv_layers), n_kv_heads, len(kv_positions), head_dim) = kv_shape
+#   keys, values:           (len(kv_layers), n_kv_heads, len(kv_positions), head_dim) = kv_shape, at each
+#                           demonstration's label token + DEMO_OFFSETS (clipped to the prompt)
 #   top_positions:          (len(kv_layers), n_heads, k) highest-attention position within [x_i, y_i]
-#   top_keys, top_values:   (len(kv_layers), n_heads, k, len(TOP_OFFSETS), head_dim) = top_shape, at each
-#                           top position + TOP_OFFSETS (clipped to the prompt)
+#   top_keys, top_values:   (len(kv_layers), n_heads, k, len(DEMO_OFFSETS), head_dim) = top_shape, at each
+#                           top position + DEMO_OFFSETS (clipped to the prompt)
 #   hidden:                 (len(hidden_layers), len(hidden_positions), hidden_size) = hidden_shape
-TOP_OFFSETS = (-1, 0, 1, 2, 3)  # keys/values are kept at these offsets from each demonstration's peak
+# Key/value vectors are kept at these offsets from a position of each demonstration (its label token,
+# its attention peak): Section 5.4's probes read -1..+3.
+DEMO_OFFSETS = (-1, 0, 1, 2, 3)
 _f16s = pa.list_(pa.float16())
 SHARD = pa.schema(
     [

@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from . import schemas, stats, zero_shot
-from .reconstruction import KERNELS, iter_prompts, kernel_weights
+from . import schemas, stats
+from .kernels import ATTENTION_KERNELS, attention_weights
+from .readers import iter_prompts, read_zero_shot, rows_for
 
 
 def prediction_similarity(query_probs: np.ndarray, demo_probs: np.ndarray) -> np.ndarray:
@@ -21,23 +22,16 @@ def prediction_similarity(query_probs: np.ndarray, demo_probs: np.ndarray) -> np
     return demo_probs @ query_probs
 
 
-def lookup(table: pd.DataFrame, ids: list[str], column: str, where: str) -> list:
-    """Values of `column` for example ids, with an error that names the table when one is missing."""
-    missing = [i for i in ids if i not in table.index]
-    if missing:
-        raise ValueError(f"{where}: no row for examples {missing[:3]}; the table and the prompts come from different splits")
-    return table.loc[ids, column].tolist()
-
-
-def head_correlations(prompts: pa.Table, shards: pa.Table, probs: pd.DataFrame, where: str = "zero-shot table") -> dict:
-    """Columns of SIMILARITY: every head's Pearson correlation, per kernel variant."""
+def head_correlations(prompts: pa.Table, shards: pa.Table, probs: pd.Series, where: str = "zero-shot table") -> dict:
+    """Columns of SIMILARITY: every head's Pearson correlation, per kernel variant; `probs` maps
+    example id -> zero-shot label distribution."""
     accumulators: dict[str, stats.PearsonAccumulator] = {}
     for p in iter_prompts(prompts, shards):
-        weights = kernel_weights(p["attention"], p["x_start"], p["y_pos"])
-        query = np.asarray(lookup(probs, [p["example_id"]], "probs", where)[0])
-        demos = np.stack(lookup(probs, p["demo_ids"], "probs", where))
+        weights = attention_weights(p["attention"], p["x_start"], p["y_pos"])
+        query = rows_for(probs, [p["example_id"]], where)[0]
+        demos = np.stack(rows_for(probs, p["demo_ids"], where))
         sim = prediction_similarity(query, demos)
-        for name in KERNELS:
+        for name in ATTENTION_KERNELS:
             accumulators.setdefault(name, stats.PearsonAccumulator(weights[name].shape[:-1])).add(weights[name], sim)
     columns: dict[str, list] = {name: [] for name in schemas.SIMILARITY.names}
     for name, acc in accumulators.items():
@@ -54,7 +48,7 @@ def head_correlations(prompts: pa.Table, shards: pa.Table, probs: pd.DataFrame, 
 def write_similarity(prompts_path: str | Path, shard_paths: list[str], zero_shot_path: str | Path, out: str | Path) -> None:
     prompts = schemas.read_table(prompts_path, schemas.PROMPTS)
     shards = schemas.read_tables(shard_paths, schemas.SHARD)
-    probs = zero_shot.read_zero_shot(zero_shot_path, hidden=False)
+    probs = read_zero_shot(zero_shot_path, hidden=False).probs
     schemas.write_table(head_correlations(prompts, shards, probs, str(zero_shot_path)), schemas.SIMILARITY, out)
 
 

@@ -18,6 +18,8 @@ import yaml
 
 from . import models, paths, prompts, schemas
 from .config import setting_defaults, validate_config
+from .render import PromptError
+from .split import SplitError
 
 RANDOM = setting_defaults({"selection": "random"})  # dev prompts use random demonstrations
 
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
             for seed in args.seeds:
                 try:
                     s = dev_score(model, tokenizer, data, task_cfg, prompt_cfg, seed, task)
-                except prompts.PromptError as exc:
+                except (PromptError, SplitError) as exc:
                     print(f"{cand['name']:32} seed {seed}: skipped ({exc})")
                     break
                 print(f"{cand['name']:32} seed {seed}: accuracy {s.accuracy:.3f}  tokens {s.mean_tokens:.0f}  predicted {s.predicted_counts}", flush=True)

@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import config as config_mod
-from . import models, prompts, schemas
+from . import engine, extract, models, schemas
+from .config import label_words
+from .render import fields, label_token_ids, render
+from .split import task_examples
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +28,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def requests_for(rows: pd.DataFrame, task_cfg: dict, tokenizer) -> list:
     """One request per example: the template's input part alone, scored on the label words."""
-    # Imported here, so that analyses reading zero-shot results never import torch.
-    from . import engine
-
     template = task_cfg["template"]
-    words = list(config_mod.label_words(task_cfg).values())
+    words = list(label_words(task_cfg).values())
     records = list(rows.itertuples())
-    label_ids = prompts.label_token_ids(tokenizer, template, words, prompts.fields(records[0]))
+    label_ids = label_token_ids(tokenizer, template, words, fields(records[0]))
     requests = []
     for row in records:
-        text = prompts.render(template, [], prompts.fields(row)).text
+        text = render(template, [], fields(row)).text
         ids = tokenizer(text, add_special_tokens=True)["input_ids"]
         requests.append(engine.Request(input_ids=ids, label_token_ids=label_ids, hidden_positions=[len(ids) - 1]))
     return requests
@@ -63,12 +62,10 @@ def write_zero_shot(
 ) -> None:
     import torch
 
-    from . import engine, extract
-
     torch.set_num_threads(cfg["threads"])
     device, dtype = extract.resolve_device(cfg["device"], cfg["dtype"])
     manifest = models.read_manifest(manifest_path)
-    rows = prompts.task_examples(schemas.read_table(data_path, schemas.TASK_DATA).to_pandas(), task_cfg, prompt_cfg, task)
+    rows = task_examples(schemas.read_table(data_path, schemas.TASK_DATA).to_pandas(), task_cfg, prompt_cfg, task)
     requests = requests_for(rows, task_cfg, models.load_tokenizer(manifest))
     model = engine.prepare(models.load_model(manifest, device, dtype, attn_implementation="sdpa"))
     layers = list(range(model.config.num_hidden_layers))
@@ -77,20 +74,7 @@ def write_zero_shot(
     schemas.write_table(zero_shot_columns(rows, results), schemas.ZERO_SHOT, out)
 
 
-def read_zero_shot(path: str | Path, hidden: bool = True) -> pd.DataFrame:
-    """The zero-shot table indexed by example_id; probs as arrays, hidden as (layers, size) arrays
-    (left out when not needed: it is most of the file)."""
-    names = [n for n in schemas.ZERO_SHOT.names if hidden or n not in ("hidden", "hidden_shape")]
-    table = schemas.read_table(path, schemas.ZERO_SHOT).select(names).to_pandas()
-    table["probs"] = table.probs.map(np.asarray)
-    if hidden:
-        table["hidden"] = [np.asarray(h, dtype=np.float32).reshape(s) for h, s in zip(table.hidden, table.hidden_shape)]
-    return table.set_index("example_id")
-
-
 def from_snakemake(smk) -> None:
-    from . import extract
-
     write_zero_shot(
         smk.input.data, smk.input.manifest, smk.wildcards.task, smk.params.task, smk.params.prompts,
         extract.run_settings(smk), smk.output[0],

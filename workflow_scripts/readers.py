@@ -1,0 +1,95 @@
+"""Readers of intermediate tables that several stages share: prompts joined with their extraction
+shards, the head predictions of the reconstruction, the per-example tables (zero-shot results,
+embeddings) and the one way to take the rows of given examples from those. Torch-free: the analyses
+read these without loading a model.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import layers, schemas
+
+Value = TypeVar("Value")
+
+
+class MissingExamplesError(ValueError):
+    """A per-example table that lacks examples the prompts hold: it came from another split."""
+
+
+def rows_for(table: Mapping[str, Value] | pd.Series, ids: Sequence[str], where: str) -> list[Value]:
+    """The entries of `ids` in a per-example table (example id -> value, or a Series indexed by
+    example id), in the order of `ids`; an error that names the table when one is missing."""
+    missing = [i for i in ids if i not in table]
+    if missing:
+        raise MissingExamplesError(
+            f"{where}: no row for examples {missing[:3]}; the table and the prompts come from different splits "
+            "(re-run the rule that wrote it)"
+        )
+    return [table[i] for i in ids]
+
+
+def read_zero_shot(path: str | Path, hidden: bool = True) -> pd.DataFrame:
+    """The zero-shot table indexed by example_id; probs as arrays, hidden as (layers, size) arrays
+    (left out when not needed: it is most of the file)."""
+    names = [n for n in schemas.ZERO_SHOT.names if hidden or n not in ("hidden", "hidden_shape")]
+    table = schemas.read_table(path, schemas.ZERO_SHOT).select(names).to_pandas()
+    table["probs"] = table.probs.map(np.asarray)
+    if hidden:
+        table["hidden"] = [np.asarray(h, dtype=np.float32).reshape(s) for h, s in zip(table.hidden, table.hidden_shape)]
+    return table.set_index("example_id")
+
+
+def read_embeddings(path: str | Path) -> dict[str, np.ndarray]:
+    """Example id -> sentence embedding, from an EMBEDDINGS table."""
+    table = schemas.read_table(path, schemas.EMBEDDINGS).to_pydict()
+    return {i: np.asarray(e, dtype=np.float32) for i, e in zip(table["example_id"], table["embedding"])}
+
+
+def retrieval_space(setting: dict, path: str | Path | None) -> dict[str, np.ndarray] | None:
+    """The vectors a retrieval setting ranks the pool by: encoder embeddings, or the studied model's
+    hidden state at settings.*.hidden_layer of each input run alone (None for random selection)."""
+    if setting["selection"] == "random":
+        return None
+    if setting["similarity"] == "encoder":
+        return read_embeddings(path)
+    hidden = read_zero_shot(path).hidden
+    layer = layers.resolve(setting["hidden_layer"], hidden.iloc[0].shape[0], "settings.*.hidden_layer")
+    return {i: h[layer] for i, h in hidden.items()}
+
+
+def iter_prompts(prompts: pa.Table, shards: pa.Table) -> Iterator[dict]:
+    """Join prompts with their extraction rows; yields the attention row as (layers, heads, tokens)."""
+    by_id = {pid: i for i, pid in enumerate(shards.column("prompt_id").to_pylist())}
+    missing = set(prompts.column("prompt_id").to_pylist()) - set(by_id)
+    if missing:
+        raise ValueError(f"{len(missing)} prompts have no extraction row (e.g. prompt {min(missing)})")
+    meta = shards.select(["n_layers", "n_heads", "n_tokens", "prediction"]).to_pylist()
+    attention = shards.column("attention")
+    fields = ["prompt_id", "example_id", "label", "demo_ids", "demo_labels", "x_start", "y_pos", "query_start", "input_ids"]
+    for row in prompts.select(fields).to_pylist():
+        i = by_id[row["prompt_id"]]
+        m = meta[i]
+        if m["n_tokens"] != len(row["input_ids"]):
+            raise ValueError(f"prompt {row['prompt_id']}: attention covers {m['n_tokens']} tokens, prompt has {len(row['input_ids'])}")
+        values = attention[i].values.to_numpy(zero_copy_only=False).astype(np.float32)
+        yield {**row, **m, "attention": values.reshape(m["n_layers"], m["n_heads"], m["n_tokens"])}
+
+
+def prediction_grid(recon: pa.Table, kernel: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(prompt ids, gold labels, ICL predictions, head predictions (prompts, layers, heads)) of one kernel."""
+    rows = recon.filter(pc.equal(recon.column("kernel"), kernel)).sort_by("prompt_id")
+    n_layers, n_heads = rows.column("n_layers")[0].as_py(), rows.column("n_heads")[0].as_py()
+    flat = rows.column("head_predictions").combine_chunks().values.to_numpy(zero_copy_only=False)
+    return (
+        rows.column("prompt_id").to_numpy(),
+        rows.column("label").to_numpy(),
+        rows.column("prediction").to_numpy(),
+        flat.reshape(rows.num_rows, n_layers, n_heads),
+    )
