@@ -19,6 +19,7 @@ include: "rules/prompts.smk"
 include: "rules/extract.smk"
 include: "rules/analysis.smk"
 include: "rules/ablations.smk"
+include: "rules/interventions.smk"
 include: "rules/theory.smk"
 include: "rules/report.smk"
 

@@ -110,6 +110,18 @@ def ablation_outputs(name):
     return [paths.ablation(name, m, a) for m in STUDY["models"] for a in config["ablations"]]
 
 
+def intervention_params():
+    """The interventions keys that change its numbers (batch_size is speed only: read from the config)."""
+    return {key: value for key, value in config["interventions"].items() if key not in ("enabled", "batch_size", "setting")}
+
+
+def intervention_keys():
+    """(model, task, setting) of every causal check, in study order (none when it is disabled)."""
+    if not config["interventions"]["enabled"]:
+        return []
+    return [(m, t, config["interventions"]["setting"]) for m in STUDY["models"] for t in STUDY["tasks"]]
+
+
 def model_source(wildcards):
     """Where a model comes from: its config entry without `parameters`, which only sizes cluster
     jobs and so must not re-run prepare_model (and everything after it) when it changes."""
@@ -199,6 +211,12 @@ def model_runtime(n_prompts):
 def shard_prompts(wildcards, input):
     start = int(wildcards.shard) * config["extraction"]["shard_size"]
     return min(config["extraction"]["shard_size"], n_prompts(wildcards.setting) - start)
+
+
+def intervention_prompts(wildcards, input):
+    """Held-out prompts edited, each a prefix pass plus ~45 last-token edits: about 1.5 prompt forwards."""
+    analysis = config["analysis"]
+    return 1.5 * min(config["interventions"]["prompts"] or analysis["n_heldout"], analysis["n_heldout"])
 
 
 def zero_shot_examples(wildcards, input):

@@ -8,7 +8,7 @@ rule extract_shard:
     output:
         paths.shard(),
     params:
-        extraction=extraction_params("shard_size", "device", "dtype", "kv_layers", "kv_max_prompts", "hidden_layers", "hidden_positions"),
+        extraction=extraction_params("shard_size", "device", "dtype", "kv_layers", "kv_max_prompts", "hidden_layers", "hidden_positions", "head_outputs"),
     threads: config["extraction"]["threads"]
     resources:
         mem_mb=model_mem_mb,

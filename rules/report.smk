@@ -169,6 +169,7 @@ rule report:
         probes=report_sets("probes.md") if config["extraction"]["kv_layers"] else [],
         summaries=[paths.analysis("summary.parquet", m, t, s, st) for m, t, st in over_seeds_keys() for s in STUDY["seeds"]],
         ablations=[paths.report_ablation("md", m, a) for m in STUDY["models"] for a in config["ablations"]],
+        interventions=[paths.report_set("interventions.md", *key) for key in intervention_keys()],
         theory=paths.report_figure("theory.md"),
     output:
         paths.report(),

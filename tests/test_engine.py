@@ -153,3 +153,31 @@ def test_run_keeps_captures_when_a_batch_would_mix_requests_with_and_without_the
     assert all("keys" not in r for r in results[3:])
     with pytest.raises(EngineError, match="mixes requests with different captures"):
         engine.run_batch(model, [with_kv[0], without[0]], kv_layers=[1])
+
+
+OUTPUT_PROJECTIONS = ("self_attn.o_proj", "attn.c_proj", "attn.out_proj", "attention.dense")
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma3", "gptj", "gpt_neox"])
+def test_head_outputs_are_the_inputs_of_the_output_projection(arch):
+    model = build(arch)
+    projections = [m for name, m in model.named_modules() if name.endswith(OUTPUT_PROJECTIONS)]
+    assert len(projections) == 3
+    seen: list[torch.Tensor] = []
+    hooks = [p.register_forward_pre_hook(lambda _m, args: seen.append(args[0][:, -1].detach().clone())) for p in projections]
+    ids = [prompt(1, 17), prompt(2, 11)]
+    expected = []
+    for row in ids:  # each prompt alone, through the model's own eager attention
+        seen.clear()
+        with torch.inference_mode():
+            model(input_ids=torch.tensor([row], device=DEVICE))
+        expected.append(np.stack([s[0].float().cpu().numpy() for s in seen]))
+    for h in hooks:
+        h.remove()
+    engine.prepare(model)
+    results = engine.run_batch(model, [Request(r, [1, 2]) for r in ids], head_outputs=True)  # left-padded together
+    for result, want in zip(results, expected):
+        n_layers, n_heads, dim = result["head_outputs"].shape
+        assert (n_layers, n_heads) == (3, 4)
+        np.testing.assert_allclose(result["head_outputs"].reshape(n_layers, -1), want, atol=1e-5, err_msg=arch)
+    assert "head_outputs" not in engine.run_batch(model, [Request(ids[0], [1, 2])])[0]

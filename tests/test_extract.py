@@ -10,7 +10,8 @@ from workflow_scripts import engine, extract, models, paths, schemas
 from workflow_scripts.extract import ExtractionError
 from workflow_scripts.layers import LayerError
 
-CFG = {"batch_size": 2, "kv_layers": [], "kv_max_prompts": 200, "hidden_layers": [], "hidden_positions": ["last"]}
+CFG = {"batch_size": 2, "kv_layers": [], "kv_max_prompts": 200, "hidden_layers": [], "hidden_positions": ["last"],
+       "head_outputs": False}
 
 
 def load(tiny_llama_dir, attn: str):
@@ -48,11 +49,12 @@ def test_shard_rows_match_the_eager_oracle(engine_model, oracle_model):
         np.testing.assert_allclose(stored, rows, atol=1e-3)  # float16 storage
         np.testing.assert_allclose(stored.sum(-1), 1.0, atol=5e-3)
         assert (columns["n_tokens"][i], columns["n_layers"][i], columns["n_heads"][i]) == (len(ids), 2, 4)
-        assert columns["keys"][i] is None and columns["hidden"][i] is None
+        assert columns["keys"][i] is None and columns["hidden"][i] is None and columns["head_outputs"][i] is None
 
 
 def test_keys_values_and_hidden_states_round_trip_through_the_schema(engine_model, tmp_path):
-    cfg = {**CFG, "kv_layers": [1], "kv_max_prompts": 2, "hidden_layers": [0, 1], "hidden_positions": ["last", "labels"]}
+    cfg = {**CFG, "kv_layers": [1], "kv_max_prompts": 2, "hidden_layers": [0, 1], "hidden_positions": ["last", "labels"],
+           "head_outputs": True}
     table = prompt_table(3)
     out = tmp_path / "000.parquet"
     schemas.write_table(extract.extract_shard(table, engine_model, cfg), schemas.SHARD, out)
@@ -71,6 +73,8 @@ def test_keys_values_and_hidden_states_round_trip_through_the_schema(engine_mode
         states = engine_model(input_ids=torch.tensor([table.column("input_ids")[0].as_py()]), output_hidden_states=True).hidden_states
     hidden = np.asarray(first["hidden"], dtype=np.float32).reshape(2, 3, 32)
     np.testing.assert_allclose(hidden[0, 0], states[1][0, -1].numpy(), atol=2e-2, rtol=1e-2)
+    # every head's output at the last position, kept for every prompt (the causal check's mean ablation)
+    assert all(len(row["head_outputs"]) == 2 * 4 * 8 for row in shard)
 
 
 def test_prompt_longer_than_the_context_names_the_prompt(engine_model):

@@ -105,6 +105,7 @@ def test_paper_study_plans_every_stage_for_both_models(paper_dry_run):
     ablation_sets = models * (4 * tasks + 13)
     assert len(jobs["extract_shard"]) == models * tasks * seeds * 2 + ablation_sets
     assert len(jobs["zero_shot"]) == models * tasks
+    assert len(jobs["interventions"]) == models * tasks * seeds
     # The ~400 seconds-long jobs share 13 submissions, against the 146 extraction jobs.
     groups = re.findall(r"Group job (\w+)", paper_dry_run)
     assert len(groups) <= 15 and set(groups) == {"prep", "prompts", "analysis", "figures"}, groups
@@ -112,7 +113,7 @@ def test_paper_study_plans_every_stage_for_both_models(paper_dry_run):
 
 def test_gpu_profile_requests_a_gpu_for_every_job_that_loads_the_model(paper_dry_run):
     jobs = planned_resources(paper_dry_run)
-    model_rules = {"extract_shard", "zero_shot"}
+    model_rules = {"extract_shard", "zero_shot", "interventions"}
     assert model_rules <= set(jobs)
     for rule, planned in jobs.items():
         gpus = {job.get("gpu") for job in planned}

@@ -58,6 +58,8 @@ def tiny_config(model_dir: Path, data_file: Path, encoder_dir: Path) -> dict:
             "labels": {"kind": "labels", "settings": ["symbols"]},
             "order": {"kind": "order", "settings": ["order_1"]},
         },
+        # 8 heads in the tiny llama: the top 1 and 2 and as many controls.
+        "interventions": {"top_m": [1, 2], "random_draws": 2},
         "theory": {
             "hmm_seeds": [0], "n_tasks": 2, "n_states": 6, "n_observations": 12, "n_demos": [1, 2, 4],
             "n_prompts": 8, "sigma_samples": 32, "bootstrap_resamples": 20,
@@ -135,7 +137,11 @@ def test_full_run_writes_every_stage(study):
         assert set(built.column("prompt_id").to_pylist()) == held_ids  # ablations run on the held-out prompts
     summary = schemas.read_table(workdir / paths.ablation("summary.parquet", "tiny", "order"), schemas.ABLATION_SUMMARY)
     assert {"icl_changed", "head_changed", "icl_accuracy"} <= set(summary.column("metric").to_pylist())
+    edits = schemas.read_table(workdir / paths.analysis("interventions.parquet", "tiny", "toy", 0, "random"), schemas.INTERVENTIONS)
+    # 4 held-out prompts x 3 families x (top, 2 random draws, bottom) x m in (1, 2)
+    assert edits.num_rows == 4 * 3 * 4 * 2 and set(edits.column("prompt_id").to_pylist()) == held_ids
     report = (workdir / paths.report()).read_text()
+    assert "## Causal check" in report and "**Head knockout.**" in report
     assert "## Section 4.2 ablations: tiny" in report and "### retrieval (retrieval)" in report
     assert "## tiny / toy / random" in report and "Theorem 1" in report
     assert "## Table 2" in report and "kernel regression on tiny-bert" in report and "**5.4" in report
@@ -201,6 +207,8 @@ def test_html_report_holds_every_figure_and_table_with_its_caption(study, tmp_pa
     for ablation in config["ablations"]:
         for extension, phrase in (("png", "95% CIs"), ("html", "paired difference")):
             expected[paths.report_ablation(extension, "tiny", ablation)] = ("4.2 Ablations", "tiny", {"ablation": ablation}, phrase)
+    for name, phrase in (("interventions.png", "random heads"), ("interventions_table.html", "paired difference")):
+        expected[paths.report_set(name, "tiny", "toy", "random")] = ("Causal check", "tiny", {"task": "toy", "setting": "random"}, phrase)
     expected[paths.theory("convergence.png")] = ("Theorem 1", "synthetic HMMs", {}, "0.964")
     expected[paths.report_figure("theory.html")] = ("Theorem 1", "synthetic HMMs", {}, "0.964")
     assert set(results) == set(expected)
@@ -227,7 +235,9 @@ ANALYSES = {"reconstruct": 1, "attention_map": 1, "similarity": 1, "probes": 1, 
 # The report's figures and tables of one model x task x setting (over its seeds).
 SET_REPORT = {"report_table2": 1, "report_attention": 1, "report_heads": 1, "report_similarity": 1, "report_probes": 1}
 REPORT = {"report": 1, "all": 1}
-EVERY_SET = {"build_prompts": 5, "extract_shard": 6, **ANALYSES, "ablation": 3, **SET_REPORT, "report_ablation": 3, **REPORT}
+# The causal check of the interventions setting (random) and its figure.
+CAUSAL = {"interventions": 1, "report_interventions": 1}
+EVERY_SET = {"build_prompts": 5, "extract_shard": 6, **ANALYSES, "ablation": 3, **SET_REPORT, "report_ablation": 3, **CAUSAL, **REPORT}
 ONE_NEW_SET = {"build_prompts": 1, "extract_shard": 2, **ANALYSES, **SET_REPORT, **REPORT}
 CONTRACT = {
     "extraction.batch_size": ({"extraction": {"batch_size": 3}}, {}),
@@ -238,16 +248,23 @@ CONTRACT = {
     "analysis.top_head_fraction": ({"analysis": {"top_head_fraction": 0.5}}, {"report_heads": 1, **REPORT}),
     "report.dpi": (
         {"report": {"dpi": 60}},
-        {"report_attention": 1, "report_heads": 1, "report_similarity": 1, "report_probes": 1, "report_ablation": 3, **REPORT},
+        {"report_attention": 1, "report_heads": 1, "report_similarity": 1, "report_probes": 1, "report_ablation": 3,
+         "report_interventions": 1, **REPORT},
     ),
     "analysis.probe_ridge": ({"analysis": {"probe_ridge": 1.0}}, {"probes": 1, "report_probes": 1, **REPORT}),
     "analysis.resample_length": ({"analysis": {"resample_length": 10}}, {"attention_map": 1, "report_attention": 1, **REPORT}),
     "analysis.bootstrap_resamples": (
         {"analysis": {"bootstrap_resamples": 300}},
-        {"table2": 1, "ablation": 3, "report_table2": 1, "report_ablation": 3, **REPORT},
+        {"table2": 1, "ablation": 3, "report_table2": 1, "report_ablation": 3, "report_interventions": 1, **REPORT},
     ),
     "theory.*": ({"theory": {"n_prompts": 6}}, {"theory": 1, "report_theory": 1, **REPORT}),
-    "study.seeds (one more)": ({"study": {"seeds": [0, 1]}}, ONE_NEW_SET),
+    "interventions.*": ({"interventions": {"top_m": [1]}}, {**CAUSAL, **REPORT}),
+    "interventions.batch_size": ({"interventions": {"batch_size": 2}}, {}),
+    "interventions.enabled": ({"interventions": {"enabled": False}}, REPORT),
+    "extraction.head_outputs": (
+        {"extraction": {"head_outputs": False}, "interventions": {"knockout": "zero"}}, {**EVERY_SET, "build_prompts": 0},
+    ),
+    "study.seeds (one more)": ({"study": {"seeds": [0, 1]}}, {**ONE_NEW_SET, **CAUSAL}),
     "study.settings (one more)": ({"study": {"settings": ["random", "k2"]}, "settings": {"k2": {"k": 2}}}, ONE_NEW_SET),
     "ablations.<name>.settings (one more)": (
         {"settings": {"words": {"labels": "words", "queries": "heldout"}}, "ablations": {"labels": {"settings": ["symbols", "words"]}}},
@@ -400,14 +417,19 @@ def test_changing_the_heldout_size_reruns_table_2_and_the_ablations_only(study):
     ablation_sets = 4  # sim, sim_hidden, symbols, order_1 build only the held-out prompts, so they follow
     assert planned_jobs(workdir) == {
         "heldout": seeds, "table2": 1, "build_prompts": ablation_sets, "extract_shard": ablation_sets,
-        "ablation": 3, "report_table2": 1, "report_ablation": 3, "report": 1, "all": 1,
+        "ablation": 3, "report_table2": 1, "report_ablation": 3, "interventions": seeds, "report_interventions": 1,
+        "report": 1, "all": 1,
     }
     done = snakemake(workdir)
     assert done.returncode == 0, done.stderr[-3000:]
     table = schemas.read_table(workdir / paths.over_seeds("table2.parquet", "tiny", "toy", "random"), schemas.TABLE2)
     assert set(table.column("n_heldout").to_pylist()) == {3}
-    assert {k: v for k, v in mtimes(workdir, "results/tiny/toy/seed*/random/**/*.parquet").items()
-            if "heldout" not in k} == {k: v for k, v in before.items() if "heldout" not in k}
+    split = {"heldout", "interventions"}  # the tables the held-out split decides
+
+    def kept(times: dict[str, float]) -> dict[str, float]:
+        return {k: v for k, v in times.items() if Path(k).stem not in split}
+
+    assert kept(mtimes(workdir, "results/tiny/toy/seed*/random/**/*.parquet")) == kept(before)
 
 
 def test_same_seed_gives_byte_identical_prompts(study, tmp_path):

@@ -111,6 +111,7 @@ def _check_references(config: dict) -> None:
         )
     problems += _ablation_problems(config)
     problems += _theory_problems(config["theory"])
+    problems += _intervention_problems(config)
     problems += _label_format_problems(config)
     encoder = config["encoder"]
     needs = {"registry": ["package", "sha256", "member"], "local": ["path"]}[encoder["source"]]
@@ -133,6 +134,21 @@ def _ablation_problems(config: dict) -> list[str]:
             unknown = [v for v in ablation[key] if v not in allowed]
             if unknown:
                 problems.append(f"config key '{where}.{key}': {unknown} not in {allowed}")
+    return problems
+
+
+def _intervention_problems(config: dict) -> list[str]:
+    interventions = config["interventions"]
+    if not interventions["enabled"]:
+        return []
+    problems = []
+    setting = interventions["setting"]
+    if setting not in config["study"]["settings"]:
+        problems.append(f"config key 'interventions.setting': {setting!r} is not in study.settings {config['study']['settings']}")
+    elif config["settings"][setting]["queries"] != "all":
+        problems.append(f"config key 'interventions.setting': {setting!r} builds only held-out prompts; it needs queries: all")
+    if interventions["knockout"] == "mean" and not config["extraction"]["head_outputs"]:
+        problems.append("config key 'interventions.knockout': mean needs extraction.head_outputs: true (or use zero)")
     return problems
 
 

@@ -47,6 +47,8 @@ class _Capture:
     spans: torch.Tensor | None  # (B, k, 2) demonstration spans [x_start, y_pos] in padded coordinates
     kv_positions: torch.Tensor | None  # (B, P) positions whose keys/values to keep
     kv_layers: set[int] | None
+    keep_outputs: bool = False  # each head's attention output at the last position, per layer
+    outputs: list[torch.Tensor] = field(default_factory=list)  # per layer (B, H, D)
     stash: list[tuple] = field(default_factory=list)  # per layer (last query, key, value, mask row, scale)
     keys: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B, KVH, P, D)
     values: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -116,7 +118,10 @@ def capture_attention(module, query, key, value, attention_mask, scaling=None, d
     state = _STATE.get()
     if state is not None:
         state.record(query, key, value, attention_mask, scaling)
-    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    output, weights = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    if state is not None and state.keep_outputs:
+        state.outputs.append(output[:, -1])  # (B, T, H, D): the last position's, per head
+    return output, weights
 
 
 def _register() -> None:
@@ -137,7 +142,10 @@ def _wrap_gptj(model) -> None:
                 state = _STATE.get()
                 if state is not None:
                     state.record(query, key, value, attention_mask, 1.0 / float(_module.scale_attn))
-                return _module._icl_original_attn(query, key, value, attention_mask)
+                output, weights = _module._icl_original_attn(query, key, value, attention_mask)
+                if state is not None and state.keep_outputs:
+                    state.outputs.append(output[:, :, -1])  # (B, H, T, D) here
+                return output, weights
 
             module._attn = wrapped
 
@@ -185,8 +193,10 @@ class Request:
 
 
 def run_batch(model, requests: list[Request], kv_layers: list[int] | None = None,
-              hidden_layers: list[int] | None = None) -> list[dict]:
-    """One left-padded forward; per prompt the label logits, attention (L, H, T) and optional captures."""
+              hidden_layers: list[int] | None = None, head_outputs: bool = False) -> list[dict]:
+    """One left-padded forward; per prompt the label logits, attention (L, H, T) and optional captures
+    (head_outputs: every head's attention output at the last position, (L, H, D), before the output
+    projection)."""
     device = next(model.parameters()).device
     pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     ids, mask, positions = left_pad([r.input_ids for r in requests], pad_id)
@@ -196,7 +206,8 @@ def run_batch(model, requests: list[Request], kv_layers: list[int] | None = None
         raise EngineError("one batch mixes requests with different captures; engine.run groups them")
     spans = torch.tensor([[(s + o, y + o) for s, y in r.spans] for r, o in zip(requests, offsets)], device=device) if requests[0].spans else None
     kv_pos = torch.tensor([[p + o for p in r.kv_positions] for r, o in zip(requests, offsets)], device=device) if requests[0].kv_positions else None
-    state = _Capture(spans=spans, kv_positions=kv_pos, kv_layers=set(kv_layers) if kv_layers is not None else None)
+    state = _Capture(spans=spans, kv_positions=kv_pos, kv_layers=set(kv_layers) if kv_layers is not None else None,
+                     keep_outputs=head_outputs)
     hidden: dict[int, torch.Tensor] = {}
     hooks = []
     if hidden_layers and requests[0].hidden_positions:
@@ -230,6 +241,7 @@ def run_batch(model, requests: list[Request], kv_layers: list[int] | None = None
             "keys": _stack_layers(state.keys), "values": _stack_layers(state.values),
             "top_positions": _stack_layers(state.top_pos), "top_keys": _stack_layers(state.top_keys),
             "top_values": _stack_layers(state.top_values), "hidden": _stack_layers(hidden),
+            "head_outputs": _stack_layers(dict(enumerate(state.outputs))),
         }
         host = {name: t.cpu().numpy() for name, t in captured.items() if t is not None}
     results = []

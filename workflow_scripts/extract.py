@@ -126,6 +126,7 @@ def shard_columns(rows: list[dict], results: list[dict], requests: list[engine.R
             "hidden_positions": list(request.hidden_positions) if hidden is not None else None,
             "hidden_shape": hidden_shape,
             "hidden": hidden,
+            "head_outputs": _flat(result, "head_outputs")[0],
         }
         for name, value in values.items():
             columns[name].append(value)
@@ -141,8 +142,8 @@ def extract_shard(prompts: pa.Table, model, cfg: dict, where: str = "prompts") -
     results: list[dict] = []
     step = cfg["batch_size"] * 8  # progress in chunks; the engine buckets by length within each
     for start in tqdm(range(0, len(requests), step), desc="prompts", mininterval=10):
-        results += engine.run(model, requests[start : start + step], cfg["batch_size"],
-                              kv_layers=cfg["kv_layers"], hidden_layers=cfg["hidden_layers"])
+        results += engine.run(model, requests[start : start + step], cfg["batch_size"], kv_layers=cfg["kv_layers"],
+                              hidden_layers=cfg["hidden_layers"], head_outputs=cfg["head_outputs"])
     return shard_columns(rows, results, requests, cfg)
 
 

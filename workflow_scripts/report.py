@@ -15,7 +15,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import PowerNorm  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from . import ablation_report, schemas, stats, table2  # noqa: E402
+from . import ablation_report, interventions_report, schemas, stats, table2  # noqa: E402
 from .kernels import ATTENTION_KERNELS  # noqa: E402
 from .report_files import Outputs, link, outputs_of, read_piece, write_piece, write_table  # noqa: E402
 
@@ -490,10 +490,11 @@ def set_heading(title: str, summaries: list[pd.DataFrame]) -> list[str]:
 
 def assemble(
     title: str, study: dict, tables2: list[list[str]], sets: list[tuple[str, list[pd.DataFrame], list[list[str]]]],
-    ablations: list[str], theory: list[str],
+    ablations: list[str], interventions: list[str], theory: list[str],
 ) -> str:
     """results/report.md: Table 2 first (the paper's headline), then Sections 5.1-5.4 per model x task x
-    setting (title, its summaries over seeds, its pieces), the Section 4.2 ablations and the theorem check."""
+    setting (title, its summaries over seeds, its pieces), the Section 4.2 ablations, the causal check
+    and the theorem check."""
     lines = header_lines(title, study)
     for piece in tables2:
         lines += piece
@@ -501,7 +502,7 @@ def assemble(
         lines += set_heading(set_name, summaries)
         for piece in pieces:
             lines += piece
-    return "\n".join(lines + ablations + theory) + "\n"
+    return "\n".join(lines + ablations + interventions + theory) + "\n"
 
 
 def chunks(items: list, size: int) -> list[list]:
@@ -521,7 +522,10 @@ def assemble_from_snakemake(smk) -> None:
     for model, model_pieces in zip(study["models"], per_model):
         ablations += ablation_report.heading(model) + [line for piece in model_pieces for line in piece]
     tables2 = [read_piece(p) for p in smk.input.table2]
-    Path(smk.output[0]).write_text(assemble(smk.params.title, study, tables2, sets, ablations, read_piece(smk.input.theory)))
+    pieces = [line for p in smk.input.interventions for line in read_piece(p)]
+    interventions = interventions_report.heading() + pieces if pieces else []
+    Path(smk.output[0]).write_text(
+        assemble(smk.params.title, study, tables2, sets, ablations, interventions, read_piece(smk.input.theory)))
 
 
 def title_of(smk) -> str:

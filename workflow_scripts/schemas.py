@@ -55,6 +55,7 @@ PROMPTS = pa.schema(
 #   top_keys, top_values:   (len(kv_layers), n_heads, k, len(DEMO_OFFSETS), head_dim) = top_shape, at each
 #                           top position + DEMO_OFFSETS (clipped to the prompt)
 #   hidden:                 (len(hidden_layers), len(hidden_positions), hidden_size) = hidden_shape
+#   head_outputs:           (n_layers, n_heads, head_dim), each head's attention output at the last position
 # Key/value vectors are kept at these offsets from a position of each demonstration (its label token,
 # its attention peak): Section 5.4's probes read -1..+3.
 DEMO_OFFSETS = (-1, 0, 1, 2, 3)
@@ -81,6 +82,7 @@ SHARD = pa.schema(
         ("hidden_positions", _ints),
         ("hidden_shape", _ints),
         ("hidden", _f16s),
+        ("head_outputs", _f16s),
     ]
 )
 
@@ -207,6 +209,29 @@ TABLE2 = pa.schema(
         ("n_seeds", _i32),
         ("n_heldout", _i32),
         ("choices", pa.string()),
+    ]
+)
+
+# results/.../seed{seed}/{setting}/interventions.parquet: one row per held-out prompt and edit at the last
+# position (family knockout / label_knockout / steer; target top / random / bottom m heads, draw of the
+# random ones; heads as "L3 H2, L5 H0"). original_prediction and margins come from the unedited pass;
+# margin = label logit of the original prediction minus the best other label's; steer_class is -1
+# outside steering.
+INTERVENTIONS = pa.schema(
+    [
+        ("prompt_id", _i32),
+        ("example_id", pa.string()),
+        ("label", _i32),
+        ("family", pa.string()),
+        ("target", pa.string()),
+        ("m", _i32),
+        ("draw", _i32),
+        ("heads", pa.string()),
+        ("steer_class", _i32),
+        ("original_prediction", _i32),
+        ("prediction", _i32),
+        ("margin_before", pa.float64()),
+        ("margin_after", pa.float64()),
     ]
 )
 

@@ -27,6 +27,7 @@ STAGES = {
     "heldout": "heldout",
     "table2": "table2",
     "ablation": "ablation",
+    "interventions": "interventions",
     "theory": "theory",
     "report_table2": "report",
     "report_attention": "report",
@@ -35,6 +36,7 @@ STAGES = {
     "report_probes": "report",
     "report_ablation": "ablation_report",
     "report_theory": "report",
+    "report_interventions": "interventions_report",
     "report": "report",
 }
 

@@ -1,0 +1,190 @@
+"""The causal check, beyond the paper: do the heads whose kernel vote agrees with ICL drive the prediction?
+
+Heads are ranked on Table 2's select split by how often their kernel reconstruction agrees with the
+ICL prediction; on its held-out prompts, each intervention edits the LAST prompt position only (the
+position whose next-token distribution is the ICL prediction), in the top-m heads and in controls:
+m random heads from the same layers (several draws) and the m heads that agree least.
+
+  knockout        each head's output at the last position replaced by its mean over the prompt set
+                  (interventions.knockout: mean) or by zero
+  label_knockout  the last token's attention to every demonstration's label token removed, the rest
+                  renormalized (the label-anchors test, on the kernel heads)
+  steer           the direct test of y_hat = sum_i a_i e(y_i) / sum_i a_i: attention moved from the
+                  demonstrations of the predicted class onto those of the runner-up class
+
+The engine runs each prompt's prefix once and every edit as a last-token pass over its keys/values
+(engine_edits.intervene), so 45 edits cost about as much as one more forward.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from . import engine, extract, models, schemas
+from .engine_edits import Edit, head_dim, intervene
+from .heldout import agreement
+from .readers import prediction_grid
+from .split import ablation_ids, select_heldout
+
+log = logging.getLogger(__name__)
+
+class InterventionError(ValueError):
+    """Interventions that cannot run as configured; the message names the config key."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A set of heads edited together: the top m, a random draw from their layers, or the bottom m."""
+
+    kind: str
+    m: int
+    draw: int
+    heads: tuple[tuple[int, int], ...]
+
+    @property
+    def name(self) -> str:
+        return ", ".join(f"L{layer} H{head}" for layer, head in self.heads)
+
+
+def select_agreement(recon: pa.Table, kernel: str, n_select: int, n_heldout: int, split_seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(agreement of every head with ICL on the select split (layers, heads), held-out prompt ids,
+    their gold labels, the select split's prompt ids): the split heldout.py makes."""
+    ids, gold, icl, grid = prediction_grid(recon, kernel)
+    select, heldout = select_heldout(gold, n_select, n_heldout, split_seed)
+    return agreement(grid[select], icl[select]), ids[heldout], gold[heldout], ids[select]
+
+
+def choose_targets(scores: np.ndarray, top_m: list[int], draws: int, seed: int) -> list[Target]:
+    """Top-m heads by agreement (ties by position, so top 1 is Table 2's head), m random heads drawn
+    one per top head from its layer (never a top head), and the bottom m."""
+    n_layers, n_heads = scores.shape
+    if max(top_m) * 2 > scores.size:
+        raise InterventionError(f"config key 'interventions.top_m': {max(top_m)} heads and as many controls need more than the model's {scores.size}")
+    order = [divmod(int(i), n_heads) for i in np.argsort(-scores.ravel(), kind="stable")]
+    targets = []
+    for m in sorted(top_m):
+        top = order[:m]
+        targets.append(Target("top", m, 0, tuple(top)))
+        for draw in range(draws):
+            rng = np.random.default_rng([seed, m, draw])
+            chosen: list[tuple[int, int]] = []
+            for layer, _ in top:
+                free = [(layer, h) for h in range(n_heads) if (layer, h) not in top and (layer, h) not in chosen]
+                if not free:  # the layer's every head is a top head: take one from anywhere
+                    free = [h for h in order if h not in top and h not in chosen]
+                chosen.append(free[rng.integers(len(free))])
+            targets.append(Target("random", m, draw, tuple(sorted(chosen))))
+        targets.append(Target("bottom", m, 0, tuple(order[::-1][:m])))
+    return targets
+
+
+def knockout_values(kind: str, shards: pa.Table, n_layers: int, n_heads: int, head_dim: int) -> np.ndarray:
+    """What replaces each head's output in a knockout, (layers, heads, head_dim): its mean output at
+    the last position over the prompt set's prompts, or zero."""
+    if kind == "zero":
+        return np.zeros((n_layers, n_heads, head_dim))
+    column = shards.column("head_outputs")
+    if column.null_count:
+        raise InterventionError("the shards hold no head outputs: set config key 'extraction.head_outputs: true' "
+                                "(or interventions.knockout: zero)")
+    flat = np.stack([np.asarray(v, dtype=np.float64) for v in column.to_pylist()])
+    return flat.mean(axis=0).reshape(n_layers, n_heads, head_dim)
+
+
+def span_positions(x_start: list[int], y_pos: list[int], demo_labels: list[int], cls: int) -> tuple[int, ...]:
+    """Every position of the demonstrations shown with label `cls` (spans [x_start, y_pos])."""
+    return tuple(p for s, y, c in zip(x_start, y_pos, demo_labels) if c == cls for p in range(s, y + 1))
+
+
+def prompt_edits(prompt: dict, targets: list[Target], knockout: np.ndarray, predicted: int, steer_to: int,
+                 fraction: float) -> list[tuple[str, Target, Edit]]:
+    """The edits of one prompt: every family on every target (steering only where the prompt shows both
+    the predicted and the runner-up class)."""
+    move_from = span_positions(prompt["x_start"], prompt["y_pos"], prompt["demo_labels"], predicted)
+    move_to = span_positions(prompt["x_start"], prompt["y_pos"], prompt["demo_labels"], steer_to)
+    edits = []
+    for target in targets:
+        layers, heads = np.asarray(target.heads).T
+        edits.append(("knockout", target, Edit(target.heads, replace=knockout[layers, heads])))
+        edits.append(("label_knockout", target, Edit(target.heads, drop=tuple(prompt["y_pos"]))))
+        if move_from and move_to:
+            edits.append(("steer", target, Edit(target.heads, move_from=move_from, move_to=move_to, move_fraction=fraction)))
+    return edits
+
+
+def margin(logits: np.ndarray, cls: int) -> float:
+    """How far the label logit of `cls` leads the best other label (negative once another leads)."""
+    return float(logits[cls] - np.delete(logits, cls).max())
+
+
+def prompt_rows(prompt: dict, logits: np.ndarray, edits: list[tuple[str, Target, Edit]], steer_to: int) -> list[dict]:
+    """One row per edit of a prompt, from intervene's label logits (row 0 unedited, which defines the
+    original prediction and its margin)."""
+    original = int(np.argmax(logits[0]))
+    rows = []
+    for (family, target, _), after in zip(edits, logits[1:]):
+        rows.append({
+            "prompt_id": prompt["prompt_id"], "example_id": prompt["example_id"], "label": prompt["label"],
+            "family": family, "target": target.kind, "m": target.m, "draw": target.draw, "heads": target.name,
+            "steer_class": steer_to if family == "steer" else -1, "original_prediction": original,
+            "prediction": int(np.argmax(after)), "margin_before": margin(logits[0], original),
+            "margin_after": margin(after, original),
+        })
+    return rows
+
+
+def runner_up(logits: np.ndarray) -> int:
+    """The class steering moves attention to: the second-highest label logit of the unedited prompt."""
+    return int(np.argsort(-logits, kind="stable")[1])
+
+
+def run_set(model, prompts: pa.Table, shards: pa.Table, recon: pa.Table, cfg: dict, analysis: dict, split_seed: int) -> dict[str, list]:
+    """Columns of INTERVENTIONS for the held-out prompts of one prompt set."""
+    scores, held_ids, held_labels, _ = select_agreement(recon, cfg["kernel"], analysis["n_select"], analysis["n_heldout"], split_seed)
+    keep = set(ablation_ids(held_ids, held_labels, cfg["prompts"]).tolist())
+    n_layers, n_heads = scores.shape
+    targets = choose_targets(scores, cfg["top_m"], cfg["random_draws"], cfg["seed"])
+    knockout = knockout_values(cfg["knockout"], shards, n_layers, n_heads, head_dim(model.config))
+    shard_logits = dict(zip(shards.column("prompt_id").to_pylist(), map(np.asarray, shards.column("label_logits").to_pylist())))
+    columns: dict[str, list] = {name: [] for name in schemas.INTERVENTIONS.names}
+    for prompt in prompts.to_pylist():
+        if prompt["prompt_id"] not in keep:
+            continue
+        # Steering reads the extraction's prediction, so its edits are known before the pass.
+        before = shard_logits[prompt["prompt_id"]]
+        steer_to = runner_up(before)
+        edits = prompt_edits(prompt, targets, knockout, int(np.argmax(before)), steer_to, cfg["steer_fraction"])
+        logits = intervene(model, prompt["input_ids"], prompt["label_token_ids"], [e for _, _, e in edits], cfg["batch_size"])
+        for row in prompt_rows(prompt, logits, edits, steer_to):
+            for name in columns:
+                columns[name].append(row[name])
+    log.info("%d prompts x %d edits", len(keep), len(columns["prompt_id"]) // max(len(keep), 1))
+    return columns
+
+
+def write_interventions(
+    prompts_path: str | Path, shard_paths: list[str], recon_path: str | Path, manifest_path: str | Path, cfg: dict,
+    analysis: dict, split_seed: int, run: dict, out: str | Path,
+) -> None:
+    import torch
+
+    torch.set_num_threads(run["threads"])
+    device, dtype = extract.resolve_device(run["device"], run["dtype"])
+    prompts = schemas.read_table(prompts_path, schemas.PROMPTS)
+    shards = schemas.read_tables(shard_paths, schemas.SHARD)
+    recon = schemas.read_table(recon_path, schemas.RECONSTRUCTION)
+    model = engine.prepare(models.load_model(models.read_manifest(manifest_path), device, dtype, attn_implementation="sdpa"))
+    columns = run_set(model, prompts, shards, recon, cfg, analysis, split_seed)
+    schemas.write_table(columns, schemas.INTERVENTIONS, out)
+
+
+def from_snakemake(smk) -> None:
+    cfg = {**smk.params.interventions, "batch_size": smk.config["interventions"]["batch_size"]}
+    write_interventions(
+        smk.input.prompts, list(smk.input.shards), smk.input.reconstruction, smk.input.manifest, cfg,
+        smk.params.analysis, smk.params.split_seed, extract.run_settings(smk), smk.output[0],
+    )
