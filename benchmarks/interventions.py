@@ -1,6 +1,7 @@
-"""Cost of the causal check's edits, side by side in one run: (a) one plain forward of a prompt (SDPA,
-no cache, last-position logits: what extraction costs without its captures) against (b) 20 edits of
-that prompt by engine_edits.intervene (its prefix once, then one batched pass of the last token).
+"""Cost of the causal check's edits, side by side in one run: (a) one plain forward of a prompt on the
+engine-prepared model with no capture active (so SDPA; no cache, last-position logits: what extraction
+costs without its captures) against (b) 20 edits of that prompt by engine_edits.intervene (its prefix
+once, then one batched pass of the last token), on the same model.
 
     python benchmarks/interventions.py                                   # SmolLM2-135M's shape, random weights
     python benchmarks/interventions.py --model resources/models/smollm2-135m/manifest.json

@@ -142,6 +142,8 @@ def test_bad_edits_are_named():
         intervene(model, ids, LABELS, [Edit(((0, 0),), drop=(12,))])
     with pytest.raises(EngineError, match=r"replace has shape \(1, 3\), expected \(1, 8\)"):
         intervene(model, ids, LABELS, [Edit(((0, 0),), replace=np.zeros((1, 3)))])
+    with pytest.raises(EngineError, match="both move_from and move_to"):
+        intervene(model, ids, LABELS, [Edit(((0, 0),), move_from=(1, 2))])
     with pytest.raises(EngineError, match="at least 2 tokens"):
         intervene(model, ids[:1], LABELS, [])
     with pytest.raises(EngineError, match="gptj"):

@@ -185,6 +185,8 @@ def _check(edit: Edit, n_layers: int, n_heads: int, n_tokens: int, head_dim: int
     positions = [p for p in (*edit.drop, *edit.move_from, *edit.move_to) if not 0 <= p < n_tokens]
     if positions:
         raise EngineError(f"edit of positions {positions[:5]}: the prompt has {n_tokens} tokens")
+    if bool(edit.move_from) != bool(edit.move_to):
+        raise EngineError("a move needs both move_from and move_to positions")
     if edit.replace is not None and np.shape(edit.replace) != (len(edit.heads), head_dim):
         raise EngineError(f"replace has shape {np.shape(edit.replace)}, expected ({len(edit.heads)}, {head_dim})")
 

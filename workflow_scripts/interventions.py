@@ -18,6 +18,7 @@ The engine runs each prompt's prefix once and every edit as a last-token pass ov
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,6 +152,7 @@ def run_set(model, prompts: pa.Table, shards: pa.Table, recon: pa.Table, cfg: di
     knockout = knockout_values(cfg["knockout"], shards, n_layers, n_heads, head_dim(model.config))
     shard_logits = dict(zip(shards.column("prompt_id").to_pylist(), map(np.asarray, shards.column("label_logits").to_pylist())))
     columns: dict[str, list] = {name: [] for name in schemas.INTERVENTIONS.names}
+    started = time.perf_counter()
     for prompt in prompts.to_pylist():
         if prompt["prompt_id"] not in keep:
             continue
@@ -162,7 +164,9 @@ def run_set(model, prompts: pa.Table, shards: pa.Table, recon: pa.Table, cfg: di
         for row in prompt_rows(prompt, logits, edits, steer_to):
             for name in columns:
                 columns[name].append(row[name])
-    log.info("%d prompts x %d edits", len(keep), len(columns["prompt_id"]) // max(len(keep), 1))
+    elapsed = time.perf_counter() - started
+    log.info("%d prompts x %d edits in %.0f s (%.2f s per prompt)", len(keep), len(columns["prompt_id"]) // max(len(keep), 1),
+             elapsed, elapsed / max(len(keep), 1))
     return columns
 
 
