@@ -68,6 +68,7 @@ def test_summarize_means_and_intervals():
     assert set(out.metric) == set(ablation.METRICS) | {"icl_changed", "head_changed"} | {
         f"{m}_shift" for m in ("icl_accuracy", "agreement", "entropy")}
     assert not ((out.setting == "random") & out.metric.str.endswith("_shift")).any()
+    assert ablation_report.sample(out, "random").startswith("Sample: t: 30 held-out inputs x 2 seeds (")
 
 
 def test_a_paired_difference_finds_what_separate_intervals_miss():

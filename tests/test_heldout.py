@@ -84,6 +84,7 @@ def test_table2_against_a_direct_computation():
     per_example = rows.assign(v=rows.prediction == rows.icl_prediction).groupby("example_id").v.mean()
     assert (got.ci_low, got.ci_high) == pytest.approx(stats.bootstrap_ci(per_example.to_numpy(), 500, 0))
     assert got.ci_low < got["mean"] < got.ci_high
+    assert got.seeds_ci_low <= got["mean"] <= got.seeds_ci_high
     assert got.choices == "seed 0: c0; seed 1: c1; seed 2: c2"
     assert table2.describe_choices(rows.assign(choice="same")) == "same (every seed)"
     icl = table.loc[("icl", "accuracy")]
@@ -91,6 +92,20 @@ def test_table2_against_a_direct_computation():
     assert icl["mean"] == pytest.approx(np.mean(first.icl_prediction == first.label))
     assert table.loc[("null", "agreement")]["mean"] == pytest.approx(np.mean(first.icl_prediction == 1))
     assert (table.n_seeds == 3).all() and (table.n_heldout == 40).all()
+
+
+def test_the_hierarchical_interval_counts_the_variation_between_seeds():
+    rng = np.random.default_rng(1)
+    same = rng.random((60, 1)).repeat(2, axis=1) > 0.5  # two seeds that agree on every example
+    flat = stats.bootstrap_ci(same.mean(axis=1), 2000, 0)
+    hier = stats.hierarchical_bootstrap_ci(same, 2000, 0)
+    assert hier == pytest.approx(flat, abs=0.03)  # nothing between seeds to add
+    apart = np.column_stack([np.zeros(60), np.ones(60)])  # seed 0 always wrong, seed 1 always right
+    assert stats.bootstrap_ci(apart.mean(axis=1), 2000, 0) == (0.5, 0.5)  # averaging hides the seeds
+    low, high = stats.hierarchical_bootstrap_ci(apart, 2000, 0)
+    assert low == 0.0 and high == 1.0  # a resample of two seeds may draw either one twice
+    one = stats.hierarchical_bootstrap_ci(same[:, :1], 2000, 0)
+    assert one == pytest.approx(flat, abs=0.03)
 
 
 def test_table2_refuses_seeds_that_held_out_different_examples():

@@ -184,3 +184,71 @@ def test_probe_accuracy_many_equals_probe_per_slice():
     for index in np.ndindex(2, 3, 4):
         assert many[index] == stats.probe_accuracy(X[index], labels, groups, n_classes=3, lam=0.5, n_folds=4, seed=3)
     assert np.ptp(many) > 0.1
+
+
+def test_balanced_accuracy_is_mean_recall_over_the_classes_present():
+    # Class counts 4, 2, 1; class 3 is absent (predicting it is just wrong). Recalls by hand:
+    # class 0: 3 of 4, class 1: 1 of 2, class 2: 0 of 1 -> (0.75 + 0.5 + 0) / 3.
+    labels = np.array([0, 0, 0, 0, 1, 1, 2])
+    predicted = np.array([0, 0, 0, 3, 1, 0, 0])
+    assert stats.balanced_accuracy(predicted, labels, n_classes=4) == pytest.approx((0.75 + 0.5 + 0.0) / 3)
+    # Stacked predictions are scored row by row; a constant answer scores 1 / classes present, while
+    # its plain accuracy is the majority share.
+    constant = np.zeros_like(labels)
+    both = stats.balanced_accuracy(np.stack([predicted, constant, labels]), labels, n_classes=4)
+    np.testing.assert_allclose(both, [1.25 / 3, 1 / 3, 1.0])
+    assert np.mean(constant == labels) == pytest.approx(4 / 7)
+
+
+def test_shuffle_by_group_permutes_whole_groups():
+    rng = np.random.default_rng(13)
+    groups = np.repeat(np.arange(60), rng.integers(1, 5, size=60))
+    per_group = rng.integers(0, 3, size=60)
+    labels = per_group[groups]
+    shuffled = stats.shuffle_by_group(labels, groups, seed=4)
+    # Every group keeps one target, and the groups' targets are a permutation of the originals.
+    assert all(np.unique(shuffled[groups == g]).size == 1 for g in range(60))
+    assert sorted(shuffled[np.searchsorted(groups, np.arange(60))]) == sorted(per_group)
+    assert np.mean(shuffled != labels) > 0.3
+    np.testing.assert_array_equal(shuffled, stats.shuffle_by_group(labels, groups, seed=4))  # seeded
+    assert not np.array_equal(shuffled, stats.shuffle_by_group(labels, groups, seed=5))
+    # Targets that vary within a group (randomised demonstration labels) come from one donor group.
+    mixed = rng.integers(0, 3, size=groups.size)
+    out = stats.shuffle_by_group(mixed, groups, seed=4)
+    for g in range(60):
+        assert any(
+            np.array_equal(out[groups == g], mixed[groups == h][np.arange((groups == g).sum()) % (groups == h).sum()])
+            for h in range(60)
+        )
+
+
+def test_probe_scores_many_match_the_per_slice_probe_and_its_shuffled_control():
+    rng = np.random.default_rng(14)
+    n, d = 120, 6
+    groups = rng.integers(0, 30, size=n)
+    labels = rng.integers(0, 3, size=30)[groups]
+    signal = rng.random((2, 3))[..., None, None]
+    X = (signal * 3.0 * np.eye(3, d)[labels] + rng.normal(size=(2, 3, n, d))).astype(np.float32)
+    scores = stats.probe_scores_many(X, labels, groups, n_classes=3, lam=0.5, n_folds=4, seed=3)
+    assert set(scores) == {"accuracy", "balanced_accuracy", "shuffled_accuracy", "shuffled_balanced_accuracy"}
+    shuffled = stats.shuffle_by_group(labels, groups, seed=3)
+    for index in np.ndindex(2, 3):
+        real = stats.probe_predictions(X[index], labels, groups, 3, 0.5, 4, 3)
+        control = stats.probe_predictions(X[index], shuffled, groups, 3, 0.5, 4, 3)
+        assert scores["accuracy"][index] == np.mean(real == labels)
+        assert scores["balanced_accuracy"][index] == pytest.approx(stats.balanced_accuracy(real, labels, 3))
+        assert scores["shuffled_balanced_accuracy"][index] == pytest.approx(stats.balanced_accuracy(control, shuffled, 3))
+    assert np.ptp(scores["balanced_accuracy"]) > 0.1
+
+
+def test_on_a_skewed_target_noise_probes_reach_the_majority_share_but_not_balanced_chance():
+    # 85% of the targets are one class and the features carry nothing: plain accuracy sits near the
+    # majority share, balanced accuracy and its shuffled control near 1/3.
+    rng = np.random.default_rng(15)
+    n = 600
+    labels = np.where(rng.random(n) < 0.85, 0, rng.integers(1, 3, size=n))
+    X = rng.normal(size=(4, n, 10))
+    scores = stats.probe_scores_many(X, labels, np.arange(n), n_classes=3, lam=1.0, n_folds=5, seed=0)
+    assert np.all(scores["accuracy"] > 0.8)
+    assert np.all(np.abs(scores["balanced_accuracy"] - 1 / 3) < 0.06)
+    assert np.all(np.abs(scores["shuffled_balanced_accuracy"] - 1 / 3) < 0.06)

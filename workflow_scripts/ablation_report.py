@@ -179,7 +179,17 @@ def means_table(kind: str, summary: pd.DataFrame) -> pd.DataFrame:
     return shown.pivot_table(index=["task", "setting"], columns="metric", values="mean", sort=False)
 
 
-def piece(name: str, kind: str, table: pd.DataFrame, finding: tuple[str, str], figure: str) -> list[str]:
+def sample(summary: pd.DataFrame, baseline: str) -> str:
+    """What the ablation measured on: held-out test inputs and seeds per task (its baseline is not
+    Table 2's, which reads every held-out prompt of every study seed)."""
+    rows = summary[(summary.setting == baseline) & (summary.metric == "icl_accuracy")]
+    per_task = ", ".join(f"{t}: {int(r.n_prompts)} held-out inputs x {int(r.n_seeds)} seed{'s' * (r.n_seeds > 1)}"
+                         for t, r in zip(rows.task, rows.itertuples()))
+    return (f"Sample: {per_task} (analysis.ablation_prompts of Table 2's held-out prompts, on the ablation's seeds), "
+            "so its baseline accuracy can differ from Table 2's.")
+
+
+def piece(name: str, kind: str, table: pd.DataFrame, finding: tuple[str, str], figure: str, sampled: str = "") -> list[str]:
     """The ablation's part of results/report.md: prediction, table of means, verdict (conclusion,
     measured numbers), figure."""
     header = list(table.columns)
@@ -188,6 +198,7 @@ def piece(name: str, kind: str, table: pd.DataFrame, finding: tuple[str, str], f
         "",
         f"Kernel view: {PREDICTION[kind]} {NOTES[kind]}",
         "",
+        *([sampled, ""] if sampled else []),
         "| task | setting | " + " | ".join(METRIC_TEXT.get(m, m.replace("_", " ")) for m in header) + " |",
         "|---|---|" + "---|" * len(header),
         *[f"| {t} | {s} | " + " | ".join(number(m, v) for m, v in row.items()) + " |"
@@ -204,11 +215,13 @@ def render(name: str, kind: str, baseline: str, summary: pd.DataFrame, model: st
     figure(kind, summary, baseline, f"{model}: {name}", out.figure, dpi)
     table = means_table(kind, summary)
     finding = conclusion(kind, summary, baseline), verdict(kind, summary, baseline)
+    sampled = sample(summary, baseline)
     write_table(table.reset_index(), out, f"{model}: {name} ablation ({kind}), mean per setting", [
         f"{finding[0]} Measured: {finding[1]}",
         f"Kernel view: {PREDICTION[kind]} {NOTES[kind]}",
+        sampled,
     ])
-    write_piece(out.piece, piece(name, kind, table, finding, link(out.figure)))
+    write_piece(out.piece, piece(name, kind, table, finding, link(out.figure), sampled))
 
 
 def from_snakemake(smk) -> None:

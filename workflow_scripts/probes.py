@@ -6,6 +6,12 @@ zero-shot answer for that demonstration's input, argmax_o P(o|x_i) (the kernel s
 encode x_i's belief state); and read the VALUE vector there to predict the demonstration's label y_i
 (the regression side: values should carry e(y_i)). Accuracy is cross-validated with folds grouped by
 demonstration example, so no probe is scored on an example it was fitted on.
+
+Where a target is skewed (a model that answers one class for most inputs), a probe that always answers
+the majority class reaches the majority share in plain accuracy, so each probe also reports its
+balanced accuracy (mean recall per class; any constant answer scores 1 / classes) and that of a
+label-shuffled control: the same probe, same folds, fitted on the target permuted across demonstration
+examples (seeded by the probe seed), which shows what a probe reaches with no signal to find.
 """
 from __future__ import annotations
 
@@ -58,8 +64,14 @@ def majority_share(targets: np.ndarray) -> float:
     return float(np.bincount(targets).max() / len(targets))
 
 
+def balanced_chance(targets: np.ndarray) -> float:
+    """Balanced accuracy of any constant answer: 1 / the number of classes present in the target."""
+    return 1.0 / np.unique(targets).size
+
+
 def probe_table(samples: dict, zero_shot_predictions: np.ndarray, n_classes: int, ridge: float, folds: int, seed: int) -> dict:
-    """Columns of PROBES: accuracy per kv layer, head, vector kind and offset."""
+    """Columns of PROBES: accuracy, balanced accuracy and the shuffled control's balanced accuracy per
+    kv layer, head, vector kind and offset."""
     _, groups = np.unique(samples["example_ids"], return_inverse=True)
     if groups.max() + 1 < folds:
         raise ProbeError(
@@ -69,7 +81,8 @@ def probe_table(samples: dict, zero_shot_predictions: np.ndarray, n_classes: int
     columns: dict[str, list] = {name: [] for name in schemas.PROBES.names}
     targets = {"key": zero_shot_predictions, "value": samples["labels"]}
     for vector, target in targets.items():
-        accuracy = stats.probe_accuracy_many(samples[f"{vector}s"], target, groups, n_classes, ridge, folds, seed)
+        scores = stats.probe_scores_many(samples[f"{vector}s"], target, groups, n_classes, ridge, folds, seed)
+        accuracy = scores["accuracy"]
         layer, head, offset = np.meshgrid(samples["layers"], np.arange(accuracy.shape[1]), schemas.DEMO_OFFSETS, indexing="ij")
         columns["layer"] += layer.ravel().tolist()
         columns["head"] += head.ravel().tolist()
@@ -77,6 +90,9 @@ def probe_table(samples: dict, zero_shot_predictions: np.ndarray, n_classes: int
         columns["offset"] += offset.ravel().tolist()
         columns["accuracy"] += accuracy.ravel().tolist()
         columns["majority"] += [majority_share(target)] * accuracy.size
+        columns["balanced_accuracy"] += scores["balanced_accuracy"].ravel().tolist()
+        columns["shuffled_balanced_accuracy"] += scores["shuffled_balanced_accuracy"].ravel().tolist()
+        columns["chance"] += [balanced_chance(target)] * accuracy.size
         columns["n_samples"] += [len(target)] * accuracy.size
     return columns
 

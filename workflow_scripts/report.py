@@ -273,40 +273,70 @@ def render_similarity(sim: pd.DataFrame, heads: pd.DataFrame, title: str, out: O
 PROBE_TARGET = {"key": "key -> argmax P(o|x_i) (zero-shot)", "value": "value -> y_i (label)"}
 
 
+# Balanced accuracies are ratios of counts below a few thousand; differences under this are rounding.
+_PROBE_TIE = 1e-9
+PROBE_SCORES = ["accuracy", "majority", "balanced_accuracy", "shuffled_balanced_accuracy", "chance"]
+
+
 def mean_probes(probes: pd.DataFrame) -> pd.DataFrame:
-    """Probe accuracy per vector kind, offset, layer and head, mean over seeds."""
+    """Probe scores per vector kind, offset, layer and head, mean over seeds."""
     columns = ["vector", "offset", "layer", "head"]
-    return probes.groupby(columns)[["accuracy", "majority"]].mean().reset_index()
+    return probes.groupby(columns)[PROBE_SCORES].mean().reset_index()
 
 
 def probes_table(probes: pd.DataFrame) -> pd.DataFrame:
-    """Per vector kind: chance, the offset with the best accuracy averaged over heads, the best head."""
+    """Per vector kind, read by balanced accuracy against the label-shuffled control: chance (1 /
+    classes), the control over all cells (layer x head x offset: mean, sd, max), the offset with the
+    best balanced accuracy averaged over heads and layers next to the control there, and the best cell
+    next to its own control.
+
+    The best cell is the highest of many probes, so it is held against the highest control over the
+    same cells (the best that choosing among as many probes with nothing to find gives): it beats its
+    control only by a positive margin over that maximum."""
     rows = []
     for vector in ["key", "value"]:
         part = probes[probes.vector == vector]
-        best_offset = int(part.groupby("offset").accuracy.mean().idxmax())
-        best = part.loc[part.accuracy.idxmax()]
+        control = part.shuffled_balanced_accuracy
+        by_offset = part.groupby("offset")[["balanced_accuracy", "shuffled_balanced_accuracy"]].mean()
+        best_offset = int(by_offset.balanced_accuracy.idxmax())
+        best = part.loc[part.balanced_accuracy.idxmax()]
+        margin = float(best.balanced_accuracy - control.max())  # a tie (all at chance) is no margin, whatever the rounding
         rows.append({
-            "vector": vector, "target": PROBE_TARGET[vector], "majority": float(part.majority.mean()),
-            "best_offset": best_offset, "best_offset_accuracy": float(part[part.offset == best_offset].accuracy.mean()),
-            "layer": int(best.layer), "head": int(best["head"]), "offset": int(best.offset), "accuracy": float(best.accuracy),
+            "vector": vector, "target": PROBE_TARGET[vector], "n_cells": len(part),
+            "chance": float(part.chance.mean()), "majority": float(part.majority.mean()),
+            "control_mean": float(control.mean()), "control_sd": float(control.std(ddof=1)) if len(part) > 1 else float("nan"),
+            "control_max": float(control.max()),
+            "best_offset": best_offset,
+            "best_offset_balanced_accuracy": float(by_offset.balanced_accuracy.loc[best_offset]),
+            "best_offset_control": float(by_offset.shuffled_balanced_accuracy.loc[best_offset]),
+            "best_offset_difference": float(by_offset.balanced_accuracy.loc[best_offset] - by_offset.shuffled_balanced_accuracy.loc[best_offset]),
+            "layer": int(best.layer), "head": int(best["head"]), "offset": int(best.offset),
+            "balanced_accuracy": float(best.balanced_accuracy), "shuffled_balanced_accuracy": float(best.shuffled_balanced_accuracy),
+            "difference": float(best.balanced_accuracy - best.shuffled_balanced_accuracy),
+            "accuracy": float(best.accuracy), "margin_over_control_max": margin, "beats_control": bool(margin > _PROBE_TIE),
         })
     return pd.DataFrame(rows)
 
 
 def probes_figure(probes: pd.DataFrame, title: str, out: str | Path, dpi: int) -> None:
-    """Fig. 5: probe accuracy by layer and offset from each demonstration's peak, keys and values."""
+    """Fig. 5: balanced accuracy of the probes by layer and offset from each demonstration's peak, keys
+    and values, with chance and the label-shuffled control."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, vector in zip(axes, ["key", "value"]):
         part = probes[probes.vector == vector]
-        by_offset = part.groupby(["offset", "layer"]).accuracy.mean()
+        by_offset = part.groupby(["offset", "layer"])[["balanced_accuracy", "shuffled_balanced_accuracy"]].mean()
+        control = by_offset.shuffled_balanced_accuracy.unstack("offset")  # layer x offset, mean over heads
+        ax.fill_between(control.index, control.min(axis=1), control.max(axis=1), color="grey", alpha=0.25, lw=0,
+                        label="shuffled control (range over offsets)")
+        ax.plot(control.index, control.mean(axis=1), color="grey", lw=1, ls=":")
         for offset in sorted(part.offset.unique()):
-            line = by_offset.loc[offset]
+            line = by_offset.balanced_accuracy.loc[offset]
             ax.plot(line.index, line.to_numpy(), marker="o", ms=3, lw=2.5 if offset == 0 else 1, label=f"offset {offset:+d}")
-        ax.axhline(float(part.majority.mean()), color="grey", ls="--", lw=1, label="majority")
+        ax.axhline(float(part.chance.mean()), color="black", ls="--", lw=1, label="chance (1 / classes)")
         ax.set_title(PROBE_TARGET[vector], fontsize=10)
         ax.set_xlabel("layer")
-    axes[0].set_ylabel("held-out probe accuracy (mean over heads)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0].set_ylabel("held-out balanced accuracy (mean over heads)")
     axes[1].legend(fontsize=7)
     fig.suptitle(f"{title}: ridge probes on keys and values around each demonstration's peak")
     fig.tight_layout()
@@ -314,16 +344,44 @@ def probes_figure(probes: pd.DataFrame, title: str, out: str | Path, dpi: int) -
     plt.close(fig)
 
 
+# Plain accuracy within this of the majority share is read as "at the majority share".
+MAJORITY_BAND = 0.02
+
+
+def probe_verdict(r) -> str:
+    """One line per vector kind: does the best cell beat its label-shuffled control?"""
+    name = "key" if r.vector == "key" else "value"
+    verdict = "beats" if r.beats_control else "does not beat"
+    return (
+        f"- Best {name} probe, L{r.layer} H{r.head} offset {r.offset:+d}: balanced accuracy {r.balanced_accuracy:.3f}, "
+        f"its shuffled control {r.shuffled_balanced_accuracy:.3f} ({r.difference:+.3f}); the control's highest over all "
+        f"{r.n_cells} cells is {r.control_max:.3f}, so it **{verdict} its shuffled control** "
+        f"(margin {r.margin_over_control_max:+.3f}). Plain accuracy {r.accuracy:.3f}, majority share {r.majority:.3f}"
+        + (": at the majority share, which shows nothing by itself." if r.accuracy <= r.majority + MAJORITY_BAND else ".")
+    )
+
+
 def probes_lines(table: pd.DataFrame, figure: str) -> list[str]:
+    majority = ", ".join(f"{r.vector} {r.majority:.3f}" for r in table.itertuples())
     return [
         "**5.4 Where the kernel's features live.** Ridge probes (cross-validated, folds grouped by demonstration example)",
-        "on each head's key and value vectors at offsets -1..+3 from the demonstration's highest-attention position.",
-        "The paper expects the peak at offset 0.",
+        "on each head's key and value vectors at offsets -1..+3 from the demonstration's highest-attention position,",
+        "read by balanced accuracy (mean recall per class; any constant answer scores chance, 1 / classes) against a",
+        "label-shuffled control: the same probe fitted on the target permuted across demonstration examples.",
+        f"Plain accuracy is not read: always answering the most frequent class already scores the majority share ({majority}),",
+        "so a probe at that share has learned nothing.",
+        "A best cell beats its control when its balanced accuracy exceeds the control's highest over the same cells,",
+        "since it is itself the highest of that many probes. The paper expects the peak at offset 0.",
         "",
-        "| vector -> target | chance (majority) | best offset (mean over heads) | best head: layer, head, offset, accuracy |",
-        "|---|---|---|---|",
-        *[f"| {table_cell(r.target)} | {r.majority:.3f} | {r.best_offset:+d} ({r.best_offset_accuracy:.3f}) "
-          f"| L{r.layer} H{r.head} offset {r.offset:+d}: {r.accuracy:.3f} |" for r in table.itertuples()],
+        "| vector -> target | chance | shuffled control: mean ± sd (max) over cells | best offset (mean over heads): balanced, control, difference "
+        "| best head: layer, head, offset: balanced, control, difference |",
+        "|---|---|---|---|---|",
+        *[f"| {table_cell(r.target)} | {r.chance:.3f} | {r.control_mean:.3f} ± {r.control_sd:.3f} ({r.control_max:.3f}) "
+          f"| {r.best_offset:+d}: {r.best_offset_balanced_accuracy:.3f}, {r.best_offset_control:.3f}, {r.best_offset_difference:+.3f} "
+          f"| L{r.layer} H{r.head} offset {r.offset:+d}: {r.balanced_accuracy:.3f}, {r.shuffled_balanced_accuracy:.3f}, "
+          f"{r.difference:+.3f} |" for r in table.itertuples()],
+        "",
+        *[probe_verdict(r) for r in table.itertuples()],
         "",
         f"![probes]({figure})",
         "",
@@ -334,7 +392,7 @@ def render_probes(probes: pd.DataFrame, title: str, out: Outputs, dpi: int) -> N
     probes = mean_probes(probes)
     probes_figure(probes, title, out.figure, dpi)
     table = probes_table(probes)
-    write_table(table, out, f"{title}: ridge probes on keys and values")
+    write_table(table, out, f"{title}: ridge probes on keys and values, balanced accuracy against a label-shuffled control")
     write_piece(out.piece, probes_lines(table, link(out.figure)))
 
 
@@ -375,6 +433,25 @@ def paper_table() -> list[str]:
     ]
 
 
+# ICL that answers one class on this share of held-out prompts (or more) is degenerate: any head that
+# leans to that class "agrees" with it, so agreement says nothing about kernels there.
+DEGENERATE_SHARE = 0.9
+
+
+def degenerate_warning(table: pd.DataFrame) -> list[str]:
+    """A warning where the ICL prediction is nearly constant (the null baseline's agreement)."""
+    null = table[(table.method == "null") & (table.metric == "agreement")]
+    if null.empty or null["mean"].iloc[0] < DEGENERATE_SHARE:
+        return []
+    share = null["mean"].iloc[0]
+    return [
+        f"**Degenerate ICL:** the model gives its most frequent answer on {share:.0%} of held-out prompts, so any head "
+        "that leans to that class agrees with it; agreement here says nothing about kernels. Read accuracy against "
+        "gold, or change the template, label words or k until the predictions vary.",
+        "",
+    ]
+
+
 def table2_lines(table: pd.DataFrame, task: str, encoder: str) -> list[str]:
     """Our Table 2 for one model x task x setting, with the paper's number for the same task beside it."""
     def cell(method: str, metric: str) -> str:
@@ -383,7 +460,8 @@ def table2_lines(table: pd.DataFrame, task: str, encoder: str) -> list[str]:
             return "—"
         r = row.iloc[0]
         sd = "" if np.isnan(r["sd"]) else f" ± {r['sd']:.3f}"
-        return f"{r['mean']:.3f}{sd} [{r.ci_low:.3f}, {r.ci_high:.3f}]"
+        seeds = "" if r.n_seeds < 2 else f"; seeds {r.seeds_ci_low:.3f}, {r.seeds_ci_high:.3f}"
+        return f"{r['mean']:.3f}{sd} [{r.ci_low:.3f}, {r.ci_high:.3f}{seeds}]"
 
     def paper(method: str, metric: str) -> str:
         number = paper_number(method, metric, task)
@@ -391,8 +469,10 @@ def table2_lines(table: pd.DataFrame, task: str, encoder: str) -> list[str]:
 
     first = table.iloc[0]
     lines = [
+        *degenerate_warning(table),
         f"Held out: {int(first.n_heldout)} test prompts per seed, {int(first.n_seeds)} seeds; "
-        "mean ± sd over seeds [bootstrap 95% CI over held-out examples].",
+        "mean ± sd over seeds [bootstrap 95% CI over held-out examples; seeds: the CI that resamples seeds, then "
+        "examples, so the variation between seeds counts too].",
         "",
         f"| | agreement with ICL prediction | accuracy vs. gold | chosen on the select split | paper, agreement / accuracy ({task}) |",
         "|---|---|---|---|---|",
@@ -415,6 +495,7 @@ def table2_frame(table: pd.DataFrame, task: str) -> pd.DataFrame:
     return pd.DataFrame({
         "method": table.method, "chosen_on_select": table.choices.fillna(""), "metric": table.metric,
         "mean": table["mean"], "sd": table["sd"], "ci_low": table.ci_low, "ci_high": table.ci_high,
+        "seeds_ci_low": table.seeds_ci_low, "seeds_ci_high": table.seeds_ci_high,
         "paper_gptj": [paper_number(m, k, task) for m, k in zip(table.method, table.metric)],
         "n_seeds": table.n_seeds, "n_heldout": table.n_heldout,
     })
@@ -425,9 +506,10 @@ def render_table2(table: pd.DataFrame, model: str, task: str, setting: str, enco
     methods = "; ".join(f"{method} = {text.format(encoder=encoder)}" for method, text in METHOD_TEXT.items())
     write_table(table2_frame(table, task), out, f"Table 2: {title}", [
         "One head, chosen on the select split, read as a kernel regression on held-out prompts: mean and sd over "
-        "seeds, bootstrap 95% CI over held-out examples. paper_gptj is the paper's GPT-J-6B number for the same task "
+        "seeds, bootstrap 95% CI over held-out examples (ci_*) and resampling seeds, then examples (seeds_ci_*). paper_gptj is the paper's GPT-J-6B number for the same task "
         "(empty where the paper has none).",
         f"Methods. {methods}.",
+        *[line.replace("**", "") for line in degenerate_warning(table) if line],
     ])
     write_piece(out.piece, [f"### {title}", "", *table2_lines(table, task, encoder)])
 

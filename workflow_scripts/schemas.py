@@ -168,6 +168,8 @@ SIMILARITY = pa.schema(
 
 # results/.../probes.parquet: Section 5.4, held-out accuracy of ridge probes per head, vector kind
 # (key -> the demo's zero-shot prediction, value -> the demo's label) and offset from the peak.
+# Balanced accuracy is the mean recall over the classes present in the target; the shuffled control
+# is the same probe fitted on the target permuted across demonstration examples.
 PROBES = pa.schema(
     [
         ("layer", _i32),
@@ -176,6 +178,9 @@ PROBES = pa.schema(
         ("offset", _i32),
         ("accuracy", pa.float64()),
         ("majority", pa.float64()),  # accuracy of always answering the most frequent target
+        ("balanced_accuracy", pa.float64()),
+        ("shuffled_balanced_accuracy", pa.float64()),  # the label-shuffled control's balanced accuracy
+        ("chance", pa.float64()),  # balanced accuracy of any constant answer: 1 / classes present in the target
         ("n_samples", _i32),
     ]
 )
@@ -197,7 +202,8 @@ HELDOUT = pa.schema(
 )
 
 # results/{model}/{task}/table2.parquet: Table 2 over seeds; mean and sd over seeds, bootstrap CI
-# over held-out examples of the seed-averaged statistic.
+# over held-out examples of the seed-averaged statistic (ci_*), and a hierarchical one that resamples
+# seeds, then examples (seeds_ci_*).
 TABLE2 = pa.schema(
     [
         ("method", pa.string()),
@@ -206,6 +212,8 @@ TABLE2 = pa.schema(
         ("sd", pa.float64()),
         ("ci_low", pa.float64()),
         ("ci_high", pa.float64()),
+        ("seeds_ci_low", pa.float64()),
+        ("seeds_ci_high", pa.float64()),
         ("n_seeds", _i32),
         ("n_heldout", _i32),
         ("choices", pa.string()),

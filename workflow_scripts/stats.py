@@ -1,6 +1,6 @@
 """Statistics shared by the analyses: bootstrap intervals, Pearson correlations (one-shot and
 streaming over many attention heads), ridge regression and the paper's grouped, cross-validated
-linear probe.
+linear probe, scored by accuracy and balanced accuracy, with a label-shuffled control.
 
 Everything is plain numpy. A demonstration's example id appears in several prompts, so the probe
 splits folds by example id: a sample is never predicted by a model that was fitted on a copy of it.
@@ -36,6 +36,28 @@ def bootstrap_ci(values: np.ndarray, n_resamples: int, seed: int, level: float =
     for start in range(0, n_resamples, rows_per_chunk):
         rows = min(rows_per_chunk, n_resamples - start)
         means[start : start + rows] = values[rng.integers(0, n, size=(rows, n))].mean(axis=1)
+    tail = (1 - level) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def hierarchical_bootstrap_ci(grid: np.ndarray, n_resamples: int, seed: int, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval for the mean of `grid` (examples x seeds), resampling seeds and then
+    examples: the variation between seeds (their demonstrations, the head each chose) widens it, which
+    resampling examples of the seed-averaged value ignores. With one seed it is the examples' interval."""
+    grid = np.asarray(grid, dtype=np.float64)
+    n_examples, n_seeds = grid.shape
+    if grid.size == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    rows_per_chunk = max(1, _CHUNK_ELEMENTS // (n_examples * n_seeds))
+    means = np.empty(n_resamples)
+    for start in range(0, n_resamples, rows_per_chunk):
+        rows = min(rows_per_chunk, n_resamples - start)
+        seeds = rng.integers(0, n_seeds, size=(rows, n_seeds))
+        examples = rng.integers(0, n_examples, size=(rows, n_examples))
+        per_seed = grid[examples].mean(axis=1)  # (rows, seeds): each seed's mean over the resampled examples
+        means[start : start + rows] = np.take_along_axis(per_seed, seeds, axis=1).mean(axis=1)
     tail = (1 - level) / 2
     low, high = np.quantile(means, [tail, 1 - tail])
     return float(low), float(high)
@@ -150,10 +172,46 @@ def _one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
     return np.eye(n_classes)[labels]
 
 
-def probe_accuracy(
+def balanced_accuracy(predicted: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Mean per-class recall over the classes present in `labels` (n,), for predictions (..., n).
+
+    A constant answer scores 1 / (classes present) however skewed the labels are, which is what makes
+    it readable where plain accuracy sits at the majority share. Returns shape (...).
+    """
+    predicted = np.asarray(predicted)
+    labels = np.asarray(labels)
+    onehot = _one_hot(labels, n_classes)  # (n, C)
+    counts = onehot.sum(axis=0)
+    present = counts > 0
+    hits = (predicted == labels).astype(np.float64) @ onehot  # (..., C): correct answers per true class
+    return (hits[..., present] / counts[present]).mean(axis=-1)
+
+
+def shuffle_by_group(labels: np.ndarray, groups: np.ndarray, seed: int) -> np.ndarray:
+    """Targets permuted across groups, so the grouping still holds: every sample of group g takes its
+    target from one other group, pi(g), for a random permutation pi of the groups (the j-th sample of g
+    gets the (j mod size)-th target of pi(g), in sample order). Where each group has one target, as a
+    demonstration example has one zero-shot answer, this permutes the groups' targets exactly.
+
+    The generator is seeded by [seed, 1], so it never repeats the permutation group_folds draws from `seed`.
+    """
+    labels = np.asarray(labels)
+    _, group_index = np.unique(np.asarray(groups).ravel(), return_inverse=True)
+    n_groups = group_index.max() + 1 if group_index.size else 0
+    members = [np.flatnonzero(group_index == g) for g in range(n_groups)]
+    source = np.random.default_rng([seed, 1]).permutation(n_groups)
+    shuffled = np.empty_like(labels)
+    for g, rows in enumerate(members):
+        donor = members[source[g]]
+        shuffled[rows] = labels[donor[np.arange(rows.size) % donor.size]]
+    return shuffled
+
+
+def probe_predictions(
     X: np.ndarray, labels: np.ndarray, groups: np.ndarray, n_classes: int, lam: float, n_folds: int, seed: int
-) -> float:
-    """Grouped cross-validated accuracy of a ridge probe from features X (n, d) to one-hot labels, argmax decoded."""
+) -> np.ndarray:
+    """Grouped cross-validated predictions of a ridge probe from features X (n, d) to one-hot labels,
+    argmax decoded: each sample is predicted by the model fitted on the folds without its group."""
     X = np.asarray(X, dtype=np.float64)
     labels = np.asarray(labels)
     targets = _one_hot(labels, n_classes)
@@ -163,30 +221,72 @@ def probe_accuracy(
         test = folds == fold
         W, b = ridge_fit(X[~test], targets[~test], lam)
         predicted[test] = ridge_predict(X[test], W, b).argmax(axis=-1)
-    return float(np.mean(predicted == labels))
+    return predicted
 
 
-def probe_accuracy_many(
+def probe_accuracy(
     X: np.ndarray, labels: np.ndarray, groups: np.ndarray, n_classes: int, lam: float, n_folds: int, seed: int
-) -> np.ndarray:
-    """probe_accuracy for every leading index of X (..., n, d) at once; returns shape (...).
+) -> float:
+    """Grouped cross-validated accuracy of a ridge probe from features X (n, d) to one-hot labels, argmax decoded."""
+    predicted = probe_predictions(X, labels, groups, n_classes, lam, n_folds, seed)
+    return float(np.mean(predicted == np.asarray(labels)))
 
-    The stack is processed in blocks of _CHUNK_ELEMENTS so the float64 copies and centred
-    temporaries stay bounded however many layers, heads and offsets there are.
+
+def probe_predictions_many(
+    X: np.ndarray, label_sets: list[np.ndarray], groups: np.ndarray, n_classes: int, lam: float, n_folds: int, seed: int
+) -> np.ndarray:
+    """probe_predictions for every leading index of X (..., n, d) and every target vector in
+    label_sets at once; returns shape (..., len(label_sets), n).
+
+    The target vectors share the folds and therefore each fold's Gram matrix: they are solved as
+    extra right-hand sides of one ridge system, so a second target (the shuffled control) costs a few
+    columns, not a second fit. Ridge fits each output column separately, so every target's
+    predictions are those of its own probe. The stack is processed in blocks of _CHUNK_ELEMENTS so the
+    float64 copies and centred temporaries stay bounded however many layers, heads and offsets there are.
     """
     X = np.asarray(X)
     batch_shape, (n, d) = X.shape[:-2], X.shape[-2:]
-    labels = np.asarray(labels)
-    targets = _one_hot(labels, n_classes)
+    label_sets = [np.asarray(labels) for labels in label_sets]
+    targets = np.concatenate([_one_hot(labels, n_classes) for labels in label_sets], axis=1)  # (n, sets * C)
+    n_sets = len(label_sets)
     folds = group_folds(groups, n_folds, seed)
     flat = X.reshape(-1, n, d)
-    correct = np.zeros(flat.shape[0], dtype=np.int64)
+    predicted = np.empty((flat.shape[0], n_sets, n), dtype=np.int64)
     per_chunk = max(1, _CHUNK_ELEMENTS // (n * d))
     for start in range(0, flat.shape[0], per_chunk):
         block = flat[start : start + per_chunk].astype(np.float64)
         for fold in range(n_folds):
             test = folds == fold
             W, b = _ridge_weights(block[:, ~test], targets[~test], lam)
-            predicted = (block[:, test] @ W + b[:, None, :]).argmax(axis=-1)
-            correct[start : start + per_chunk] += (predicted == labels[test]).sum(axis=-1)
-    return (correct / n).reshape(batch_shape)
+            scores = block[:, test] @ W + b[:, None, :]  # (chunk, n_test, sets * C)
+            scores = scores.reshape(*scores.shape[:2], n_sets, n_classes)
+            predicted[start : start + per_chunk, :, test] = scores.argmax(axis=-1).transpose(0, 2, 1)
+    return predicted.reshape(*batch_shape, n_sets, n)
+
+
+def probe_scores_many(
+    X: np.ndarray, labels: np.ndarray, groups: np.ndarray, n_classes: int, lam: float, n_folds: int, seed: int
+) -> dict[str, np.ndarray]:
+    """Accuracy and balanced accuracy of the grouped cross-validated probe for every leading index of
+    X (..., n, d), and the balanced accuracy of its label-shuffled control: the same probe (same
+    folds) fitted on the targets permuted across groups (shuffle_by_group, seeded by `seed`), one
+    permutation shared by the whole stack. Each array has shape (...)."""
+    labels = np.asarray(labels)
+    shuffled = shuffle_by_group(labels, groups, seed)
+    predicted = probe_predictions_many(X, [labels, shuffled], groups, n_classes, lam, n_folds, seed)
+    real, control = predicted[..., 0, :], predicted[..., 1, :]
+    return {
+        "accuracy": (real == labels).mean(axis=-1),
+        "balanced_accuracy": balanced_accuracy(real, labels, n_classes),
+        "shuffled_accuracy": (control == shuffled).mean(axis=-1),
+        "shuffled_balanced_accuracy": balanced_accuracy(control, shuffled, n_classes),
+    }
+
+
+def probe_accuracy_many(
+    X: np.ndarray, labels: np.ndarray, groups: np.ndarray, n_classes: int, lam: float, n_folds: int, seed: int
+) -> np.ndarray:
+    """probe_accuracy for every leading index of X (..., n, d) at once; returns shape (...)."""
+    labels = np.asarray(labels)
+    predicted = probe_predictions_many(X, [labels], groups, n_classes, lam, n_folds, seed)[..., 0, :]
+    return (predicted == labels).mean(axis=-1)

@@ -2,8 +2,9 @@
 and accuracy against gold, beside the null baseline.
 
 mean and sd are over seeds (each seed is an independent draw of demonstrations). Every seed holds
-out the same test examples, so the interval is a bootstrap over those examples of the per-example
-statistic averaged over seeds.
+out the same test examples, so one interval is a bootstrap over those examples of the per-example
+statistic averaged over seeds; the other resamples seeds and then examples, so that the variation
+between seeds (their demonstrations, the head each chose) counts too.
 """
 from __future__ import annotations
 
@@ -52,10 +53,11 @@ def summarize(frame: pd.DataFrame, n_resamples: int, seed: int) -> dict[str, lis
             raise ValueError(f"method {method}: the seeds held out different examples; prompts.split_seed must be shared")
         per_seed = grid.mean(axis=0).to_numpy()
         low, high = stats.bootstrap_ci(grid.mean(axis=1).to_numpy(), n_resamples, seed)
+        seeds_low, seeds_high = stats.hierarchical_bootstrap_ci(grid.to_numpy(), n_resamples, seed)
         row = {
             "method": method, "metric": metric, "mean": float(per_seed.mean()),
             "sd": float(per_seed.std(ddof=1)) if len(per_seed) > 1 else float("nan"),
-            "ci_low": low, "ci_high": high, "n_seeds": grid.shape[1], "n_heldout": grid.shape[0],
+            "ci_low": low, "ci_high": high, "seeds_ci_low": seeds_low, "seeds_ci_high": seeds_high, "n_seeds": grid.shape[1], "n_heldout": grid.shape[0],
             "choices": choices.get(method, ""),
         }
         for name in columns:
