@@ -30,7 +30,7 @@ def test_heldout_rows_choose_on_select_and_report_only_heldout():
     frame, recon, embeddings, hidden = set_with_baselines()
     cols = pd.DataFrame(heldout.heldout_rows(frame, recon, embeddings, hidden, "enc", C, 18, 12, seed=5))
     select, held = select_heldout(frame.sort_values("prompt_id").label.to_numpy(), 18, 12, seed=5)
-    assert set(cols.method) == {"head_max", "head_label", "head_mean", "kr_encoder", "kr_hidden"}
+    assert set(cols.method) == {"head_max", "head_label", "head_mean", "head_max_nosink", "kr_encoder", "kr_hidden"}
     assert sorted(set(cols.prompt_id)) == sorted(frame.prompt_id.to_numpy()[held])
     _, _, icl, grid = prediction_grid(recon, "max")
     scores = (grid[select] == icl[select, None, None]).mean(axis=0)

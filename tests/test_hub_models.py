@@ -196,4 +196,4 @@ def test_workflow_runs_a_hub_model_from_the_cache_offline(monkeypatch, tmp_path,
     assert done.returncode == 0, done.stderr[-5000:]
     manifest = models.read_manifest(tmp_path / paths.model_manifest("tiny"))
     assert Path(manifest["path"]).is_relative_to(hub_home.resolve()) and manifest["commit"] == HUB_COMMIT
-    assert schemas.read_table(tmp_path / heads, schemas.HEADS).num_rows == 2 * 4 * 3
+    assert schemas.read_table(tmp_path / heads, schemas.HEADS).num_rows == 2 * 4 * 4  # layers x heads x kernels

@@ -12,7 +12,7 @@ from .test_reconstruction import loop_reconstruct, loop_weights, random_spans
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_attention_weights_against_loop(seed):
     rng = np.random.default_rng(seed)
-    x_start, y_pos, T = random_spans(rng, k=6)
+    x_start, y_pos, T = random_spans(rng, k=6, prefix=seed % 2)  # prefix 0: the first span holds the sink
     T += 3
     att = rng.random((3, 4, T))
     got = kernels.attention_weights(att, np.array(x_start), np.array(y_pos))
@@ -88,3 +88,10 @@ def test_normalized_entropy():
     assert kernels.normalized_entropy(np.array([1.0, 0, 0, 0])) == pytest.approx(0.0)
     w = np.array([0.5, 0.25, 0.25])
     assert kernels.normalized_entropy(w * 3) == pytest.approx(-(w * np.log(w)).sum() / np.log(3))
+
+
+def test_the_sink_free_kernel_ignores_position_0_only():
+    att = np.array([0.6, 0.1, 0.05, 0.15, 0.02, 0.08])
+    got = kernels.attention_weights(att, [0, 3], [2, 5])
+    assert got["max"].tolist() == [0.6, 0.15] and got["max_nosink"].tolist() == [0.1, 0.15]
+    assert got["max_nosink"][1] == got["max"][1]  # later spans are untouched

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -33,6 +34,7 @@ def loop_weights(att: np.ndarray, x_start, y_pos) -> dict[str, np.ndarray]:
                 out["max"][l, h, i] = max(span)
                 out["label"][l, h, i] = float(att[l, h, y])
                 out["mean"][l, h, i] = sum(span) / len(span)
+                out["max_nosink"][l, h, i] = max(float(att[l, h, t]) for t in range(max(s, min(1, y)), y + 1))
     return out
 
 
@@ -118,6 +120,11 @@ def test_score_heads_against_independent_computation():
             correct[k] += y_tilde == p["label"]
 
     assert set(heads) == set(schemas.HEADS.names)
+    sink = np.mean([p["att"][..., 0] for p in truth], axis=0)  # (L, H): attention on position 0
+    got_sink = pd.DataFrame(heads).drop_duplicates(["layer", "head"]).set_index(["layer", "head"]).sink_attention
+    for l in range(L):
+        for h in range(H):
+            assert got_sink[(l, h)] == pytest.approx(sink[l, h], abs=1e-12)
     assert len(heads["layer"]) == len(ATTENTION_KERNELS) * L * H
     got = {(l, h, k): (a, c) for l, h, k, a, c in zip(
         heads["layer"], heads["head"], heads["kernel"], heads["agreement"], heads["accuracy"])}

@@ -119,16 +119,16 @@ def test_full_run_writes_every_stage(study):
     assert sorted(rows.column("prompt_id").to_pylist()) == list(range(8))
     assert set(rows.column("n_layers").to_pylist()) == {2} and set(rows.column("n_heads").to_pylist()) == {4}
     heads = schemas.read_table(workdir / paths.analysis("heads.parquet", "tiny", "toy", 0, "random"), schemas.HEADS)
-    assert heads.num_rows == 2 * 4 * 3
+    assert heads.num_rows == 2 * 4 * 4  # layers x heads x kernels
     zero_shot = schemas.read_table(workdir / paths.zero_shot("tiny", "toy"), schemas.ZERO_SHOT)
     assert zero_shot.num_rows == 8 + 40
     assert schemas.read_table(workdir / paths.embeddings("toy"), schemas.EMBEDDINGS).num_rows == 8 + 40
     similarity = schemas.read_table(workdir / paths.analysis("similarity.parquet", "tiny", "toy", 0, "random"), schemas.SIMILARITY)
-    assert similarity.num_rows == 2 * 4 * 3
+    assert similarity.num_rows == 2 * 4 * 4
     probes = schemas.read_table(workdir / paths.analysis("probes.parquet", "tiny", "toy", 0, "random"), schemas.PROBES)
     assert probes.num_rows == 2 * 4 * 5 * 2  # layers x heads x offsets x (key, value)
     held = schemas.read_table(workdir / paths.analysis("heldout.parquet", "tiny", "toy", 0, "random"), schemas.HELDOUT)
-    assert held.num_rows == 4 * 5  # held-out prompts x methods
+    assert held.num_rows == 4 * 6  # held-out prompts x methods
     table = schemas.read_table(workdir / paths.over_seeds("table2.parquet", "tiny", "toy", "random"), schemas.TABLE2)
     assert set(table.column("method").to_pylist()) >= {"icl", "null", "head_max", "kr_encoder", "kr_hidden"}
     held_ids = set(held.column("prompt_id").to_pylist())

@@ -9,8 +9,10 @@ from __future__ import annotations
 import numpy as np
 
 # Readings of a demonstration's kernel weight a_i off a head's attention row: the paper's maximum over
-# the span [x_i, y_i], the attention on the label token y_i alone, and the mean over the span.
-ATTENTION_KERNELS = ("max", "label", "mean")
+# the span [x_i, y_i], the attention on the label token y_i alone, the mean over the span, and the
+# paper's maximum without position 0. Without a BOS token the first span starts at position 0, the
+# model's attention sink, whose weight has nothing to do with demonstration 1's input.
+ATTENTION_KERNELS = ("max", "label", "mean", "max_nosink")
 
 
 def attention_weights(attention: np.ndarray, x_start, y_pos) -> dict[str, np.ndarray]:
@@ -20,6 +22,7 @@ def attention_weights(attention: np.ndarray, x_start, y_pos) -> dict[str, np.nda
         "max": np.stack([s.max(axis=-1) for s in spans], axis=-1),
         "label": attention[..., np.asarray(y_pos)],
         "mean": np.stack([s.mean(axis=-1) for s in spans], axis=-1),
+        "max_nosink": np.stack([attention[..., max(s, min(1, y)) : y + 1].max(axis=-1) for s, y in zip(x_start, y_pos)], axis=-1),
     }
 
 

@@ -38,8 +38,18 @@ def head_predictions(prompts: pa.Table, shards: pa.Table, n_classes: int) -> dic
     return columns
 
 
-def summarize(recon: pa.Table) -> tuple[dict, dict]:
-    """Per (layer, head, kernel) agreement with the ICL prediction and accuracy; prompt-level summary."""
+def sink_attention(shards: pa.Table) -> np.ndarray:
+    """Every head's mean attention from the last token to position 0 over the prompts: (layers, heads).
+    Without a BOS token position 0 is the first demonstration's first token and the model's sink."""
+    meta = shards.select(["n_layers", "n_heads", "n_tokens"]).to_pylist()
+    attention = shards.column("attention")
+    rows = [attention[i].values.to_numpy(zero_copy_only=False)[:: m["n_tokens"]].astype(np.float64) for i, m in enumerate(meta)]
+    return np.mean(rows, axis=0).reshape(meta[0]["n_layers"], meta[0]["n_heads"])
+
+
+def summarize(recon: pa.Table, sink: np.ndarray) -> tuple[dict, dict]:
+    """Per (layer, head, kernel) agreement with the ICL prediction, accuracy and the head's attention on
+    position 0 (`sink`, layers x heads); prompt-level summary."""
     heads: dict[str, list] = {name: [] for name in schemas.HEADS.names}
     for name in ATTENTION_KERNELS:
         _, gold, predictions, grid = prediction_grid(recon, name)
@@ -50,6 +60,7 @@ def summarize(recon: pa.Table) -> tuple[dict, dict]:
         heads["kernel"] += [name] * layer.size
         heads["agreement"] += (grid == predictions[:, None, None]).mean(axis=0).ravel().tolist()
         heads["accuracy"] += (grid == gold[:, None, None]).mean(axis=0).ravel().tolist()
+        heads["sink_attention"] += sink.ravel().tolist()
     null_agreement, null_accuracy = null_baseline(predictions, gold)
     summary = {
         "n_prompts": [len(predictions)],
@@ -62,7 +73,7 @@ def summarize(recon: pa.Table) -> tuple[dict, dict]:
 
 def score_heads(prompts: pa.Table, shards: pa.Table, n_classes: int) -> tuple[dict, dict]:
     recon = pa.Table.from_pydict(head_predictions(prompts, shards, n_classes), schema=schemas.RECONSTRUCTION)
-    return summarize(recon)
+    return summarize(recon, sink_attention(shards))
 
 
 def write_scores(
@@ -72,7 +83,7 @@ def write_scores(
     prompts = schemas.read_table(prompts_path, schemas.PROMPTS)
     shards = schemas.read_tables(shard_paths, schemas.SHARD)
     recon = pa.Table.from_pydict(head_predictions(prompts, shards, n_classes), schema=schemas.RECONSTRUCTION)
-    heads, summary = summarize(recon)
+    heads, summary = summarize(recon, sink_attention(shards))
     schemas.write_table(recon, schemas.RECONSTRUCTION, recon_out)
     schemas.write_table(heads, schemas.HEADS, heads_out)
     schemas.write_table(summary, schemas.SUMMARY, summary_out)

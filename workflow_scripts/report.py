@@ -23,6 +23,7 @@ KERNEL_TEXT = {
     "max": "max attention over [x_i, y_i] (paper)",
     "label": "attention on the label token y_i",
     "mean": "mean attention over [x_i, y_i]",
+    "max_nosink": "max attention over [x_i, y_i] without position 0 (the attention sink)",
 }
 PAPER_52 = "Paper (GPT-J-6B, sst2, max kernel): best head L17 H10, 89.2% agreement with the ICL prediction, 86.4% accuracy."
 PROBES_OFF = "**5.4** Probes are off: set extraction.kv_layers to keep key and value vectors."
@@ -184,6 +185,20 @@ def heatmaps(heads: pd.DataFrame, title: str, out: str | Path, dpi: int) -> None
     plt.close(fig)
 
 
+def sink_lines(heads: pd.DataFrame) -> list[str]:
+    """How much of the last token's attention sits on position 0, which without a BOS token is inside
+    the first demonstration's span and inflates its max-kernel weight."""
+    sink = heads.groupby(["layer", "head"]).sink_attention.mean()
+    (layer, head), top = sink.idxmax(), sink.max()
+    best = head_table(heads).set_index("kernel").loc["max"]
+    return [
+        f"Position 0 (the attention sink when the prompt has no BOS token) holds {sink.mean():.2f} of the last token's "
+        f"attention on average over heads, {top:.2f} in L{layer} H{head}; the best max-kernel head L{best.layer} H{best['head']} "
+        f"puts {sink[(best.layer, best['head'])]:.2f} there. The sink-free row reads the same max kernel without position 0.",
+        "",
+    ]
+
+
 def heads_lines(heads: pd.DataFrame, fraction: float, figure: str) -> list[str]:
     lines = [
         "**5.2 Heads as kernels** (best head chosen on all prompts, in-sample; Table 2 above holds it out).",
@@ -199,7 +214,7 @@ def heads_lines(heads: pd.DataFrame, fraction: float, figure: str) -> list[str]:
             f"| {KERNEL_TEXT[row.kernel]} | L{row.layer} H{row.head} | {row.agreement} | {row.accuracy} "
             f"| {n} heads, mean {mean:.2f} (range {low:.2f}-{high:.2f}) |"
         )
-    return lines + ["", f"![per-head reconstruction]({figure})", ""]
+    return lines + ["", *sink_lines(heads), f"![per-head reconstruction]({figure})", ""]
 
 
 def render_heads(heads: pd.DataFrame, title: str, fraction: float, out: Outputs, dpi: int) -> None:
@@ -404,6 +419,7 @@ METHOD_TEXT = {
     "head_max": "best head, max kernel (paper)",
     "head_label": "best head, label-token kernel",
     "head_mean": "best head, span-mean kernel",
+    "head_max_nosink": "best head, max kernel without position 0 (the sink)",
     "kr_encoder": "kernel regression on {encoder}",
     "kr_hidden": "kernel regression on the model's hidden states",
 }

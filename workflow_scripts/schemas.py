@@ -94,6 +94,7 @@ HEADS = pa.schema(
         ("kernel", pa.string()),
         ("agreement", pa.float64()),
         ("accuracy", pa.float64()),
+        ("sink_attention", pa.float64()),  # mean attention of the last token on position 0
     ]
 )
 
