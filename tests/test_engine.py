@@ -104,7 +104,7 @@ def test_engine_keeps_sdpa_for_the_forward_pass():
 
 def test_architecture_that_bypasses_the_registry_fails_loudly():
     model = build("llama")
-    engine._register()
+    engine.register()
     # Not switched to the capture implementation: no layer reports, which must not pass silently.
     with pytest.raises(EngineError, match="0 of 3 layers reported"):
         engine.run_batch(model, [Request(prompt(5, 10), [1, 2])])

@@ -10,7 +10,7 @@ import pytest
 from workflow_scripts import heldout, interventions, interventions_report, schemas
 from workflow_scripts import reconstruction as rc
 
-from .test_reconstruction import C, SPECIAL, synthetic_set
+from .test_reconstruction import SPECIAL, C, synthetic_set
 
 
 def test_top_random_and_bottom_heads():

@@ -171,7 +171,7 @@ def test_probe_grouping_prevents_leakage_between_copies():
     assert 0.2 < grouped < 0.5
 
 
-def test_probe_accuracy_many_equals_probe_per_slice():
+def test_probe_scores_accuracy_equals_probe_per_slice():
     rng = np.random.default_rng(12)
     n, d = 120, 6
     labels = rng.integers(0, 3, size=n)
@@ -179,7 +179,7 @@ def test_probe_accuracy_many_equals_probe_per_slice():
     # Slices range from pure noise to clearly informative, so accuracies differ across the stack.
     signal = rng.random((2, 3, 4))[..., None, None]
     X = (signal * 3.0 * np.eye(3, d)[labels] + rng.normal(size=(2, 3, 4, n, d))).astype(np.float32)
-    many = stats.probe_accuracy_many(X, labels, groups, n_classes=3, lam=0.5, n_folds=4, seed=3)
+    many = stats.probe_scores_many(X, labels, groups, n_classes=3, lam=0.5, n_folds=4, seed=3)["accuracy"]
     assert many.shape == (2, 3, 4)
     for index in np.ndindex(2, 3, 4):
         assert many[index] == stats.probe_accuracy(X[index], labels, groups, n_classes=3, lam=0.5, n_folds=4, seed=3)

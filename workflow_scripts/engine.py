@@ -110,11 +110,16 @@ def _bias(mask: torch.Tensor | None, key: torch.Tensor) -> torch.Tensor:
     return mask.float()
 
 
-def capture_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """Registered attention function: record the last row, then run SDPA as the model would."""
+def check_supported(module, kwargs: dict) -> None:
+    """Refuse attention terms the engine's arithmetic does not apply (sinks, position biases, softcaps)."""
     unsupported = [k for k in ("s_aux", "position_bias", "softcap") if kwargs.get(k) is not None]
     if unsupported:
         raise EngineError(f"{type(module).__name__}: {unsupported} are not supported by the engine (SDPA cannot apply them)")
+
+
+def capture_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Registered attention function: record the last row, then run SDPA as the model would."""
+    check_supported(module, kwargs)
     state = _STATE.get()
     if state is not None:
         state.record(query, key, value, attention_mask, scaling)
@@ -124,12 +129,13 @@ def capture_attention(module, query, key, value, attention_mask, scaling=None, d
     return output, weights
 
 
-def _register() -> None:
+def register(name: str = CAPTURE, function=capture_attention) -> None:
+    """Make `function` the attention of models switched to `name`, with SDPA's masks."""
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
-    AttentionInterface.register(CAPTURE, capture_attention)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(CAPTURE, sdpa_mask)
+    AttentionInterface.register(name, function)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(name, sdpa_mask)
 
 
 def _wrap_gptj(model) -> None:
@@ -152,7 +158,7 @@ def _wrap_gptj(model) -> None:
 
 def prepare(model):
     """Switch a loaded causal LM to the capturing attention (in place) and return it."""
-    _register()
+    register()
     if model.config.model_type == "gptj":
         _wrap_gptj(model)
     else:

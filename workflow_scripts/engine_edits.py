@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from .engine import EngineError
+from .engine import EngineError, check_supported, register
 
 EDIT = "icl_edit"
 _STATE: contextvars.ContextVar["_Prefix | _Edits | None"] = contextvars.ContextVar("icl_edit", default=None)
@@ -117,23 +117,13 @@ def edit_attention(module, query, key, value, attention_mask, scaling=None, drop
     """Registered attention function: keep the prefix's keys and values, or compute an edit pass."""
     state = _STATE.get()
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    unsupported = [k for k in ("s_aux", "position_bias", "softcap") if kwargs.get(k) is not None]
-    if unsupported:
-        raise EngineError(f"{type(module).__name__}: {unsupported} are not supported by the edit pass")
+    check_supported(module, kwargs)
     if isinstance(state, _Edits):
         return attend(state, query, key, value, float(scale), kwargs.get("sliding_window")), None
     if isinstance(state, _Prefix):
         state.keys.append(key)
         state.values.append(value)
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-
-
-def _register() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
-
-    AttentionInterface.register(EDIT, edit_attention)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(EDIT, sdpa_mask)
 
 
 def layer_edits(edits: list[Edit], n_layers: int, n_heads: int, n_tokens: int, head_dim: int, device) -> dict[int, _LayerEdits]:
@@ -155,7 +145,7 @@ def layer_edits(edits: list[Edit], n_layers: int, n_heads: int, n_tokens: int, h
             a["drop"][row, head, list(edit.drop)] = True
             a["move_from"][row, head, list(edit.move_from)] = True
             a["move_to"][row, head, list(edit.move_to)] = True
-            a["fraction"][row, head] = edit.move_fraction if edit.move_from and edit.move_to else 0.0
+            a["fraction"][row, head] = edit.move_fraction if edit.move_from else 0.0  # _check: both ends or none
             if edit.replace is not None:
                 a["replaced"][row, head] = True
                 a["replace"][row, head] = edit.replace[i]
@@ -203,7 +193,7 @@ def intervene(model, input_ids: list[int], label_token_ids: list[int], edits: li
     config = model.config
     if config.model_type == "gptj":
         raise EngineError("gptj: interventions need attention through transformers' registry, which GPT-J bypasses")
-    _register()
+    register(EDIT, edit_attention)
     before = config._attn_implementation
     device = next(model.parameters()).device
     n_tokens = len(input_ids)

@@ -36,6 +36,16 @@ def resolve_device(device: str, dtype: str) -> tuple[str, str]:
     return device, dtype
 
 
+def prepared_model(manifest: dict, cfg: dict):
+    """The studied model as the model stages run it: cfg's threads, device and dtype, SDPA through the
+    capture engine. Returns (model, device, dtype)."""
+    import torch
+
+    torch.set_num_threads(cfg["threads"])
+    device, dtype = resolve_device(cfg["device"], cfg["dtype"])
+    return engine.prepare(models.load_model(manifest, device, dtype, attn_implementation="sdpa")), device, dtype
+
+
 def eager_outputs(model, input_ids: list[int], label_token_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """The oracle: (label-word logits, attention row layers x heads x tokens) from output_attentions."""
     import torch
@@ -148,14 +158,10 @@ def extract_shard(prompts: pa.Table, model, cfg: dict, where: str = "prompts") -
 
 
 def write_shard(prompts_path: str | Path, manifest_path: str | Path, shard: int, cfg: dict, out: str | Path) -> None:
-    import torch
-
-    torch.set_num_threads(cfg["threads"])
-    device, dtype = resolve_device(cfg["device"], cfg["dtype"])
     prompts = shard_rows(schemas.read_table(prompts_path, schemas.PROMPTS), shard, cfg["shard_size"])
     if prompts.num_rows == 0:
         raise ExtractionError(f"{prompts_path}: shard {shard} is empty (extraction.shard_size={cfg['shard_size']})")
-    model = engine.prepare(models.load_model(models.read_manifest(manifest_path), device, dtype, attn_implementation="sdpa"))
+    model, device, dtype = prepared_model(models.read_manifest(manifest_path), cfg)
     cfg = with_layers_resolved(cfg, model.config.num_hidden_layers)
     log.info("shard %d: %d prompts on %s (%s), batch size %d", shard, prompts.num_rows, device, dtype, cfg["batch_size"])
     schemas.write_table(extract_shard(prompts, model, cfg, str(prompts_path)), schemas.SHARD, out)

@@ -25,13 +25,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from . import engine, extract, models, schemas
+from . import extract, models, schemas
 from .engine_edits import Edit, head_dim, intervene
 from .heldout import agreement
 from .readers import prediction_grid
 from .split import ablation_ids, select_heldout
 
 log = logging.getLogger(__name__)
+
 
 class InterventionError(ValueError):
     """Interventions that cannot run as configured; the message names the config key."""
@@ -174,14 +175,10 @@ def write_interventions(
     prompts_path: str | Path, shard_paths: list[str], recon_path: str | Path, manifest_path: str | Path, cfg: dict,
     analysis: dict, split_seed: int, run: dict, out: str | Path,
 ) -> None:
-    import torch
-
-    torch.set_num_threads(run["threads"])
-    device, dtype = extract.resolve_device(run["device"], run["dtype"])
     prompts = schemas.read_table(prompts_path, schemas.PROMPTS)
     shards = schemas.read_tables(shard_paths, schemas.SHARD)
     recon = schemas.read_table(recon_path, schemas.RECONSTRUCTION)
-    model = engine.prepare(models.load_model(models.read_manifest(manifest_path), device, dtype, attn_implementation="sdpa"))
+    model = extract.prepared_model(models.read_manifest(manifest_path), run)[0]
     columns = run_set(model, prompts, shards, recon, cfg, analysis, split_seed)
     schemas.write_table(columns, schemas.INTERVENTIONS, out)
 

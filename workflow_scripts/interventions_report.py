@@ -81,11 +81,12 @@ def cell(summary: pd.DataFrame, family: str, target: str, m: int, measure: str) 
 
 
 def interval(row: pd.Series | None, percent: bool = True) -> str:
+    """A mean and its CI as text: shares in whole percent, logit margins signed to two decimals."""
     if row is None:
         return "n/a"
-    scale, unit = (100, "%") if percent else (1, "")
-    return f"{row['mean'] * scale:.0f}{unit} [{row.ci_low * scale:.0f}, {row.ci_high * scale:.0f}]" if percent else \
-        f"{row['mean']:+.2f} [{row.ci_low:+.2f}, {row.ci_high:+.2f}]"
+    if percent:
+        return f"{row['mean'] * 100:.0f}% [{row.ci_low * 100:.0f}, {row.ci_high * 100:.0f}]"
+    return f"{row['mean']:+.2f} [{row.ci_low:+.2f}, {row.ci_high:+.2f}]"
 
 
 def verdict(summary: pd.DataFrame, family: str) -> str:

@@ -185,12 +185,12 @@ def heatmaps(heads: pd.DataFrame, title: str, out: str | Path, dpi: int) -> None
     plt.close(fig)
 
 
-def sink_lines(heads: pd.DataFrame) -> list[str]:
+def sink_lines(heads: pd.DataFrame, best_heads: pd.DataFrame) -> list[str]:
     """How much of the last token's attention sits on position 0, which without a BOS token is inside
-    the first demonstration's span and inflates its max-kernel weight."""
+    the first demonstration's span and inflates its max-kernel weight (`best_heads`: head_table's)."""
     sink = heads.groupby(["layer", "head"]).sink_attention.mean()
     (layer, head), top = sink.idxmax(), sink.max()
-    best = head_table(heads).set_index("kernel").loc["max"]
+    best = best_heads.set_index("kernel").loc["max"]
     return [
         f"Position 0 (the attention sink when the prompt has no BOS token) holds {sink.mean():.2f} of the last token's "
         f"attention on average over heads, {top:.2f} in L{layer} H{head}; the best max-kernel head L{best.layer} H{best['head']} "
@@ -208,13 +208,14 @@ def heads_lines(heads: pd.DataFrame, fraction: float, figure: str) -> list[str]:
         f"top {fraction:.0%} heads by agreement: depth (layer / last layer) |",
         "|---|---|---|---|---|",
     ]
-    for row in head_table(heads).itertuples():
+    best_heads = head_table(heads)
+    for row in best_heads.itertuples():
         n, mean, low, high = top_head_depth(heads, row.kernel, fraction)
         lines.append(
             f"| {KERNEL_TEXT[row.kernel]} | L{row.layer} H{row.head} | {row.agreement} | {row.accuracy} "
             f"| {n} heads, mean {mean:.2f} (range {low:.2f}-{high:.2f}) |"
         )
-    return lines + ["", *sink_lines(heads), f"![per-head reconstruction]({figure})", ""]
+    return lines + ["", *sink_lines(heads, best_heads), f"![per-head reconstruction]({figure})", ""]
 
 
 def render_heads(heads: pd.DataFrame, title: str, fraction: float, out: Outputs, dpi: int) -> None:

@@ -281,12 +281,3 @@ def probe_scores_many(
         "shuffled_accuracy": (control == shuffled).mean(axis=-1),
         "shuffled_balanced_accuracy": balanced_accuracy(control, shuffled, n_classes),
     }
-
-
-def probe_accuracy_many(
-    X: np.ndarray, labels: np.ndarray, groups: np.ndarray, n_classes: int, lam: float, n_folds: int, seed: int
-) -> np.ndarray:
-    """probe_accuracy for every leading index of X (..., n, d) at once; returns shape (...)."""
-    labels = np.asarray(labels)
-    predicted = probe_predictions_many(X, [labels], groups, n_classes, lam, n_folds, seed)[..., 0, :]
-    return (predicted == labels).mean(axis=-1)

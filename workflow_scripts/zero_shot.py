@@ -60,14 +60,10 @@ def write_zero_shot(
     data_path: str | Path, manifest_path: str | Path, task: str, task_cfg: dict, prompt_cfg: dict, cfg: dict,
     out: str | Path,
 ) -> None:
-    import torch
-
-    torch.set_num_threads(cfg["threads"])
-    device, dtype = extract.resolve_device(cfg["device"], cfg["dtype"])
     manifest = models.read_manifest(manifest_path)
     rows = task_examples(schemas.read_table(data_path, schemas.TASK_DATA).to_pandas(), task_cfg, prompt_cfg, task)
     requests = requests_for(rows, task_cfg, models.load_tokenizer(manifest))
-    model = engine.prepare(models.load_model(manifest, device, dtype, attn_implementation="sdpa"))
+    model, device, dtype = extract.prepared_model(manifest, cfg)
     layers = list(range(model.config.num_hidden_layers))
     log.info("task %s: %d examples alone on %s (%s)", task, len(requests), device, dtype)
     results = engine.run(model, requests, cfg["zero_shot_batch_size"], hidden_layers=layers)
