@@ -79,6 +79,7 @@ rule probes:
 
 rule heldout:
     input:
+        unpack(calibration_input),
         prompts=paths.prompts(),
         reconstruction=paths.analysis("reconstruction.parquet"),
         zero_shot=paths.zero_shot(),
@@ -90,6 +91,7 @@ rule heldout:
         encoder=config["encoder"]["name"],
         analysis=analysis_params("n_select", "n_heldout"),
         split_seed=config["prompts"]["split_seed"],
+        content_free=config["calibration"]["content_free"] if config["calibration"]["enabled"] else [],
     group:
         "analysis"
     log:

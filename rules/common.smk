@@ -219,6 +219,18 @@ def intervention_prompts(wildcards, input):
     return 1.5 * min(config["interventions"]["prompts"] or analysis["n_heldout"], analysis["n_heldout"])
 
 
+def calibration_prompts(wildcards, input):
+    """The prompt set again, once per content-free input."""
+    return n_prompts(wildcards.setting) * len(config["calibration"]["content_free"])
+
+
+def calibration_input(wildcards):
+    """Table 2 reads the calibrated prediction when calibration is on."""
+    if not config["calibration"]["enabled"]:
+        return {}
+    return {"calibration": paths.analysis("calibration.parquet", **wildcards)}
+
+
 def zero_shot_examples(wildcards, input):
     """Test queries, dev and pool examples run alone, each about 1/(k+1) of a prompt."""
     prompts = config["prompts"]

@@ -29,7 +29,8 @@ rule zero_shot:
         paths.zero_shot(),
     params:
         task=lambda wc: config["tasks"][wc.task],
-        prompts=split_config(),
+        # The examples alone are tokenized like the prompts, BOS included.
+        prompts={**split_config(), "prepend_bos": config["prompts"]["prepend_bos"]},
         extraction=extraction_params("device", "dtype"),
     threads: config["extraction"]["threads"]
     resources:
@@ -39,6 +40,34 @@ rule zero_shot:
     priority: 10
     log:
         paths.log("zero_shot", "{model}", "{task}"),
+    conda:
+        "../envs/gpu.yaml"
+    script:
+        STEP
+
+
+# Contextual calibration of Table 2's prompt sets: each prompt again with a content-free query (one
+# forward per content-free input); the ICL label logits come from the shards.
+rule calibrate:
+    input:
+        unpack(prompt_inputs),
+        prompts=paths.prompts(),
+        shards=shards_of,
+    output:
+        paths.analysis("calibration.parquet"),
+    params:
+        task=lambda wc: config["tasks"][wc.task],
+        prompts=config["prompts"],
+        setting=lambda wc: config["settings"][wc.setting],
+        heldout=heldout_params,
+        content_free=config["calibration"]["content_free"],
+        extraction=extraction_params("device", "dtype"),
+    threads: config["extraction"]["threads"]
+    resources:
+        mem_mb=model_mem_mb,
+        runtime=model_runtime(calibration_prompts),
+    log:
+        paths.log("calibrate", "{model}", "{task}", "seed{seed}", "{setting}"),
     conda:
         "../envs/gpu.yaml"
     script:

@@ -179,7 +179,7 @@ rule report:
         title=config["report"]["title"],
         study={
             **STUDY,
-            **{key: config["prompts"][key] for key in ("n_eval", "k")},
+            **{key: config["prompts"][key] for key in ("n_eval", "k", "prepend_bos")},
             **analysis_params("n_select", "n_heldout"),
         },
     log:

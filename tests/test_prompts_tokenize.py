@@ -18,7 +18,7 @@ TASK = {
     "template": TEMPLATE,
 }
 RANDOM = setting_defaults({"selection": "random"})
-PROMPT_CFG = {"n_eval": 10, "n_dev": 4, "k": 6, "split_seed": 3, "max_chars": 0, "pool_size": 0}
+PROMPT_CFG = {"n_eval": 10, "n_dev": 4, "k": 6, "split_seed": 3, "max_chars": 0, "pool_size": 0, "prepend_bos": False}
 
 
 def toy_data() -> pd.DataFrame:
@@ -121,3 +121,60 @@ def test_the_manifest_tokenizer_builds_the_same_prompts_as_transformers(tokenize
     # An old manifest, without the saved tokenizer, falls back to transformers' with the same encoding.
     old = {k: v for k, v in saved.items() if k != "tokenizer"}
     assert models.load_tokenizer(old)(text)["input_ids"] == light(text)["input_ids"]
+
+
+@pytest.fixture(scope="module")
+def saved_manifest(tiny_llama_dir, tmp_path_factory) -> dict:
+    from workflow_scripts import models
+
+    folder = tmp_path_factory.mktemp("tiny_manifest")
+    models.prepare_model("tiny", {"source": "local", "path": str(tiny_llama_dir)}, folder / "manifest.json", folder / "cache")
+    return models.read_manifest(folder / "manifest.json")
+
+
+def test_prepend_bos_shifts_every_position_by_the_bos_token(saved_manifest, tiny_llama_dir):
+    import json
+
+    from workflow_scripts import models
+
+    bos = json.loads((tiny_llama_dir / "tokenizer_config.json").read_text())["bos_token"]
+    plain = prompts.build_prompts(toy_data(), TASK, PROMPT_CFG, RANDOM, 7, models.load_tokenizer(saved_manifest), "toy")
+    with_bos = models.load_tokenizer(saved_manifest, prepend_bos=True)
+    bos_id = with_bos.backend.token_to_id(bos)
+    built = prompts.build_prompts(toy_data(), TASK, PROMPT_CFG, RANDOM, 7, with_bos, "toy")
+    assert built["demo_ids"] == plain["demo_ids"]
+    for i in range(len(built["input_ids"])):
+        assert built["input_ids"][i] == [bos_id, *plain["input_ids"][i]]
+        for span in ("x_start", "x_end", "y_pos"):
+            assert built[span][i] == [p + 1 for p in plain[span][i]]
+        assert (built["query_start"][i], built["query_end"][i]) == (plain["query_start"][i] + 1, plain["query_end"][i] + 1)
+
+
+def test_prepend_bos_never_doubles_a_bos_the_tokenizer_adds(saved_manifest):
+    from tokenizers.processors import TemplateProcessing
+
+    from workflow_scripts import models
+
+    tokenizer = models.load_tokenizer(saved_manifest, prepend_bos=True)
+    bos_id = tokenizer.bos_id
+    bos = tokenizer.backend.id_to_token(bos_id)
+    tokenizer.backend.post_processor = TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, bos_id)])
+    ids = tokenizer("Review: fine\nSentiment:", return_offsets_mapping=True)
+    assert ids["input_ids"].count(bos_id) == 1 and ids["input_ids"][0] == bos_id
+    # add_special_tokens=False is the raw text, as for the label-word checks.
+    assert bos_id not in tokenizer("Review: fine", add_special_tokens=False)["input_ids"]
+
+
+def test_a_model_without_bos_keeps_its_prompts_and_says_so(saved_manifest, tmp_path, caplog):
+    from workflow_scripts import models
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_text("{}")
+    manifest = {**saved_manifest, "path": str(bare)}
+    assert models.bos_token(bare) is None
+    with caplog.at_level("WARNING"):
+        tokenizer = models.load_tokenizer(manifest, prepend_bos=True)
+    assert tokenizer.bos_id is None and "prompts.prepend_bos" in caplog.text
+    plain = models.load_tokenizer(saved_manifest)
+    assert tokenizer("a b c")["input_ids"] == plain("a b c")["input_ids"]

@@ -69,13 +69,13 @@ def test_table2_rows_carry_the_papers_number_for_the_same_task():
 
 def test_report_md_puts_table_2_first_then_each_set_then_ablations_causal_check_and_theory():
     study = {"models": ["m"], "tasks": ["t"], "seeds": [0, 1], "settings": ["random"], "n_eval": 8, "k": 4,
-             "n_select": 4, "n_heldout": 4}
+             "n_select": 4, "n_heldout": 4, "prepend_bos": True}
     summaries = [pd.DataFrame({"n_prompts": [8], "icl_accuracy": [a], "null_agreement": [0.5], "null_accuracy": [0.5]})
                  for a in (0.6, 0.8)]
     text = report.assemble("Title", study, [["### m / t / random", ""]],
                            [("m / t / random", summaries, [["5.1 piece"], [report.PROBES_OFF, ""]])],
                            ["## Section 4.2 ablations: m"], ["## Causal check"], ["## Theorem 1"])
-    order = ["# Title", "## Table 2", "### m / t / random", "## m / t / random", "ICL accuracy 0.700 ± 0.141",
+    order = ["# Title", "BOS token (prompts.prepend_bos)", "## Table 2", "### m / t / random", "## m / t / random", "ICL accuracy 0.700 ± 0.141",
              "5.1 piece", "Probes are off", "## Section 4.2 ablations: m", "## Causal check", "## Theorem 1"]
     positions = [text.index(part) for part in order]
     assert positions == sorted(positions) and text.endswith("## Theorem 1\n")

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "workflow_scripts"
 # The stages that run the model import torch when they are imported; every other module must not
 # (models and encoder import it inside the functions that load weights).
-TORCH_STAGES = {"engine", "engine_edits", "extract", "zero_shot", "interventions"}
+TORCH_STAGES = {"engine", "engine_edits", "extract", "zero_shot", "interventions", "calibration"}
 
 
 def package_imports(path: Path) -> tuple[set[str], list[str]]:

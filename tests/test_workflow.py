@@ -231,7 +231,7 @@ def test_html_report_holds_every_figure_and_table_with_its_caption(study, tmp_pa
 # (merged over the study's config) and names the jobs a dry run then plans. The tiny study has one
 # prompt set of every test prompt (random, 2 shards) and four held-out ablation sets (sim, sim_hidden,
 # symbols, order_1; one shard each) read by three ablations.
-ANALYSES = {"reconstruct": 1, "attention_map": 1, "similarity": 1, "probes": 1, "heldout": 1, "table2": 1}
+ANALYSES = {"reconstruct": 1, "attention_map": 1, "similarity": 1, "probes": 1, "calibrate": 1, "heldout": 1, "table2": 1}
 # The report's figures and tables of one model x task x setting (over its seeds).
 SET_REPORT = {"report_table2": 1, "report_attention": 1, "report_heads": 1, "report_similarity": 1, "report_probes": 1}
 REPORT = {"report": 1, "all": 1}
@@ -260,6 +260,10 @@ CONTRACT = {
     "theory.*": ({"theory": {"n_prompts": 6}}, {"theory": 1, "report_theory": 1, **REPORT}),
     "interventions.*": ({"interventions": {"top_m": [1]}}, {**CAUSAL, **REPORT}),
     "interventions.batch_size": ({"interventions": {"batch_size": 2}}, {}),
+    "calibration.content_free": (
+        {"calibration": {"content_free": ["N/A", ""]}}, {"calibrate": 1, "heldout": 1, "table2": 1, "report_table2": 1, **REPORT},
+    ),
+    "calibration.enabled": ({"calibration": {"enabled": False}}, {"heldout": 1, "table2": 1, "report_table2": 1, **REPORT}),
     "interventions.enabled": ({"interventions": {"enabled": False}}, REPORT),
     "extraction.head_outputs": (
         {"extraction": {"head_outputs": False}, "interventions": {"knockout": "zero"}}, {**EVERY_SET, "build_prompts": 0},
@@ -284,6 +288,7 @@ CONTRACT = {
         {"tasks": {"toy": {"template": {"input": "Text: {text}\nSentiment:"}}}}, {"zero_shot": 1, **EVERY_SET},
     ),
     "prompts.split_seed": ({"prompts": {"split_seed": 7}}, {"embed_task": 1, "zero_shot": 1, **EVERY_SET}),
+    "prompts.prepend_bos": ({"prompts": {"prepend_bos": True}}, {"zero_shot": 1, **EVERY_SET}),
     "encoder": (
         {"encoder": {"name": "another-name"}},
         {"prepare_encoder": 1, "embed_task": 1, "build_prompts": 1, "extract_shard": 1, "heldout": 1, "table2": 1,

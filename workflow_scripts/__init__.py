@@ -9,8 +9,8 @@ fails on a cycle, on a sibling import hidden inside a function, and on torch loa
               kernels   kernel weights from attention and from cosine similarity; the kernel-regression vote
               readers   intermediate tables several stages read (zero-shot, embeddings, shards with prompts)
               retrieval demonstrations by similarity
-  stages      data, models, encoder, prompts; the model stages engine + extract + zero_shot and
-              engine_edits + interventions (the only modules that import torch on import);
+  stages      data, models, encoder, prompts; the model stages engine + extract + zero_shot,
+              calibration and engine_edits + interventions (the only modules that import torch on import);
               reconstruction, attention_map, similarity, probes, heldout, table2, ablation, theory,
               report + ablation_report + interventions_report; step.py dispatches a rule to its stage.
 """

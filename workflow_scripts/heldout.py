@@ -47,9 +47,11 @@ def agreement(predictions: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 def heldout_rows(
     prompts: pd.DataFrame, recon: pa.Table, embeddings: dict[str, np.ndarray], hidden: dict[str, np.ndarray],
-    encoder: str, n_classes: int, n_select: int, n_heldout: int, seed: int,
+    encoder: str, n_classes: int, n_select: int, n_heldout: int, seed: int, calibrated: tuple[str, np.ndarray] | None = None,
 ) -> dict[str, list]:
-    """Columns of HELDOUT: each method's choice on the select split, its predictions on the held-out one."""
+    """Columns of HELDOUT: each method's choice on the select split, its predictions on the held-out one.
+    `calibrated` (content-free inputs, calibrated ICL prediction per prompt in prompt id order) adds
+    the contextually calibrated ICL prediction as one more method."""
     prompts = prompts.sort_values("prompt_id").reset_index(drop=True)
     select, heldout = select_heldout(prompts.label.to_numpy(), n_select, n_heldout, seed)
     icl = None
@@ -70,6 +72,9 @@ def heldout_rows(
     scores = agreement(by_layer[select], icl[select])
     best = int(np.argmax(scores))
     methods.append(("kr_hidden", f"layer {best}", float(scores[best]), by_layer[:, best]))
+    if calibrated is not None:
+        inputs, predictions = calibrated
+        methods.append(("icl_calibrated", inputs, float(agreement(predictions[select], icl[select])), predictions))
     null = int(np.bincount(icl[select], minlength=n_classes).argmax())
     columns: dict[str, list] = {name: [] for name in schemas.HELDOUT.names}
     for method, choice, select_agreement, predictions in methods:
@@ -84,15 +89,29 @@ def heldout_rows(
     return columns
 
 
+def calibrated_predictions(path: str | Path, prompt_ids: np.ndarray, content_free: list[str]) -> tuple[str, np.ndarray]:
+    """The calibration rule's prediction per prompt, in `prompt_ids` order, named by its content-free inputs."""
+    table = schemas.read_table(path, schemas.CALIBRATION).to_pandas().set_index("prompt_id")
+    if not np.array_equal(np.sort(table.index.to_numpy()), np.sort(prompt_ids)):
+        raise HeldoutError(f"{path} holds other prompts than the prompt set; re-run calibrate")
+    return "content-free " + ", ".join(map(repr, content_free)), table.calibrated_prediction.loc[prompt_ids].to_numpy()
+
+
 def write_heldout(
     prompts_path: str | Path, recon_path: str | Path, zero_shot_path: str | Path, embeddings_path: str | Path,
     encoder: str, n_classes: int, cfg: dict, seed: int, out: str | Path,
+    calibration_path: str | Path | None = None, content_free: list[str] = (),
 ) -> None:
-    prompts = schemas.read_table(prompts_path, schemas.PROMPTS).to_pandas()
+    prompts = schemas.read_table(prompts_path, schemas.PROMPTS).to_pandas().sort_values("prompt_id")
     recon = schemas.read_table(recon_path, schemas.RECONSTRUCTION)
     embeddings = examples_of(prompts, read_embeddings(embeddings_path), str(embeddings_path))
     hidden = examples_of(prompts, read_zero_shot(zero_shot_path).hidden, str(zero_shot_path))
-    columns = heldout_rows(prompts, recon, embeddings, hidden, encoder, n_classes, cfg["n_select"], cfg["n_heldout"], seed)
+    calibrated = None
+    if calibration_path is not None:
+        calibrated = calibrated_predictions(calibration_path, prompts.prompt_id.to_numpy(), content_free)
+    columns = heldout_rows(
+        prompts, recon, embeddings, hidden, encoder, n_classes, cfg["n_select"], cfg["n_heldout"], seed, calibrated
+    )
     schemas.write_table(columns, schemas.HELDOUT, out)
 
 
@@ -100,4 +119,5 @@ def from_snakemake(smk) -> None:
     write_heldout(
         smk.input.prompts, smk.input.reconstruction, smk.input.zero_shot, smk.input.embeddings, smk.params.encoder,
         smk.params.n_classes, smk.params.analysis, smk.params.split_seed, smk.output[0],
+        smk.input.get("calibration"), smk.params.content_free,
     )

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 def build_prompts(
     data: pd.DataFrame, task_cfg: dict, prompt_cfg: dict, setting: dict, seed: int, tokenizer, task: str,
     part: str = "eval", vectors: dict[str, np.ndarray] | None = None, queries_kept: np.ndarray | None = None,
+    content_free: str | None = None,
 ) -> dict:
     """All prompts of one task x seed x setting, as columns of the PROMPTS schema.
 
@@ -30,7 +31,9 @@ def build_prompts(
     ablations run on the held-out prompts only); prompt ids stay those of the full set, and random
     demonstrations are drawn in the same sequence, so prompt i holds the same test example and, for
     the same k, the same demonstrations in every random setting of a seed. `vectors` are the
-    similarity space of retrieval settings (example id -> vector).
+    similarity space of retrieval settings (example id -> vector). `content_free` writes that text in
+    every field of the query, after the same draws: the same prompts with a content-free input, for
+    contextual calibration.
     """
     data, split = task_split(data, task_cfg, prompt_cfg, task)
     n_classes = len(task_cfg["classes"])
@@ -74,7 +77,10 @@ def build_prompts(
             perturbed(rows[j], setting, noise[n + 1]) if setting["typo_target"] == "all" else fields(rows[j])
             for n, j in enumerate(demos)
         ]
-        rendered = render(template, [(f, words[c]) for f, c in zip(demo_fields, shown)], perturbed(rows[i], setting, noise[0]))
+        query = perturbed(rows[i], setting, noise[0])
+        if content_free is not None:
+            query = dict.fromkeys(query, content_free)
+        rendered = render(template, [(f, words[c]) for f, c in zip(demo_fields, shown)], query)
         demo_words = [words[c] for c in shown]
         spans = tokenize(tokenizer, rendered, demo_words)
         found = [spans["input_ids"][p] for p in spans["y_pos"]]
@@ -98,23 +104,31 @@ def build_prompts(
     return columns
 
 
-def write_prompts(
+def prompt_set(
     data_path: str | Path, manifest_path: str | Path, task: str, task_cfg: dict, prompt_cfg: dict,
-    setting: dict, seed: int, out: str | Path, vectors_path: str | Path | None = None, heldout_cfg: dict | None = None,
-) -> None:
+    setting: dict, seed: int, vectors_path: str | Path | None = None, heldout_cfg: dict | None = None,
+    content_free: str | None = None,
+) -> dict:
+    """The PROMPTS columns of one set, from the files its rule reads (build_prompts' arguments)."""
     data = schemas.read_table(data_path, schemas.TASK_DATA).to_pandas()
-    tokenizer = models.load_tokenizer(models.read_manifest(manifest_path))
+    tokenizer = models.load_tokenizer(models.read_manifest(manifest_path), prompt_cfg["prepend_bos"])
     kept = heldout_prompt_ids(data, task_cfg, prompt_cfg, task, heldout_cfg) if setting["queries"] == "heldout" else None
     vectors = readers.retrieval_space(setting, vectors_path)
-    columns = build_prompts(data, task_cfg, prompt_cfg, setting, seed, tokenizer, task, vectors=vectors, queries_kept=kept)
-    schemas.write_table(columns, schemas.PROMPTS, out)
+    return build_prompts(
+        data, task_cfg, prompt_cfg, setting, seed, tokenizer, task, vectors=vectors, queries_kept=kept, content_free=content_free
+    )
 
 
-def from_snakemake(smk) -> None:
+def set_from_snakemake(smk, content_free: str | None = None) -> dict:
+    """prompt_set for the rule's prompt set; errors name the setting."""
     try:
-        write_prompts(
+        return prompt_set(
             smk.input.data, smk.input.manifest, smk.wildcards.task, smk.params.task, smk.params.prompts,
-            smk.params.setting, int(smk.wildcards.seed), smk.output[0], smk.input.get("vectors"), smk.params.heldout,
+            smk.params.setting, int(smk.wildcards.seed), smk.input.get("vectors"), smk.params.heldout, content_free,
         )
     except (PromptError, SplitError) as err:
         raise type(err)(f"settings.{smk.wildcards.setting}: {err}") from err
+
+
+def from_snakemake(smk) -> None:
+    schemas.write_table(set_from_snakemake(smk), schemas.PROMPTS, smk.output[0])

@@ -416,6 +416,7 @@ def render_probes(probes: pd.DataFrame, title: str, out: Outputs, dpi: int) -> N
 
 METHOD_TEXT = {
     "icl": "ICL (the model's own prediction)",
+    "icl_calibrated": "ICL, contextually calibrated (agreement: with the uncalibrated prediction)",
     "null": "null: always the select split's most frequent ICL prediction",
     "head_max": "best head, max kernel (paper)",
     "head_label": "best head, label-token kernel",
@@ -464,7 +465,8 @@ def degenerate_warning(table: pd.DataFrame) -> list[str]:
     return [
         f"**Degenerate ICL:** the model gives its most frequent answer on {share:.0%} of held-out prompts, so any head "
         "that leans to that class agrees with it; agreement here says nothing about kernels. Read accuracy against "
-        "gold, or change the template, label words or k until the predictions vary.",
+        "gold and the contextually calibrated row (calibration.*), or change the template, label words or k until "
+        "the predictions vary.",
         "",
     ]
 
@@ -497,7 +499,7 @@ def table2_lines(table: pd.DataFrame, task: str, encoder: str) -> list[str]:
         f"| {METHOD_TEXT['null']} | {cell('null', 'agreement')} | {cell('null', 'accuracy')} | | |",
     ]
     for method, text in METHOD_TEXT.items():
-        if method in ("icl", "null"):
+        if method in ("icl", "null") or not (table.method == method).any():
             continue
         choices = table[table.method == method].choices
         lines.append(
@@ -562,7 +564,9 @@ def header_lines(title: str, study: dict) -> list[str]:
         f"Models: {', '.join(study['models'])}. Tasks: {', '.join(study['tasks'])}. "
         f"Seeds: {', '.join(map(str, study['seeds']))}. Settings: {', '.join(study['settings'])}. "
         f"Prompts per set: {study['n_eval']} ({study['n_select']} to select heads, {study['n_heldout']} held out), "
-        f"demonstrations per prompt: {study['k']}.",
+        f"demonstrations per prompt: {study['k']}. "
+        + ("Every prompt starts with the model's BOS token (prompts.prepend_bos)." if study["prepend_bos"]
+           else "Prompts start with the template's first token unless the tokenizer adds a BOS token (prompts.prepend_bos: false)."),
         "",
         "Each attention head is read as a kernel regression over the demonstrations: demonstration i gets",
         "weight a_i from the last token's attention and the head predicts argmax_c sum_i a_i [y_i = c].",

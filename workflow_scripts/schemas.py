@@ -202,6 +202,18 @@ HELDOUT = pa.schema(
     ]
 )
 
+# results/.../calibration.parquet: contextual calibration (Zhao et al. 2021) of each prompt: the label
+# distribution of the same prompt with a content-free query (mean over calibration.content_free), and
+# the ICL prediction before and after dividing the prompt's label probabilities by it.
+CALIBRATION = pa.schema(
+    [
+        ("prompt_id", _i32),
+        ("content_free_probs", pa.list_(pa.float32())),
+        ("icl_prediction", _i32),
+        ("calibrated_prediction", _i32),
+    ]
+)
+
 # results/{model}/{task}/table2.parquet: Table 2 over seeds; mean and sd over seeds, bootstrap CI
 # over held-out examples of the seed-averaged statistic (ci_*), and a hierarchical one that resamples
 # seeds, then examples (seeds_ci_*).
@@ -278,9 +290,10 @@ ABLATION_SUMMARY = pa.schema(
     ]
 )
 
-# results/theory/table.parquet: Theorem 1 on synthetic HMMs, per kernel x n (hmm_seed null = pooled).
+# results/theory/table.parquet: Theorem 1 on synthetic HMMs, per variant (HMM construction) x kernel x n
+# (hmm_seed null = pooled).
 THEORY = pa.schema(
-    [("kernel", pa.string()), ("n_demos", pa.int64()), ("hmm_seed", pa.int64()), ("n_prompts", pa.int64()),
+    [("variant", pa.string()), ("kernel", pa.string()), ("n_demos", pa.int64()), ("hmm_seed", pa.int64()), ("n_prompts", pa.int64()),
      ("distance_metric", pa.string())]
     + [
         (name, pa.float64())
@@ -323,10 +336,15 @@ def write_table(rows: pa.Table | dict, schema: pa.Schema, path: str | Path) -> N
         raise
 
 
-def read_table(path: str | Path, schema: pa.Schema) -> pa.Table:
-    """Read a stage's file and check it carries the columns and types the contract names."""
+def read_table(path: str | Path, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
+    """Read a stage's file and check it carries the columns and types the contract names (only
+    `columns` of it, when given: a shard's label logits without its attention rows)."""
+    if columns is not None:
+        schema = pa.schema([schema.field(name) for name in columns])
     try:
-        table = pq.read_table(path)
+        # Columns asked for but absent are left to the missing-columns error below.
+        present = pq.read_schema(path).names if columns is not None else None
+        table = pq.read_table(path, columns=None if columns is None else [c for c in columns if c in present])
     except (pa.ArrowException, OSError) as exc:
         if not Path(path).is_file():
             raise
@@ -344,6 +362,6 @@ def read_table(path: str | Path, schema: pa.Schema) -> pa.Table:
     return table.select(schema.names)
 
 
-def read_tables(paths: list[str | Path], schema: pa.Schema) -> pa.Table:
+def read_tables(paths: list[str | Path], schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
     """Read and concatenate several files of one schema (e.g. the shards of one prompt set)."""
-    return pa.concat_tables([read_table(p, schema) for p in paths])
+    return pa.concat_tables([read_table(p, schema, columns) for p in paths])

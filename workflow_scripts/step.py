@@ -20,6 +20,7 @@ STAGES = {
     "prepare_encoder": "encoder",
     "embed_task": "encoder",
     "zero_shot": "zero_shot",
+    "calibrate": "calibration",
     "reconstruct": "reconstruction",
     "attention_map": "attention_map",
     "similarity": "similarity",

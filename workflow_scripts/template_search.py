@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     validate_config(config)
     spec = yaml.safe_load(open(args.candidates))
     manifest = models.read_manifest(paths.model_manifest(spec["model"]))
-    tokenizer = models.load_tokenizer(manifest)
+    tokenizer = models.load_tokenizer(manifest, config["prompts"]["prepend_bos"])
     model = models.load_model(manifest, "cpu", "float32", attn_implementation="sdpa")
     prompt_cfg = {**config["prompts"], "n_dev": spec["n_dev"]}
     for task, candidates in spec["tasks"].items():

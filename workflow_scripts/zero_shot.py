@@ -62,7 +62,7 @@ def write_zero_shot(
 ) -> None:
     manifest = models.read_manifest(manifest_path)
     rows = task_examples(schemas.read_table(data_path, schemas.TASK_DATA).to_pandas(), task_cfg, prompt_cfg, task)
-    requests = requests_for(rows, task_cfg, models.load_tokenizer(manifest))
+    requests = requests_for(rows, task_cfg, models.load_tokenizer(manifest, prompt_cfg["prepend_bos"]))
     model, device, dtype = extract.prepared_model(manifest, cfg)
     layers = list(range(model.config.num_hidden_layers))
     log.info("task %s: %d examples alone on %s (%s)", task, len(requests), device, dtype)

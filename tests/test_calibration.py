@@ -1,0 +1,85 @@
+"""Contextual calibration: the content-free prompts are the prompt set's with only the query replaced,
+their label distribution is the model's, and the calibrated prediction divides by it."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from workflow_scripts import calibration, heldout, prompts, schemas
+
+from .test_prompts_tokenize import PROMPT_CFG, RANDOM, TASK, toy_data
+
+
+def test_calibrated_prediction_divides_by_the_content_free_distribution():
+    logits = np.log(np.array([[0.7, 0.3], [0.6, 0.4], [0.2, 0.8]]))
+    content_free = np.array([[0.9, 0.1], [0.5, 0.5], [0.1, 0.9]])
+    # By hand: .7/.9 < .3/.1 -> 1; .6/.5 > .4/.5 -> 0; .2/.1 > .8/.9 -> 0.
+    assert calibration.calibrate(logits, content_free).tolist() == [1, 0, 0]
+
+
+@pytest.fixture(scope="module")
+def both(tokenizer) -> tuple[dict, dict]:
+    built = prompts.build_prompts(toy_data(), TASK, PROMPT_CFG, RANDOM, 7, tokenizer, "toy")
+    free = prompts.build_prompts(toy_data(), TASK, PROMPT_CFG, RANDOM, 7, tokenizer, "toy", content_free="N/A")
+    return built, free
+
+
+def test_content_free_prompts_keep_the_demonstrations_and_replace_the_query(both, tokenizer):
+    built, free = both
+    for key in ("prompt_id", "example_id", "demo_ids", "demo_labels", "x_start", "y_pos", "query_start", "label_token_ids"):
+        assert free[key] == built[key], key
+    for i in range(len(built["text"])):
+        start = built["query_start"][i]
+        assert free["input_ids"][i][:start] == built["input_ids"][i][:start]
+        assert tokenizer.decode(free["input_ids"][i][start:]) == TASK["template"]["input"].format(text="N/A")
+    calibration.check_same_prompts(pa.table({k: built[k] for k in ("prompt_id", "demo_ids", "demo_labels")}), free, "N/A")
+
+
+def test_prompts_with_other_demonstrations_are_refused(both):
+    built, free = both
+    stale = pa.table({"prompt_id": built["prompt_id"], "demo_ids": built["demo_ids"][::-1], "demo_labels": built["demo_labels"]})
+    with pytest.raises(calibration.CalibrationError, match="re-run build_prompts"):
+        calibration.check_same_prompts(stale, free, "N/A")
+
+
+def test_content_free_probs_are_the_models_label_softmax_averaged_over_inputs(tiny_llama_dir, tokenizer):
+    from workflow_scripts import engine, extract, models
+    from workflow_scripts.zero_shot import softmax
+
+    manifest = {"path": str(tiny_llama_dir), "revision": None, "trust_remote_code": False}
+    model = engine.prepare(models.load_model(manifest, "cpu", "float32", attn_implementation="sdpa"))
+    eager = models.load_model(manifest, "cpu", "float32", attn_implementation="eager")
+    sets = [prompts.build_prompts(toy_data(), TASK, PROMPT_CFG, RANDOM, 7, tokenizer, "toy", content_free=text)
+            for text in ("N/A", "")]
+    got = calibration.content_free_probs(model, sets, batch_size=3)
+    assert got.shape == (len(sets[0]["input_ids"]), 2)
+    for i in range(4):
+        expected = np.mean([
+            softmax(extract.eager_outputs(eager, s["input_ids"][i], s["label_token_ids"][i])[0].astype(np.float64))
+            for s in sets
+        ], axis=0)
+        np.testing.assert_allclose(got[i], expected, atol=1e-5)
+
+
+def test_calibration_columns_read_the_shards_label_logits(tmp_path):
+    stored = pa.table({"prompt_id": pa.array([0, 1, 2], pa.int32())})
+    shards = pa.table({"prompt_id": [2, 0, 1], "label_logits": [[0.0, 1.0], [2.0, 0.0], [0.1, 0.0]]})
+    cf = np.array([[0.5, 0.5], [0.5, 0.5], [0.9, 0.1]])
+    columns = calibration.calibration_columns(stored, shards, cf)
+    assert columns["icl_prediction"] == [0, 0, 1]
+    assert columns["calibrated_prediction"] == [0, 0, 1]
+    schemas.write_table(columns, schemas.CALIBRATION, tmp_path / "calibration.parquet")
+    assert schemas.read_table(tmp_path / "calibration.parquet", schemas.CALIBRATION).num_rows == 3
+    with pytest.raises(calibration.CalibrationError, match="re-run extract_shard"):
+        calibration.calibration_columns(pa.table({"prompt_id": pa.array([0, 5], pa.int32())}), shards, cf[:2])
+
+
+def test_heldout_reads_the_calibrated_prediction_of_each_prompt(tmp_path):
+    path = tmp_path / "calibration.parquet"
+    schemas.write_table({"prompt_id": [3, 1, 2], "content_free_probs": [[0.5, 0.5]] * 3, "icl_prediction": [0, 0, 0],
+                         "calibrated_prediction": [1, 0, 1]}, schemas.CALIBRATION, path)
+    name, predictions = heldout.calibrated_predictions(path, np.array([1, 2, 3]), ["N/A"])
+    assert name == "content-free 'N/A'" and predictions.tolist() == [0, 1, 1]
+    with pytest.raises(heldout.HeldoutError, match="re-run calibrate"):
+        heldout.calibrated_predictions(path, np.array([1, 2, 4]), ["N/A"])

@@ -1,0 +1,80 @@
+"""Contextual calibration (Zhao et al. 2021): small models often answer one label whatever the query.
+The prompt's label probabilities are divided by those of the same prompt (same demonstrations, same
+order) whose query is a content-free input such as "N/A", and the largest ratio is the calibrated
+prediction. Table 2 reports it beside the uncalibrated ICL prediction.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from . import engine, extract, models, prompts, schemas
+from .zero_shot import softmax
+
+log = logging.getLogger(__name__)
+
+
+class CalibrationError(ValueError):
+    """Content-free prompts that do not match the prompt set; the message names the rule to re-run."""
+
+
+def calibrate(icl_logits: np.ndarray, content_free_probs: np.ndarray) -> np.ndarray:
+    """argmax_c p(c | prompt) / p(c | content-free prompt), per prompt: (n, C), (n, C) -> (n,).
+    Zhao et al.'s W = diag(p_cf)^-1 with b = 0; renormalizing would not change the argmax."""
+    return np.argmax(softmax(icl_logits.astype(np.float64)) / content_free_probs.astype(np.float64), axis=1)
+
+
+def check_same_prompts(stored: pa.Table, content_free: dict, text: str) -> None:
+    """The content-free prompts must be the stored ones with only the query replaced."""
+    same = (stored.column("prompt_id").to_pylist() == content_free["prompt_id"]
+            and stored.column("demo_ids").to_pylist() == content_free["demo_ids"]
+            and stored.column("demo_labels").to_pylist() == content_free["demo_labels"])
+    if not same:
+        raise CalibrationError(
+            f"the prompts with the content-free query {text!r} hold other demonstrations than the prompt set; "
+            "the prompt set is stale: re-run build_prompts for it"
+        )
+
+
+def content_free_probs(model, content_free_sets: list[dict], batch_size: int) -> np.ndarray:
+    """The label distribution of every content-free prompt, averaged over the content-free inputs: (n, C)."""
+    per_input = []
+    for columns in content_free_sets:
+        requests = [engine.Request(input_ids=ids, label_token_ids=labels)
+                    for ids, labels in zip(columns["input_ids"], columns["label_token_ids"])]
+        logits = np.stack([r["label_logits"] for r in engine.run(model, requests, batch_size)])
+        per_input.append(softmax(logits.astype(np.float64)))
+    return np.mean(per_input, axis=0)
+
+
+def calibration_columns(stored: pa.Table, shards: pa.Table, probs: np.ndarray) -> dict:
+    """Columns of CALIBRATION, in the prompt set's order."""
+    by_prompt = dict(zip(shards.column("prompt_id").to_pylist(), shards.column("label_logits").to_pylist()))
+    ids = stored.column("prompt_id").to_pylist()
+    missing = sorted(set(ids) - set(by_prompt))
+    if missing:
+        raise CalibrationError(f"the shards lack prompts {missing[:5]} of the prompt set; re-run extract_shard")
+    logits = np.asarray([by_prompt[i] for i in ids])
+    return {
+        "prompt_id": ids,
+        "content_free_probs": probs.astype(np.float32).tolist(),
+        "icl_prediction": np.argmax(logits, axis=1).tolist(),
+        "calibrated_prediction": calibrate(logits, probs).tolist(),
+    }
+
+
+def from_snakemake(smk) -> None:
+    stored = schemas.read_table(smk.input.prompts, schemas.PROMPTS)
+    texts = smk.params.content_free
+    sets = [prompts.set_from_snakemake(smk, text) for text in texts]
+    for text, columns in zip(texts, sets):
+        check_same_prompts(stored, columns, text)
+    cfg = extract.run_settings(smk)
+    model, device, dtype = extract.prepared_model(models.read_manifest(smk.input.manifest), cfg)
+    log.info("%d prompts x %d content-free inputs %s on %s (%s)", stored.num_rows, len(texts), texts, device, dtype)
+    probs = content_free_probs(model, sets, cfg["batch_size"])
+    shards = schemas.read_tables(list(smk.input.shards), schemas.SHARD, ["prompt_id", "label_logits"])
+    schemas.write_table(calibration_columns(stored, shards, probs), schemas.CALIBRATION, smk.output[0])
