@@ -171,6 +171,7 @@ rule report:
         ablations=[paths.report_ablation("md", m, a) for m in STUDY["models"] for a in config["ablations"]],
         interventions=[paths.report_set("interventions.md", *key) for key in intervention_keys()],
         theory=paths.report_figure("theory.md"),
+        models=[paths.report_figure("models.md")] if len(STUDY["models"]) > 1 else [],
     output:
         paths.report(),
     params:
@@ -184,6 +185,45 @@ rule report:
         },
     log:
         paths.log("report", "report"),
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        STEP
+
+
+# Beyond the paper: every model's Table 2 and the depth of its top heads side by side, and which
+# findings hold in every model (studies of two models or more).
+rule report_models:
+    input:
+        tables=over_seeds_outputs("table2.parquet"),
+        heads=[paths.analysis("heads.parquet", m, t, s, st) for m, t, st in over_seeds_keys() for s in STUDY["seeds"]],
+    output:
+        figure=report(
+            paths.report_figure("models.png"),
+            caption="../report/models.rst",
+            category="Models side by side",
+            subcategory="every model",
+            labels={"result": "Figure: head agreement against depth"},
+        ),
+        html=report(
+            paths.report_figure("models.html"),
+            caption="../report/models_table.rst",
+            category="Models side by side",
+            subcategory="every model",
+            labels={"result": "Table: Table 2 and head depth per model"},
+        ),
+        csv=paths.report_figure("models.csv"),
+        piece=paths.report_figure("models.md"),
+    params:
+        sets=over_seeds_keys(),
+        seeds=STUDY["seeds"],
+        models=STUDY["models"],
+        top_head_fraction=config["analysis"]["top_head_fraction"],
+        dpi=config["report"]["dpi"],
+    group:
+        "figures"
+    log:
+        paths.log("report_models"),
     conda:
         "../envs/cpu.yaml"
     script:

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -128,9 +129,13 @@ def test_full_run_writes_every_stage(study):
     probes = schemas.read_table(workdir / paths.analysis("probes.parquet", "tiny", "toy", 0, "random"), schemas.PROBES)
     assert probes.num_rows == 2 * 4 * 5 * 2  # layers x heads x offsets x (key, value)
     held = schemas.read_table(workdir / paths.analysis("heldout.parquet", "tiny", "toy", 0, "random"), schemas.HELDOUT)
-    assert held.num_rows == 4 * 6  # held-out prompts x methods
+    assert held.num_rows == 4 * 7  # held-out prompts x methods (4 heads, 2 cosine baselines, calibrated ICL)
+    calibrated = schemas.read_table(workdir / paths.analysis("calibration.parquet", "tiny", "toy", 0, "random"), schemas.CALIBRATION)
+    assert sorted(calibrated.column("prompt_id").to_pylist()) == list(range(8))
+    icl = dict(zip(rows.column("prompt_id").to_pylist(), rows.column("prediction").to_pylist()))
+    assert dict(zip(calibrated.column("prompt_id").to_pylist(), calibrated.column("icl_prediction").to_pylist())) == icl
     table = schemas.read_table(workdir / paths.over_seeds("table2.parquet", "tiny", "toy", "random"), schemas.TABLE2)
-    assert set(table.column("method").to_pylist()) >= {"icl", "null", "head_max", "kr_encoder", "kr_hidden"}
+    assert set(table.column("method").to_pylist()) >= {"icl", "null", "head_max", "kr_encoder", "kr_hidden", "icl_calibrated"}
     held_ids = set(held.column("prompt_id").to_pylist())
     for setting in ("sim", "sim_hidden", "symbols", "order_1"):
         built = schemas.read_table(workdir / paths.prompts("tiny", "toy", 0, setting), schemas.PROMPTS)
@@ -261,9 +266,12 @@ CONTRACT = {
     "interventions.*": ({"interventions": {"top_m": [1]}}, {**CAUSAL, **REPORT}),
     "interventions.batch_size": ({"interventions": {"batch_size": 2}}, {}),
     "calibration.content_free": (
-        {"calibration": {"content_free": ["N/A", ""]}}, {"calibrate": 1, "heldout": 1, "table2": 1, "report_table2": 1, **REPORT},
+        {"calibration": {"content_free": ["N/A", ""]}},
+        {"calibrate": 1, "heldout": 1, "table2": 1, "report_table2": 1, "ablation": 3, "report_ablation": 3, **REPORT},
     ),
-    "calibration.enabled": ({"calibration": {"enabled": False}}, {"heldout": 1, "table2": 1, "report_table2": 1, **REPORT}),
+    "calibration.enabled": (
+        {"calibration": {"enabled": False}}, {"heldout": 1, "table2": 1, "report_table2": 1, "ablation": 3, "report_ablation": 3, **REPORT},
+    ),
     "interventions.enabled": ({"interventions": {"enabled": False}}, REPORT),
     "extraction.head_outputs": (
         {"extraction": {"head_outputs": False}, "interventions": {"knockout": "zero"}}, {**EVERY_SET, "build_prompts": 0},
@@ -280,7 +288,7 @@ CONTRACT = {
     ),
     "study.models (one more)": (
         {"study": {"models": ["tiny", "tiny2"]}, "models": {"tiny2": "like tiny"}},
-        {"prepare_model": 1, "zero_shot": 1, **EVERY_SET},
+        {"prepare_model": 1, "zero_shot": 1, **EVERY_SET, "report_models": 1},
     ),
     "prompts.k": ({"prompts": {"k": 3}}, EVERY_SET),
     "extraction.kv_layers": ({"extraction": {"kv_layers": [0]}}, {**EVERY_SET, "build_prompts": 0}),
@@ -470,3 +478,27 @@ def test_unknown_config_key_fails_at_parse_time(tmp_path, tiny_llama_dir, tiny_b
     output = done.stdout + done.stderr
     assert "config key 'prompts'" in output and "n_shots" in output
     assert not (tmp_path / "resources").exists()
+
+
+def test_two_models_get_a_side_by_side_view_in_both_reports(study, tmp_path):
+    workdir, config = study
+    copy = copy_of(workdir, tmp_path / "study")
+    config = {**config, "study": {**config["study"], "models": ["tiny", "tiny2"]},
+              "models": {**config["models"], "tiny2": config["models"]["tiny"]}}
+    write_config(copy, config)
+    done = snakemake(copy)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = (copy / paths.report()).read_text()
+    view = text.index("## Models side by side: tiny, tiny2")
+    assert text.index("### tiny2 / toy / random") < view < text.index("\n## tiny / toy / random")
+    assert "| ICL accuracy | " in text[view:] and "### Which findings hold in every model" in text[view:]
+    frame = pd.read_csv(copy / paths.report_figure("models.csv"))
+    assert set(frame.model) == {"tiny", "tiny2"}
+    # The same weights twice: every number of one model is the other's.
+    pivot = frame.pivot_table(index="row", columns="model", values="mean")
+    np.testing.assert_allclose(pivot["tiny"], pivot["tiny2"])
+    html = tmp_path / "report.html"
+    assert snakemake(copy, "--report", str(html)).returncode == 0
+    results, categories, _ = report_contents(html)
+    assert set(categories["Models side by side"]["every model"]) == {paths.report_figure("models.png"), paths.report_figure("models.html")}
+    assert "tiny, tiny2" in results[paths.report_figure("models.html")]["caption"]

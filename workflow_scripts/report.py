@@ -624,7 +624,8 @@ def assemble_from_snakemake(smk) -> None:
     per_model = chunks([read_piece(p) for p in smk.input.ablations], len(smk.params.ablations) or 1)
     for model, model_pieces in zip(study["models"], per_model):
         ablations += ablation_report.heading(model) + [line for piece in model_pieces for line in piece]
-    tables2 = [read_piece(p) for p in smk.input.table2]
+    # With several models, their side-by-side view follows every model's Table 2.
+    tables2 = [read_piece(p) for p in [*smk.input.table2, *smk.input.models]]
     pieces = [line for p in smk.input.interventions for line in read_piece(p)]
     interventions = interventions_report.heading() + pieces if pieces else []
     Path(smk.output[0]).write_text(

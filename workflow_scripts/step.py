@@ -37,6 +37,7 @@ STAGES = {
     "report_probes": "report",
     "report_ablation": "ablation_report",
     "report_theory": "report",
+    "report_models": "model_comparison",
     "report_interventions": "interventions_report",
     "report": "report",
 }

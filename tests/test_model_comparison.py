@@ -1,0 +1,76 @@
+"""Models side by side: Table 2 rows per model, top-head depth as a fraction of depth, and which
+findings hold in every model, against hand-built tables."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from workflow_scripts import model_comparison as mc
+
+
+def table2(**rows: tuple[float, float, float]) -> pd.DataFrame:
+    """A TABLE2-like frame from method__metric=(mean, ci_low, ci_high)."""
+    records = []
+    for key, (mean, low, high) in rows.items():
+        method, metric = key.rsplit("__", 1)
+        records.append({"method": method, "metric": metric, "mean": mean, "ci_low": low, "ci_high": high})
+    return pd.DataFrame.from_records(records)
+
+
+def heads(n_layers: int, n_heads: int, best: tuple[int, int], seed: int = 0) -> pd.DataFrame:
+    """HEADS-like rows (max kernel) with one clearly best head, two seeds."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for s in range(2):
+        layer, head = np.meshgrid(np.arange(n_layers), np.arange(n_heads), indexing="ij")
+        agreement = rng.uniform(0.3, 0.6, layer.size)
+        agreement[best[0] * n_heads + best[1]] = 0.95
+        frames.append(pd.DataFrame({"layer": layer.ravel(), "head": head.ravel(), "kernel": "max",
+                                    "agreement": agreement, "accuracy": agreement, "seed": s}))
+    return pd.concat(frames)
+
+
+A = table2(icl__accuracy=(0.70, 0.62, 0.78), null__accuracy=(0.50, 0.45, 0.55), null__agreement=(0.60, 0.5, 0.7),
+           head_max__agreement=(0.85, 0.78, 0.91), head_max__accuracy=(0.66, 0.6, 0.7),
+           kr_encoder__agreement=(0.65, 0.6, 0.7), kr_hidden__agreement=(0.80, 0.74, 0.86),
+           icl_calibrated__accuracy=(0.72, 0.64, 0.8))
+B = table2(icl__accuracy=(0.52, 0.44, 0.60), null__accuracy=(0.50, 0.45, 0.55), null__agreement=(0.95, 0.9, 1.0),
+           head_max__agreement=(0.97, 0.93, 1.0), head_max__accuracy=(0.5, 0.4, 0.6),
+           kr_encoder__agreement=(0.90, 0.85, 0.95), kr_hidden__agreement=(0.96, 0.92, 1.0))
+
+
+def test_a_finding_holds_when_the_first_interval_lies_above_the_second_mean():
+    above_null, beats_encoder, beats_hidden, calibration = mc.FINDINGS[1], mc.FINDINGS[2], mc.FINDINGS[3], mc.FINDINGS[4]
+    assert mc.holds(A, above_null) is True  # .78 > .60
+    assert mc.holds(B, above_null) is False  # .93 < .95
+    assert mc.holds(A, beats_encoder) is True and mc.holds(A, beats_hidden) is False  # .78 > .65; .78 < .80
+    assert mc.holds(A, calibration) is False  # .64 < .70
+    assert mc.holds(B, calibration) is None  # calibration off: not measured
+
+
+def test_depth_is_the_layer_over_the_last_layer_of_each_model():
+    deep = mc.depth_of_top_heads(heads(30, 9, best=(23, 2)), fraction=0.01)
+    shallow = mc.depth_of_top_heads(heads(18, 4, best=(12, 1)), fraction=0.01)
+    assert deep["best"] == "L23 H2" and deep["best_depth"] == 23 / 29 and deep["layers"] == 30
+    assert shallow["best"] == "L12 H1" and shallow["best_depth"] == 12 / 17
+    assert deep["top_n"] == round(0.01 * 270) == 3
+
+
+def test_the_view_puts_each_models_numbers_side_by_side_and_says_where_findings_hold():
+    tables = {("m1", "rt", "random"): A, ("m2", "rt", "random"): B}
+    depths = {("m1", "rt", "random"): mc.depth_of_top_heads(heads(30, 9, (23, 2)), 0.1),
+              ("m2", "rt", "random"): mc.depth_of_top_heads(heads(18, 4, (2, 1)), 0.02)}
+    frame, findings = mc.comparison_frame(tables, depths), mc.findings_frame(tables, depths)
+    icl = frame[frame.row == "ICL accuracy"].set_index("model")
+    assert icl.loc["m1", "cell"] == "0.700 [0.620, 0.780]" and icl.loc["m2", "mean"] == 0.52
+    # m2 has no calibrated row; the view leaves its cell empty rather than inventing one.
+    assert set(frame[frame.row.str.contains("calibrated")].model) == {"m1"}
+    lines = "\n".join(mc.comparison_lines(frame, findings, ["m1", "m2"], "models.png"))
+    assert "| ICL accuracy | 0.700 [0.620, 0.780] | 0.520 [0.440, 0.600] |" in lines
+    assert "| ICL accuracy, contextually calibrated | 0.720 [0.640, 0.800] | — |" in lines
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in lines.splitlines() if line.startswith("| ")}
+    assert rows[mc.FINDINGS[0].text].endswith("| holds only in part: m1 (rt) |")  # .62 > .50; .44 < .50
+    assert rows[mc.FINDINGS[2].text].endswith("| **holds in every model** |")  # .78 > .65; .93 > .90
+    assert rows[mc.FINDINGS[3].text].endswith("| holds in none |")  # .78 < .80; .93 < .96
+    assert "rt / random: yes" in rows[mc.FINDINGS[0].text] and "rt / random: no" in rows[mc.FINDINGS[0].text]
+    assert "rt / random: —" in rows[mc.FINDINGS[4].text]
