@@ -97,3 +97,20 @@ def test_only_the_model_stages_import_torch():
 def test_snakemake_lint_is_clean():
     out = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "--lint"], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0 and "Congratulations" in out.stdout + out.stderr, out.stdout + out.stderr
+
+
+def test_every_script_rule_has_a_stage_with_from_snakemake():
+    """Rules name no module; stages.py maps each to one (outside step.py, so adding a rule re-runs nothing)."""
+    import importlib
+    import re
+
+    from workflow_scripts.stages import STAGES
+
+    rules = set()
+    for path in (REPO / "rules").glob("*.smk"):
+        for name, body in re.findall(r"^rule (\w+):\n(.*?)(?=^\S|\Z)", path.read_text(), re.S | re.M):
+            if "STEP" in body:
+                rules.add(name)
+    assert rules and rules == set(STAGES), sorted(rules ^ set(STAGES))
+    for rule, module in STAGES.items():
+        assert callable(getattr(importlib.import_module(f"workflow_scripts.{module}"), "from_snakemake", None)), rule

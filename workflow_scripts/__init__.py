@@ -12,5 +12,6 @@ fails on a cycle, on a sibling import hidden inside a function, and on torch loa
   stages      data, models, encoder, prompts; the model stages engine + extract + zero_shot,
               calibration and engine_edits + interventions (the only modules that import torch on import);
               reconstruction, attention_map, similarity, probes, heldout, table2, ablation, theory,
-              report + ablation_report + interventions_report; step.py dispatches a rule to its stage.
+              report + ablation_report + interventions_report + model_comparison; step.py dispatches a rule to
+              its stage (the map: stages.py).
 """

@@ -10,37 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# rule name -> module of workflow_scripts whose from_snakemake(snakemake) does the work
-STAGES = {
-    "fetch_task_source": "data",
-    "prepare_task": "data",
-    "prepare_model": "models",
-    "build_prompts": "prompts",
-    "extract_shard": "extract",
-    "prepare_encoder": "encoder",
-    "embed_task": "encoder",
-    "zero_shot": "zero_shot",
-    "calibrate": "calibration",
-    "reconstruct": "reconstruction",
-    "attention_map": "attention_map",
-    "similarity": "similarity",
-    "probes": "probes",
-    "heldout": "heldout",
-    "table2": "table2",
-    "ablation": "ablation",
-    "interventions": "interventions",
-    "theory": "theory",
-    "report_table2": "report",
-    "report_attention": "report",
-    "report_heads": "report",
-    "report_similarity": "report",
-    "report_probes": "report",
-    "report_ablation": "ablation_report",
-    "report_theory": "report",
-    "report_models": "model_comparison",
-    "report_interventions": "interventions_report",
-    "report": "report",
-}
+from workflow_scripts.stages import STAGES  # noqa: E402
 
 
 def run(smk) -> None:
