@@ -220,8 +220,8 @@ def intervention_prompts(wildcards, input):
 
 
 def calibration_prompts(wildcards, input):
-    """The prompt set again, once per content-free input."""
-    return n_prompts(wildcards.setting) * len(config["calibration"]["content_free"])
+    """Table 2's held-out prompts again, once per content-free input."""
+    return config["analysis"]["n_heldout"] * len(config["calibration"]["content_free"])
 
 
 def calibration_input(wildcards):

@@ -46,7 +46,7 @@ rule zero_shot:
         STEP
 
 
-# Contextual calibration of Table 2's prompt sets: each prompt again with a content-free query (one
+# Contextual calibration of Table 2's held-out prompts: each again with a content-free query (one
 # forward per content-free input); the ICL label logits come from the shards.
 rule calibrate:
     input:
@@ -61,6 +61,8 @@ rule calibrate:
         setting=lambda wc: config["settings"][wc.setting],
         heldout=heldout_params,
         content_free=config["calibration"]["content_free"],
+        analysis=analysis_params("n_select", "n_heldout"),
+        split_seed=config["prompts"]["split_seed"],
         extraction=extraction_params("device", "dtype"),
     threads: config["extraction"]["threads"]
     resources:

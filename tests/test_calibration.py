@@ -52,34 +52,46 @@ def test_content_free_probs_are_the_models_label_softmax_averaged_over_inputs(ti
     eager = models.load_model(manifest, "cpu", "float32", attn_implementation="eager")
     sets = [prompts.build_prompts(toy_data(), TASK, PROMPT_CFG, RANDOM, 7, tokenizer, "toy", content_free=text)
             for text in ("N/A", "")]
-    got = calibration.content_free_probs(model, sets, batch_size=3)
-    assert got.shape == (len(sets[0]["input_ids"]), 2)
-    for i in range(4):
+    rows = np.array([0, 2, 3, 5])
+    got = calibration.content_free_probs(model, sets, rows, batch_size=3)
+    assert got.shape == (4, 2)
+    for n, i in enumerate(rows):
         expected = np.mean([
             softmax(extract.eager_outputs(eager, s["input_ids"][i], s["label_token_ids"][i])[0].astype(np.float64))
             for s in sets
         ], axis=0)
-        np.testing.assert_allclose(got[i], expected, atol=1e-5)
+        np.testing.assert_allclose(got[n], expected, atol=1e-5)
 
 
 def test_calibration_columns_read_the_shards_label_logits(tmp_path):
-    stored = pa.table({"prompt_id": pa.array([0, 1, 2], pa.int32())})
     shards = pa.table({"prompt_id": [2, 0, 1], "label_logits": [[0.0, 1.0], [2.0, 0.0], [0.1, 0.0]]})
     cf = np.array([[0.5, 0.5], [0.5, 0.5], [0.9, 0.1]])
-    columns = calibration.calibration_columns(stored, shards, cf)
+    columns = calibration.calibration_columns([0, 1, 2], shards, cf)
     assert columns["icl_prediction"] == [0, 0, 1]
     assert columns["calibrated_prediction"] == [0, 0, 1]
     schemas.write_table(columns, schemas.CALIBRATION, tmp_path / "calibration.parquet")
     assert schemas.read_table(tmp_path / "calibration.parquet", schemas.CALIBRATION).num_rows == 3
     with pytest.raises(calibration.CalibrationError, match="re-run extract_shard"):
-        calibration.calibration_columns(pa.table({"prompt_id": pa.array([0, 5], pa.int32())}), shards, cf[:2])
+        calibration.calibration_columns([0, 5], shards, cf[:2])
 
 
 def test_heldout_reads_the_calibrated_prediction_of_each_prompt(tmp_path):
     path = tmp_path / "calibration.parquet"
     schemas.write_table({"prompt_id": [3, 1, 2], "content_free_probs": [[0.5, 0.5]] * 3, "icl_prediction": [0, 0, 0],
                          "calibrated_prediction": [1, 0, 1]}, schemas.CALIBRATION, path)
-    name, predictions = heldout.calibrated_predictions(path, np.array([1, 2, 3]), ["N/A"])
-    assert name == "content-free 'N/A'" and predictions.tolist() == [0, 1, 1]
+    name, predictions = heldout.calibrated_predictions(path, np.array([0, 1, 2, 3]), ["N/A"])
+    assert name == "content-free 'N/A'" and predictions.tolist() == [-1, 0, 1, 1]  # prompt 0: not held out
     with pytest.raises(heldout.HeldoutError, match="re-run calibrate"):
         heldout.calibrated_predictions(path, np.array([1, 2, 4]), ["N/A"])
+
+
+def test_only_table_2s_held_out_prompts_are_calibrated(both):
+    built, _ = both
+    from workflow_scripts.split import select_heldout
+
+    labels = np.array(built["label"])
+    shuffled = np.random.default_rng(0).permutation(len(labels))  # a table in another row order
+    stored = pa.table({"prompt_id": np.array(built["prompt_id"])[shuffled], "label": labels[shuffled]})
+    rows = calibration.heldout_rows(stored, 4, 4, seed=3)
+    _, held = select_heldout(labels, 4, 4, 3)
+    assert sorted(stored.column("prompt_id").to_numpy()[rows]) == sorted(np.array(built["prompt_id"])[held])

@@ -131,9 +131,9 @@ def test_full_run_writes_every_stage(study):
     held = schemas.read_table(workdir / paths.analysis("heldout.parquet", "tiny", "toy", 0, "random"), schemas.HELDOUT)
     assert held.num_rows == 4 * 7  # held-out prompts x methods (4 heads, 2 cosine baselines, calibrated ICL)
     calibrated = schemas.read_table(workdir / paths.analysis("calibration.parquet", "tiny", "toy", 0, "random"), schemas.CALIBRATION)
-    assert sorted(calibrated.column("prompt_id").to_pylist()) == list(range(8))
+    assert set(calibrated.column("prompt_id").to_pylist()) == set(held.column("prompt_id").to_pylist())  # held out only
     icl = dict(zip(rows.column("prompt_id").to_pylist(), rows.column("prediction").to_pylist()))
-    assert dict(zip(calibrated.column("prompt_id").to_pylist(), calibrated.column("icl_prediction").to_pylist())) == icl
+    assert dict(zip(calibrated.column("prompt_id").to_pylist(), calibrated.column("icl_prediction").to_pylist())).items() <= icl.items()
     table = schemas.read_table(workdir / paths.over_seeds("table2.parquet", "tiny", "toy", "random"), schemas.TABLE2)
     assert set(table.column("method").to_pylist()) >= {"icl", "null", "head_max", "kr_encoder", "kr_hidden", "icl_calibrated"}
     held_ids = set(held.column("prompt_id").to_pylist())
@@ -429,7 +429,7 @@ def test_changing_the_heldout_size_reruns_table_2_and_the_ablations_only(study):
     seeds = len(config["study"]["seeds"])
     ablation_sets = 4  # sim, sim_hidden, symbols, order_1 build only the held-out prompts, so they follow
     assert planned_jobs(workdir) == {
-        "heldout": seeds, "table2": 1, "build_prompts": ablation_sets, "extract_shard": ablation_sets,
+        "calibrate": seeds, "heldout": seeds, "table2": 1, "build_prompts": ablation_sets, "extract_shard": ablation_sets,
         "ablation": 3, "report_table2": 1, "report_ablation": 3, "interventions": seeds, "report_interventions": 1,
         "report": 1, "all": 1,
     }

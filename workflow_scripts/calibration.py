@@ -1,7 +1,8 @@
 """Contextual calibration (Zhao et al. 2021): small models often answer one label whatever the query.
 The prompt's label probabilities are divided by those of the same prompt (same demonstrations, same
 order) whose query is a content-free input such as "N/A", and the largest ratio is the calibrated
-prediction. Table 2 reports it beside the uncalibrated ICL prediction.
+prediction. Table 2 reports it beside the uncalibrated ICL prediction, on its held-out prompts: only
+those run again (a content-free prompt costs a whole forward).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import engine, extract, models, prompts, schemas
+from .split import select_heldout
 from .zero_shot import softmax
 
 log = logging.getLogger(__name__)
@@ -39,21 +41,28 @@ def check_same_prompts(stored: pa.Table, content_free: dict, text: str) -> None:
         )
 
 
-def content_free_probs(model, content_free_sets: list[dict], batch_size: int) -> np.ndarray:
-    """The label distribution of every content-free prompt, averaged over the content-free inputs: (n, C)."""
+def heldout_rows(stored: pa.Table, n_select: int, n_heldout: int, seed: int) -> np.ndarray:
+    """Row positions of Table 2's held-out prompts in the stored prompt set (heldout.py's split)."""
+    order = np.argsort(stored.column("prompt_id").to_numpy(), kind="stable")
+    _, heldout = select_heldout(stored.column("label").to_numpy()[order], n_select, n_heldout, seed)
+    return np.sort(order[heldout])
+
+
+def content_free_probs(model, content_free_sets: list[dict], rows: np.ndarray, batch_size: int) -> np.ndarray:
+    """The label distribution of the content-free prompts at `rows`, averaged over the content-free
+    inputs: (len(rows), C)."""
     per_input = []
     for columns in content_free_sets:
-        requests = [engine.Request(input_ids=ids, label_token_ids=labels)
-                    for ids, labels in zip(columns["input_ids"], columns["label_token_ids"])]
+        requests = [engine.Request(input_ids=columns["input_ids"][i], label_token_ids=columns["label_token_ids"][i])
+                    for i in rows]
         logits = np.stack([r["label_logits"] for r in engine.run(model, requests, batch_size)])
         per_input.append(softmax(logits.astype(np.float64)))
     return np.mean(per_input, axis=0)
 
 
-def calibration_columns(stored: pa.Table, shards: pa.Table, probs: np.ndarray) -> dict:
-    """Columns of CALIBRATION, in the prompt set's order."""
+def calibration_columns(ids: list[int], shards: pa.Table, probs: np.ndarray) -> dict:
+    """Columns of CALIBRATION for prompts `ids` (rows of `probs`)."""
     by_prompt = dict(zip(shards.column("prompt_id").to_pylist(), shards.column("label_logits").to_pylist()))
-    ids = stored.column("prompt_id").to_pylist()
     missing = sorted(set(ids) - set(by_prompt))
     if missing:
         raise CalibrationError(f"the shards lack prompts {missing[:5]} of the prompt set; re-run extract_shard")
@@ -72,9 +81,11 @@ def from_snakemake(smk) -> None:
     sets = [prompts.set_from_snakemake(smk, text) for text in texts]
     for text, columns in zip(texts, sets):
         check_same_prompts(stored, columns, text)
+    rows = heldout_rows(stored, smk.params.analysis["n_select"], smk.params.analysis["n_heldout"], smk.params.split_seed)
     cfg = extract.run_settings(smk)
     model, device, dtype = extract.prepared_model(models.read_manifest(smk.input.manifest), cfg)
-    log.info("%d prompts x %d content-free inputs %s on %s (%s)", stored.num_rows, len(texts), texts, device, dtype)
-    probs = content_free_probs(model, sets, cfg["batch_size"])
+    log.info("%d held-out prompts x %d content-free inputs %s on %s (%s)", len(rows), len(texts), texts, device, dtype)
+    probs = content_free_probs(model, sets, rows, cfg["batch_size"])
     shards = schemas.read_tables(list(smk.input.shards), schemas.SHARD, ["prompt_id", "label_logits"])
-    schemas.write_table(calibration_columns(stored, shards, probs), schemas.CALIBRATION, smk.output[0])
+    ids = [stored.column("prompt_id")[int(i)].as_py() for i in rows]
+    schemas.write_table(calibration_columns(ids, shards, probs), schemas.CALIBRATION, smk.output[0])

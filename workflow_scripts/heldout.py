@@ -74,7 +74,10 @@ def heldout_rows(
     methods.append(("kr_hidden", f"layer {best}", float(scores[best]), by_layer[:, best]))
     if calibrated is not None:
         inputs, predictions = calibrated
-        methods.append(("icl_calibrated", inputs, float(agreement(predictions[select], icl[select])), predictions))
+        if (predictions[heldout] < 0).any():
+            raise HeldoutError("the calibration table lacks held-out prompts of this split; re-run calibrate")
+        # Calibrated on the held-out prompts only: nothing is chosen on the select split.
+        methods.append(("icl_calibrated", inputs, float("nan"), predictions))
     null = int(np.bincount(icl[select], minlength=n_classes).argmax())
     columns: dict[str, list] = {name: [] for name in schemas.HELDOUT.names}
     for method, choice, select_agreement, predictions in methods:
@@ -90,11 +93,13 @@ def heldout_rows(
 
 
 def calibrated_predictions(path: str | Path, prompt_ids: np.ndarray, content_free: list[str]) -> tuple[str, np.ndarray]:
-    """The calibration rule's prediction per prompt, in `prompt_ids` order, named by its content-free inputs."""
+    """The calibration rule's prediction per prompt in `prompt_ids` order (-1 where it has none: it
+    calibrates the held-out prompts only), named by its content-free inputs."""
     table = schemas.read_table(path, schemas.CALIBRATION).to_pandas().set_index("prompt_id")
-    if not np.array_equal(np.sort(table.index.to_numpy()), np.sort(prompt_ids)):
-        raise HeldoutError(f"{path} holds other prompts than the prompt set; re-run calibrate")
-    return "content-free " + ", ".join(map(repr, content_free)), table.calibrated_prediction.loc[prompt_ids].to_numpy()
+    if not set(table.index) <= set(prompt_ids):
+        raise HeldoutError(f"{path} holds prompts the prompt set does not; re-run calibrate")
+    predictions = table.calibrated_prediction.reindex(prompt_ids).fillna(-1).astype(int).to_numpy()
+    return "content-free " + ", ".join(map(repr, content_free)), predictions
 
 
 def write_heldout(
