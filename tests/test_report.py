@@ -79,3 +79,13 @@ def test_report_md_puts_table_2_first_then_each_set_then_ablations_causal_check_
              "5.1 piece", "Probes are off", "## Section 4.2 ablations: m", "## Causal check", "## Theorem 1"]
     positions = [text.index(part) for part in order]
     assert positions == sorted(positions) and text.endswith("## Theorem 1\n")
+
+
+def test_theory_frame_keeps_each_variant_and_only_the_pooled_rows():
+    from workflow_scripts import schemas
+
+    values = {name: [0.5, 0.5, 0.5] for name in schemas.THEORY.names}
+    table = pd.DataFrame(values | {"variant": ["shared", "block", "block"], "kernel": ["constant"] * 3,
+                                   "n_demos": [1, 1, 1], "hmm_seed": [None, None, 2]})
+    frame = report.theory_frame(table)
+    assert frame.columns[0] == "variant" and frame.variant.tolist() == ["shared", "block"]

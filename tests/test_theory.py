@@ -178,6 +178,7 @@ def test_kernel_is_symmetric_and_equals_the_explicit_inverse(n_samples, center):
     rng = np.random.default_rng(4)
     samples = rng.normal(size=(n_samples, 9)) + 3.0
     precision = th.fit_ridge_precision(samples, relative_ridge=1e-2, center=center)
+    assert precision.primal == (n_samples > 9)  # fewer samples than features: the Woodbury dual
     centred = samples - samples.mean(axis=0) if center else samples
     sigma = centred.T @ centred / n_samples
     explicit = np.linalg.inv(sigma + 1e-2 * np.trace(sigma) / 9 * np.eye(9))
@@ -249,21 +250,27 @@ def test_hierarchical_bootstrap_interval():
 # ------------------------------------------------------------------------------------ end to end
 
 
-def small_params() -> dict:
+def small_params(**changes) -> dict:
     return dict(
         hmm_seeds=[0, 1], n_tasks=3, n_states=6, n_observations=12, n_labels=3, x_length=2,
-        transition_concentration=1.0, emission_concentration=1.0, n_demos=[1, 2, 4, 8],
-        n_prompts=20, sigma_samples=100, ridge=1e-3, kernels=list(th.THEOREM_KERNELS),
-        bootstrap_resamples=50, ci_level=0.9, bootstrap_seed=0,
-    )
+        transition_concentration=1.0, emission_concentration=1.0, construction="shared", leakage=0.0,
+        variants={}, n_demos=[1, 2, 4, 8], n_prompts=20, sigma_samples=100, ridge=1e-3,
+        kernels=list(th.THEOREM_KERNELS), bootstrap_resamples=50, ci_level=0.9, bootstrap_seed=0,
+    ) | changes
+
+
+def smk_for(params: dict, folder) -> SimpleNamespace:
+    outputs = {name: folder / "theory" / file for name, file in
+               [("table", "table.parquet"), ("figure", "convergence.png"), ("summary", "summary.md")]}
+    return SimpleNamespace(params=SimpleNamespace(theory=params), output=SimpleNamespace(**outputs))
 
 
 def test_from_snakemake_writes_table_figure_and_summary(tmp_path):
-    outputs = {name: tmp_path / "theory" / file for name, file in
-               [("table", "table.parquet"), ("figure", "convergence.png"), ("summary", "summary.md")]}
-    smk = SimpleNamespace(params=SimpleNamespace(theory=small_params()), output=SimpleNamespace(**outputs))
+    smk = smk_for(small_params(), tmp_path)
+    outputs = vars(smk.output)
     th.from_snakemake(smk)
     table = pq.read_table(outputs["table"]).to_pandas()
+    assert set(table["variant"]) == {"shared"}  # no variants: one, named after the construction
     assert set(table["kernel"]) == set(th.THEOREM_KERNELS)
     pooled = table[table["hmm_seed"].isna()]
     assert sorted(pooled["n_demos"].unique()) == [1, 2, 4, 8] and len(pooled) == 4 * len(th.THEOREM_KERNELS)
@@ -284,3 +291,171 @@ def test_same_params_give_identical_results():
     first, second = th.run_seed(params, 1), th.run_seed(params, 1)
     for kernel in th.THEOREM_KERNELS:
         assert np.array_equal(first.distance[kernel], second.distance[kernel])
+
+
+# ------------------------------------------------------------------------- constructions, variants
+
+
+def block_mixture(seed: int = 4, leakage: float = 0.25, concentration: float = 1.0, **sizes) -> th.HmmMixture:
+    sizes = dict(n_tasks=4, n_states=12, n_observations=9, n_labels=3) | sizes
+    return th.random_hmm_mixture(seed, **sizes, transition_concentration=concentration,
+                                 emission_concentration=concentration, construction="block", leakage=leakage)
+
+
+@pytest.mark.parametrize("leakage", [0.0, 0.25])
+def test_block_hmm_keeps_each_task_in_its_block_but_for_the_leakage(leakage):
+    mixture = block_mixture(leakage=leakage)
+    size = 3  # 12 states / 4 tasks, written out rather than taken from the code under test
+    assert np.allclose(mixture.transition.sum(axis=1), 1)
+    for state in range(12):
+        inside = slice(size * (state // size), size * (state // size) + size)
+        off_block = mixture.transition[state].sum() - mixture.transition[state, inside].sum()
+        assert off_block == pytest.approx(leakage, abs=1e-12)
+    if leakage == 0:
+        blocks = [mixture.transition[size * t:size * (t + 1), size * t:size * (t + 1)] for t in range(4)]
+        assert np.array_equal(mixture.transition, np.block([[b if i == j else np.zeros((3, 3)) for j, b in enumerate(blocks)]
+                                                             for i in range(4)]))
+    for task, start in enumerate(mixture.start_states):
+        assert size * task <= start < size * (task + 1)
+
+
+def test_block_hmm_without_leakage_never_leaves_the_block_when_sampled():
+    mixture = block_mixture(leakage=0.0)
+    x, _ = th.sample_segments(mixture, np.full(500, 2), 3, np.random.default_rng(0))
+    # Inputs of task 2 can only come from states 6..8; tokens that only other blocks emit never appear.
+    possible = mixture.emission[6:9].max(axis=0) > 0
+    assert possible[x].all()
+
+
+def test_forward_posterior_on_a_leaky_block_hmm_matches_brute_force():
+    mixture = block_mixture(n_tasks=2, n_states=4, n_observations=6, n_labels=2, leakage=0.2)
+    prompts = th.sample_prompts(mixture, 2, 2, 2, np.random.default_rng(3))
+    for p in range(2):
+        tokens = th.prompt_token_ids(prompts.x_demos[p], prompts.y_demos[p], prompts.x_test[p])
+        assert np.allclose(th.prompt_label_posterior(mixture, tokens), brute_force_label_posterior(mixture, tokens))
+
+
+def test_shared_construction_draws_what_it_drew_before_constructions_existed():
+    mixture = th.random_hmm_mixture(5, 4, 10, 20, 3, 0.5, 0.8)
+    rng = np.random.default_rng(5)  # the original draw sequence, written out independently
+    transition = rng.dirichlet(np.full(10, 0.5), size=10)
+    labels, inputs = rng.dirichlet(np.full(3, 0.8), size=10), rng.dirichlet(np.full(16, 0.8), size=10)
+    assert np.array_equal(mixture.transition, transition)
+    assert np.array_equal(mixture.emission[:, 1:], np.concatenate([labels, inputs], axis=1))
+    assert np.array_equal(mixture.start_states, rng.choice(10, size=4, replace=False))
+
+
+def test_low_concentration_makes_sparse_rows():
+    def effective_entries(rows: np.ndarray) -> float:
+        """1 / sum p^2 per row, averaged: the number of entries a row really uses."""
+        return float(np.mean(1.0 / (rows ** 2).sum(axis=1)))
+
+    dense, sparse = (block_mixture(n_tasks=2, n_states=20, n_observations=40, leakage=0.0, concentration=c)
+                     for c in (1.0, 0.03))
+    # Blocks of 10 states and 35 input tokens: a flat Dirichlet uses about half of each row,
+    # concentration 0.03 one or two entries.
+    for rows in (lambda m: m.transition, lambda m: m.emission[:, m.input_ids]):
+        assert effective_entries(rows(sparse)) < 3 < 4 < effective_entries(rows(dense))
+
+
+def test_sparse_blocks_let_the_posterior_find_the_task():
+    masses = {}
+    for concentration in (1.0, 0.03):
+        params = small_params(n_tasks=4, n_states=16, n_observations=30, construction="block", n_prompts=30,
+                              transition_concentration=concentration, emission_concentration=concentration)
+        masses[concentration] = th.run_seed(params, 0).true_task_mass[:, 0].mean()
+    # One demonstration: sparse blocks emit tokens only their task emits, flat ones share them.
+    assert masses[0.03] > 0.95 and masses[1.0] < 0.8
+
+
+def test_bad_block_sizes_are_config_errors_naming_the_key():
+    from workflow_scripts.config import ConfigError, theory_defaults
+
+    with pytest.raises(ConfigError, match=r"config key 'theory.variants.b.construction': block needs "
+                                          r"'theory.n_states' \(10\) divisible by 'theory.n_tasks' \(3\)"):
+        theory_defaults({"n_tasks": 3, "n_states": 10, "variants": {"s": {}, "b": {"construction": "block"}}})
+    with pytest.raises(ConfigError, match=r"config key 'theory.leakage': 0.1 applies only to construction: block"):
+        theory_defaults({"leakage": 0.1, "variants": {}})
+    theory_defaults({"n_tasks": 2, "n_states": 10, "variants": {"b": {"construction": "block", "leakage": 0.1}}})
+    with pytest.raises(ValueError, match="n_states divisible by n_tasks"):
+        th.random_hmm_mixture(0, 3, 10, 20, 3, 1.0, 1.0, construction="block")
+
+
+def test_variants_take_the_section_and_override_their_own_keys():
+    variants = th.variant_params(small_params(variants={"a": {}, "b": {"construction": "block", "kernels": ["constant"]}}))
+    assert list(variants) == ["a", "b"]
+    assert variants["a"]["construction"] == "shared" and variants["a"]["kernels"] == list(th.THEOREM_KERNELS)
+    assert variants["b"]["construction"] == "block" and variants["b"]["kernels"] == ["constant"]
+    assert variants["b"]["n_prompts"] == 20 and "variants" not in variants["b"]
+    with pytest.raises(ValueError, match="config key 'theory.variants'"):
+        th.variant_params(small_params(variants={"a": {"n_prompts": 3}}))
+
+
+def test_variant_table_has_every_variant_and_its_kernels(tmp_path):
+    variants = {"shared": {}, "blocks": {"construction": "block", "leakage": 0.1, "kernels": ["pretraining_covariance", "constant"]}}
+    smk = smk_for(small_params(variants=variants, n_demos=[1, 2, 32], hmm_seeds=[0]), tmp_path)
+    th.from_snakemake(smk)
+    table = pq.read_table(smk.output.table).to_pandas()
+    assert table.columns[0] == "variant" and list(table.columns[1:]) == th.schemas.THEORY.names[1:]
+    kernels = table.groupby("variant")["kernel"].agg(set).to_dict()
+    assert kernels == {"shared": set(th.THEOREM_KERNELS), "blocks": {"pretraining_covariance", "constant"}}
+    # The shared variant's numbers do not depend on the other variants being run beside it.
+    alone = smk_for(small_params(n_demos=[1, 2, 32], hmm_seeds=[0]), tmp_path / "alone")
+    th.from_snakemake(alone)
+    alone_table = pq.read_table(alone.output.table).to_pandas()
+    assert alone_table.equals(table[table.variant == "shared"].reset_index(drop=True))
+    summary = smk.output.summary.read_text()
+    assert "### Every construction beside the paper's Table 3" in summary and "Closest to the paper's whole Table 3" in summary
+    assert "| 32 | 0.085 |" in summary and "block HMM: 3 blocks of 2 states, leakage 0.1" in summary
+
+
+def table3_rows(variant: str, kernel: str, offset: float) -> list[dict]:
+    """Pooled rows that sit `offset` above the paper in distance and below it in agreement, plus a
+    row at an n the paper does not have (it must not count)."""
+    rows = [{"variant": variant, "kernel": kernel, "hmm_seed": None, "n_demos": n,
+             "distance_mean": d + offset, "agreement_mean": a - offset, "paper_distance": d, "paper_agreement": a}
+            for n, (d, a) in th.PAPER_TABLE3.items()]
+    return rows + [dict(rows[0], n_demos=3, distance_mean=9.0, paper_distance=np.nan, paper_agreement=np.nan)]
+
+
+def test_best_match_is_the_smallest_mean_absolute_difference_over_the_table():
+    rows = table3_rows("far", "pretraining_covariance", 0.2) + table3_rows("near", "pretraining_covariance", 0.03)
+    rows += table3_rows("near", "constant", 0.01) + table3_rows("only_constant", "constant", 0.0)
+    near = [r for r in rows if r["variant"] == "near"]
+    # Hand computation: 8 n x 2 metrics, each off by 0.03 -> mean 0.03; the n = 3 row is not a cell.
+    assert th.paper_differences(near, "pretraining_covariance").shape == (16,)
+    assert th.match_distance(near, "pretraining_covariance") == pytest.approx(0.03)
+    assert th.best_match(rows, ["far", "near", "only_constant"]) == ("near", pytest.approx(0.03))
+    verdict = th.match_verdict(rows, ["far", "near", "only_constant"])
+    assert "**near**, mean |ours - paper| = 0.030 over its 16 cells" in verdict and "reproduces the paper's table" in verdict
+    assert "constant kernel on the same construction is at 0.010 (as close or closer" in verdict
+    assert "none of the constructions tried" in th.match_verdict(rows, ["far"])
+    assert th.best_match(rows, ["only_constant"]) is None
+    # near: 0.337 - 0.03 at n = 1 and 0.964 - 0.03 at n = 128; far: 0.137 and 0.764.
+    assert th.ends_sentence(rows, ["far", "near"]).endswith("reached by near; agreement >= 0.9 at the largest n by near; near reach both.")
+    assert th.ends_sentence(rows, ["far"]).endswith("by no variant; none reaches both ends of the table.")
+
+
+def test_dropping_the_entries_no_input_reaches_leaves_every_kernel_value_unchanged():
+    mixture = block_mixture(leakage=0.0)
+    support = th.feature_support(mixture, 2)
+    block_mask = np.kron(np.eye(4), np.ones((3, 3))) > 0  # 4 tasks x 3 states, by hand
+    assert np.array_equal(support, block_mask.ravel())
+    assert th.feature_support(block_mixture(leakage=0.25), 2).all()
+    prompts = th.sample_prompts(mixture, 5, 6, 2, np.random.default_rng(1))
+    params = small_params(x_length=2, sigma_samples=60)
+    for kernel in ("pretraining_covariance", "uniform_second_moment"):
+        full = th.fit_kernel(mixture, kernel, params, 0)
+        kept = th.fit_kernel(mixture, kernel, params, 0, support)
+        assert kept.samples.shape[1] == block_mask.sum() and kept.ridge == pytest.approx(full.ridge)
+        assert kept.primal and not full.primal  # 36 kept features < 60 samples < 144 features
+        reduced = th.demo_kernel_weights(mixture, prompts, {kernel: kept}, support)[kernel]
+        assert np.allclose(reduced, th.demo_kernel_weights(mixture, prompts, {kernel: full})[kernel])
+
+
+def test_default_variants_keep_their_order_and_start_with_the_shared_hmm():
+    from workflow_scripts.config import theory_defaults
+
+    variants = theory_defaults({})["variants"]
+    assert list(variants) == ["shared", "block", "block_sparse", "block_sparse_transitions"]  # not sorted by name
+    assert variants["shared"] == {} and all(v["construction"] == "block" for k, v in variants.items() if k != "shared")

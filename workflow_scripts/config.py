@@ -36,7 +36,7 @@ def _with_defaults(validator_class):
 
 
 def _copy(value: Any) -> Any:
-    return yaml.safe_load(yaml.safe_dump(value))
+    return yaml.safe_load(yaml.safe_dump(value, sort_keys=False))  # keeps the order of named entries (theory.variants)
 
 
 def _describe(error: jsonschema.ValidationError) -> str:
@@ -82,6 +82,20 @@ def setting_defaults(setting: dict) -> dict:
     errors = list(_with_defaults(jsonschema.Draft7Validator)(schema).iter_errors(filled))
     if errors:
         raise ConfigError("\n".join(f"setting: {e.message}" for e in errors))
+    return filled
+
+
+def theory_defaults(theory: dict) -> dict:
+    """A `theory` section with its schema defaults filled in, for callers outside a validated config
+    (the benchmark)."""
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())["properties"]["theory"]
+    filled = _copy(theory)
+    errors = list(_with_defaults(jsonschema.Draft7Validator)(schema).iter_errors(filled))
+    if errors:
+        raise ConfigError("\n".join(f"config key 'theory.{_key(e.absolute_path)}': {e.message}" for e in errors))
+    problems = _theory_problems(filled)
+    if problems:
+        raise ConfigError("\n".join(problems))
     return filled
 
 
@@ -164,6 +178,28 @@ def _theory_problems(theory: dict) -> list[str]:
             f"config keys 'theory.n_observations' ({theory['n_observations']}) and 'theory.n_labels' ({theory['n_labels']}): "
             "the vocabulary needs the delimiter, the labels and at least one input token"
         )
+    for name, overrides in (theory["variants"] or {theory["construction"]: {}}).items():
+        problems += _theory_variant_problems(theory, name, overrides)
+    return problems
+
+
+def _theory_variant_problems(theory: dict, name: str, overrides: dict) -> list[str]:
+    """A variant's construction against the sizes; each message names the key that set the value."""
+    def key(part: str) -> str:
+        return f"theory.variants.{name}.{part}" if part in overrides else f"theory.{part}"
+
+    construction = overrides.get("construction", theory["construction"])
+    leakage = overrides.get("leakage", theory["leakage"])
+    problems = []
+    if construction == "block" and theory["n_states"] % theory["n_tasks"]:
+        problems.append(
+            f"config key '{key('construction')}': block needs 'theory.n_states' ({theory['n_states']}) divisible by "
+            f"'theory.n_tasks' ({theory['n_tasks']}), one equal block of states per task"
+        )
+    if leakage > 0 and construction != "block":
+        problems.append(f"config key '{key('leakage')}': {leakage} applies only to construction: block (variant {name!r} is {construction})")
+    elif leakage > 0 and theory["n_tasks"] < 2:
+        problems.append(f"config key '{key('leakage')}': {leakage} needs 'theory.n_tasks' >= 2 (another block to leak to)")
     return problems
 
 

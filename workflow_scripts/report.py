@@ -537,15 +537,16 @@ def render_table2(table: pd.DataFrame, model: str, task: str, setting: str, enco
 
 
 def theory_frame(table: pd.DataFrame) -> pd.DataFrame:
-    """The rows pooled over HMM seeds, our numbers beside the paper's Table 3."""
+    """The rows pooled over HMM seeds, our numbers beside the paper's Table 3, per HMM construction (variant)."""
     pooled = table[table.hmm_seed.isna()]
-    columns = ["kernel", "n_demos", "distance_mean", "distance_ci_low", "distance_ci_high", "paper_distance",
+    columns = ["variant", "kernel", "n_demos", "distance_mean", "distance_ci_low", "distance_ci_high", "paper_distance",
                "agreement_mean", "agreement_ci_low", "agreement_ci_high", "paper_agreement", "n_prompts"]
     return pooled[columns].reset_index(drop=True)
 
 
 def theory_lines(summary: str, figure: str) -> list[str]:
-    """The synthetic Theorem 1 check, as the theory rule wrote it, with its figure."""
+    """The synthetic Theorem 1 check, as the theory rule wrote it (every construction beside Table 3 and
+    which one matches it best), with its figure."""
     return [summary.strip(), "", f"![kernel regression vs. posterior]({figure})", ""]
 
 
