@@ -31,7 +31,7 @@ rule zero_shot:
         task=lambda wc: config["tasks"][wc.task],
         # The examples alone are tokenized like the prompts, BOS included.
         prompts={**split_config(), "prepend_bos": config["prompts"]["prepend_bos"]},
-        extraction=extraction_params("device", "dtype"),
+        extraction=extraction_params("device", "dtype", "zero_shot_top_k"),
     threads: config["extraction"]["threads"]
     resources:
         mem_mb=model_mem_mb,

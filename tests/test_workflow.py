@@ -125,7 +125,7 @@ def test_full_run_writes_every_stage(study):
     assert zero_shot.num_rows == 8 + 40
     assert schemas.read_table(workdir / paths.embeddings("toy"), schemas.EMBEDDINGS).num_rows == 8 + 40
     similarity = schemas.read_table(workdir / paths.analysis("similarity.parquet", "tiny", "toy", 0, "random"), schemas.SIMILARITY)
-    assert similarity.num_rows == 2 * 4 * 4
+    assert similarity.num_rows == 2 * 4 * 4 * 2  # layers x heads x kernels x (label words, next token)
     probes = schemas.read_table(workdir / paths.analysis("probes.parquet", "tiny", "toy", 0, "random"), schemas.PROBES)
     assert probes.num_rows == 2 * 4 * 5 * 2  # layers x heads x offsets x (key, value)
     held = schemas.read_table(workdir / paths.analysis("heldout.parquet", "tiny", "toy", 0, "random"), schemas.HELDOUT)
@@ -297,6 +297,12 @@ CONTRACT = {
     ),
     "prompts.split_seed": ({"prompts": {"split_seed": 7}}, {"embed_task": 1, "zero_shot": 1, **EVERY_SET}),
     "prompts.prepend_bos": ({"prompts": {"prepend_bos": True}}, {"zero_shot": 1, **EVERY_SET}),
+    # Everything that reads the zero-shot table: the hidden-state retrieval set (sim_hidden), 5.3, 5.4, Table 2.
+    "extraction.zero_shot_top_k": (
+        {"extraction": {"zero_shot_top_k": 5}},
+        {"zero_shot": 1, "build_prompts": 1, "extract_shard": 1, "similarity": 1, "probes": 1, "heldout": 1, "table2": 1,
+         "ablation": 3, "report_ablation": 3, "report_similarity": 1, "report_probes": 1, "report_table2": 1, **REPORT},
+    ),
     "encoder": (
         {"encoder": {"name": "another-name"}},
         {"prepare_encoder": 1, "embed_task": 1, "build_prompts": 1, "extract_shard": 1, "heldout": 1, "table2": 1,

@@ -10,7 +10,7 @@ from workflow_scripts.readers import read_zero_shot
 
 from .test_prompts_tokenize import PROMPT_CFG, TASK, toy_data
 
-CFG = {"threads": 1, "device": "cpu", "dtype": "float32", "zero_shot_batch_size": 4}
+CFG = {"threads": 1, "device": "cpu", "dtype": "float32", "zero_shot_batch_size": 4, "zero_shot_top_k": 8}
 
 
 @pytest.fixture(scope="module")
@@ -59,3 +59,23 @@ def test_reading_without_hidden_states_skips_them(table):
     _, path = table
     frame = read_zero_shot(path, hidden=False)
     assert "hidden" not in frame.columns and len(frame.probs.iloc[0]) == 2
+
+
+def test_the_next_token_top_k_is_stored_most_probable_first_with_the_rest_mass(table):
+    frame, path = table
+    top = read_zero_shot(path, hidden=False, next_token=True)
+    assert (top.next_ids.map(len) == 8).all() and (top.next_probs.map(len) == 8).all()
+    for probs, rest in zip(top.next_probs, top.next_rest):
+        assert (np.diff(probs) <= 0).all() and rest == pytest.approx(1 - probs.sum(), abs=1e-6)
+    assert "next_ids" not in frame.columns  # readers that do not ask for it do not load it
+
+
+def test_an_old_zero_shot_table_serves_every_reader_but_the_next_token_one(table, tmp_path):
+    import pyarrow.parquet as pq
+
+    _, path = table
+    old = tmp_path / "zero_shot.parquet"
+    pq.write_table(pq.read_table(path).drop(["next_ids", "next_probs", "next_rest"]), old)
+    assert len(read_zero_shot(old, hidden=False)) == len(read_zero_shot(path, hidden=False))
+    with pytest.raises(schemas.TableError, match=r"zero_shot\.parquet: missing columns \['next_ids', 'next_probs', 'next_rest'\]"):
+        read_zero_shot(old, next_token=True)

@@ -199,10 +199,11 @@ class Request:
 
 
 def run_batch(model, requests: list[Request], kv_layers: list[int] | None = None,
-              hidden_layers: list[int] | None = None, head_outputs: bool = False) -> list[dict]:
+              hidden_layers: list[int] | None = None, head_outputs: bool = False, top_k: int = 0) -> list[dict]:
     """One left-padded forward; per prompt the label logits, attention (L, H, T) and optional captures
     (head_outputs: every head's attention output at the last position, (L, H, D), before the output
-    projection)."""
+    projection; top_k: the k most probable next tokens of the full-vocabulary softmax, as next_ids
+    and next_probs, computed on the device so only k values per prompt are copied back)."""
     device = next(model.parameters()).device
     pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     ids, mask, positions = left_pad([r.input_ids for r in requests], pad_id)
@@ -249,6 +250,9 @@ def run_batch(model, requests: list[Request], kv_layers: list[int] | None = None
             "top_values": _stack_layers(state.top_values), "hidden": _stack_layers(hidden),
             "head_outputs": _stack_layers(dict(enumerate(state.outputs))),
         }
+        if top_k:
+            top = torch.softmax(out.logits[:, -1].float(), dim=-1).topk(min(top_k, out.logits.shape[-1]), dim=-1)
+            captured["next_ids"], captured["next_probs"] = top.indices, top.values
         host = {name: t.cpu().numpy() for name, t in captured.items() if t is not None}
     results = []
     for i, (r, o) in enumerate(zip(requests, offsets)):

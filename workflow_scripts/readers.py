@@ -35,12 +35,19 @@ def rows_for(table: Mapping[str, Value] | pd.Series, ids: Sequence[str], where: 
     return [table[i] for i in ids]
 
 
-def read_zero_shot(path: str | Path, hidden: bool = True) -> pd.DataFrame:
+NEXT_TOKEN = ("next_ids", "next_probs", "next_rest")
+
+
+def read_zero_shot(path: str | Path, hidden: bool = True, next_token: bool = False) -> pd.DataFrame:
     """The zero-shot table indexed by example_id; probs as arrays, hidden as (layers, size) arrays
-    (left out when not needed: it is most of the file)."""
-    names = [n for n in schemas.ZERO_SHOT.names if hidden or n not in ("hidden", "hidden_shape")]
-    table = schemas.read_table(path, schemas.ZERO_SHOT).select(names).to_pandas()
+    and the next-token top k as arrays (each left out when not needed: hidden is most of the file)."""
+    names = [n for n in schemas.ZERO_SHOT.names
+             if (hidden or n not in ("hidden", "hidden_shape")) and (next_token or n not in NEXT_TOKEN)]
+    table = schemas.read_table(path, schemas.ZERO_SHOT, names).to_pandas()
     table["probs"] = table.probs.map(np.asarray)
+    if next_token:
+        table["next_ids"] = table.next_ids.map(np.asarray)
+        table["next_probs"] = table.next_probs.map(np.asarray)
     if hidden:
         table["hidden"] = [np.asarray(h, dtype=np.float32).reshape(s) for h, s in zip(table.hidden, table.hidden_shape)]
     return table.set_index("example_id")

@@ -153,6 +153,11 @@ ZERO_SHOT = pa.schema(
         ("prediction", _i32),
         ("hidden_shape", _ints),
         ("hidden", _f16s),
+        # The full next-token distribution's top k (extraction.zero_shot_top_k), most probable first,
+        # and the mass of every other token: the theory's P(o|x) over all observations (Section 5.3).
+        ("next_ids", _ints),
+        ("next_probs", pa.list_(pa.float32())),
+        ("next_rest", pa.float32()),
     ]
 )
 
@@ -162,9 +167,12 @@ EMBEDDINGS = pa.schema(
 )
 
 # results/.../similarity.parquet: Section 5.3, per head the Pearson correlation between the kernel
-# weight a_i and the prediction similarity P(o|x_test)^T P(o|x_i) over all (prompt, demo) pairs.
+# weight a_i and the prediction similarity P(o|x_test)^T P(o|x_i) over all (prompt, demo) pairs, with
+# P(o|x) over the label words or over the next-token vocabulary (similarity); truncation_bound is
+# the most any next-token similarity can fall short of the full-vocabulary one (0 for label words).
 SIMILARITY = pa.schema(
-    [("layer", _i32), ("head", _i32), ("kernel", pa.string()), ("pearson", pa.float64()), ("n_pairs", pa.int64())]
+    [("layer", _i32), ("head", _i32), ("kernel", pa.string()), ("similarity", pa.string()), ("pearson", pa.float64()),
+     ("n_pairs", pa.int64()), ("truncation_bound", pa.float64())]
 )
 
 # results/.../probes.parquet: Section 5.4, held-out accuracy of ridge probes per head, vector kind

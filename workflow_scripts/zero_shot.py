@@ -45,7 +45,11 @@ def zero_shot_columns(rows: pd.DataFrame, results: list[dict]) -> dict:
     logits = np.stack([r["label_logits"] for r in results])
     probs = softmax(logits.astype(np.float64)).astype(np.float32)
     hidden = [r["hidden"][:, 0] for r in results]
+    next_probs = [r["next_probs"].astype(np.float32) for r in results]
     return {
+        "next_ids": [r["next_ids"].astype(np.int32) for r in results],
+        "next_probs": next_probs,
+        "next_rest": [max(0.0, 1.0 - float(p.sum(dtype=np.float64))) for p in next_probs],
         "example_id": rows.example_id.tolist(),
         "part": rows.part.tolist(),
         "label": rows.label.astype(int).tolist(),
@@ -66,7 +70,7 @@ def write_zero_shot(
     model, device, dtype = extract.prepared_model(manifest, cfg)
     layers = list(range(model.config.num_hidden_layers))
     log.info("task %s: %d examples alone on %s (%s)", task, len(requests), device, dtype)
-    results = engine.run(model, requests, cfg["zero_shot_batch_size"], hidden_layers=layers)
+    results = engine.run(model, requests, cfg["zero_shot_batch_size"], hidden_layers=layers, top_k=cfg["zero_shot_top_k"])
     schemas.write_table(zero_shot_columns(rows, results), schemas.ZERO_SHOT, out)
 
 
