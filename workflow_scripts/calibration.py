@@ -7,7 +7,6 @@ those run again (a content-free prompt costs a whole forward).
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
