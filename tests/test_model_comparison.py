@@ -58,8 +58,8 @@ def test_depth_is_the_layer_over_the_last_layer_of_each_model():
 
 def test_the_view_puts_each_models_numbers_side_by_side_and_says_where_findings_hold():
     tables = {("m1", "rt", "random"): A, ("m2", "rt", "random"): B}
-    depths = {("m1", "rt", "random"): mc.depth_of_top_heads(heads(30, 9, (23, 2)), 0.1),
-              ("m2", "rt", "random"): mc.depth_of_top_heads(heads(18, 4, (2, 1)), 0.02)}
+    depths = {("m1", "rt", "random"): mc.depth_of_top_heads(heads(30, 9, (23, 2)), 0.05),
+              ("m2", "rt", "random"): mc.depth_of_top_heads(heads(18, 4, (2, 1)), 0.05)}
     frame, findings = mc.comparison_frame(tables, depths), mc.findings_frame(tables, depths)
     icl = frame[frame.row == "ICL accuracy"].set_index("model")
     assert icl.loc["m1", "cell"] == "0.700 [0.620, 0.780]" and icl.loc["m2", "mean"] == 0.52
@@ -68,6 +68,10 @@ def test_the_view_puts_each_models_numbers_side_by_side_and_says_where_findings_
     lines = "\n".join(mc.comparison_lines(frame, findings, ["m1", "m2"], "models.png"))
     assert "| ICL accuracy | 0.700 [0.620, 0.780] | 0.520 [0.440, 0.600] |" in lines
     assert "| ICL accuracy, contextually calibrated | 0.720 [0.640, 0.800] | — |" in lines
+    # One depth row for both models, though 5% of 270 heads and of 72 are not the same count.
+    depth_rows = frame[frame.row.str.startswith("top ")].set_index("model")
+    assert depth_rows.row.nunique() == 1 and depth_rows.cell.str.endswith(("(14 heads)", "(4 heads)")).all()
+    assert depth_rows.loc["m1", "cell"].endswith("(14 heads)") and depth_rows.loc["m2", "cell"].endswith("(4 heads)")
     rows = {line.split(" | ")[0].lstrip("| "): line for line in lines.splitlines() if line.startswith("| ")}
     assert rows[mc.FINDINGS[0].text].endswith("| holds only in part: m1 (rt) |")  # .62 > .50; .44 < .50
     assert rows[mc.FINDINGS[2].text].endswith("| **holds in every model** |")  # .78 > .65; .93 > .90

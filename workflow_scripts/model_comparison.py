@@ -72,7 +72,7 @@ def depth_of_top_heads(heads: pd.DataFrame, fraction: float) -> dict:
     best = top.iloc[0]
     return {
         "layers": int(heads.layer.max()) + 1, "best": f"L{int(best.layer)} H{int(best['head'])}", "best_depth": float(best.depth),
-        "top_n": len(top), "top_depth": float(top.depth.mean()), "top_min": float(top.depth.min()), "top_max": float(top.depth.max()),
+        "fraction": fraction, "top_n": len(top), "top_depth": float(top.depth.mean()), "top_min": float(top.depth.min()), "top_max": float(top.depth.max()),
     }
 
 
@@ -89,9 +89,10 @@ def comparison_frame(tables: dict[tuple, pd.DataFrame], depths: dict[tuple, dict
         records.append({"task": task, "setting": setting, "row": "best head in-sample (all prompts), max kernel: depth (layer / last layer)",
                         "model": model, "mean": depth["best_depth"], "ci_low": np.nan, "ci_high": np.nan,
                         "cell": f"{depth['best_depth']:.2f} ({depth['best']} of {depth['layers']} layers)"})
-        records.append({"task": task, "setting": setting, "row": f"top {depth['top_n']} heads, max kernel: mean depth [min, max]",
+        # The same share of each model's heads, so the row compares models of different sizes.
+        records.append({"task": task, "setting": setting, "row": f"top {depth['fraction']:.0%} of heads, max kernel: mean depth [min, max]",
                         "model": model, "mean": depth["top_depth"], "ci_low": depth["top_min"], "ci_high": depth["top_max"],
-                        "cell": f"{depth['top_depth']:.2f} [{depth['top_min']:.2f}, {depth['top_max']:.2f}]"})
+                        "cell": f"{depth['top_depth']:.2f} [{depth['top_min']:.2f}, {depth['top_max']:.2f}] ({depth['top_n']} heads)"})
     return pd.DataFrame.from_records(records)
 
 
