@@ -283,7 +283,7 @@ def similarity_lines(table: pd.DataFrame, n_pairs: int, bound: float, figure: st
         f"(every next-token similarity is within {bound:.3g} of the full-vocabulary one). The last column correlates the",
         "heatmap with the agreement heatmap of Section 5.2 across all heads (the paper: the two look alike).",
         "",
-        "| P(o\|x) over | kernel | best head: Pearson | heads with Pearson > 0 | corr. with the agreement heatmap (Fig. 3) |",
+        "| P(o\\|x) over | kernel | best head: Pearson | heads with Pearson > 0 | corr. with the agreement heatmap (Fig. 3) |",
         "|---|---|---|---|---|",
         *[f"| {r.similarity.replace('_', ' ')} | {r.kernel} | L{r.layer} H{r.head}: {r.pearson:.3f} | {r.share_positive:.0%} | "
           f"{r.corr_with_agreement:.3f} |" for r in table.itertuples()],
