@@ -89,3 +89,18 @@ def test_theory_frame_keeps_each_variant_and_only_the_pooled_rows():
                                    "n_demos": [1, 1, 1], "hmm_seed": [None, None, 2]})
     frame = report.theory_frame(table)
     assert frame.columns[0] == "variant" and frame.variant.tolist() == ["shared", "block"]
+
+
+def test_the_53_verdict_names_the_reading_that_tracks_fig_3_or_says_neither_does():
+    def table(label_words: float, next_token: float) -> pd.DataFrame:
+        return pd.DataFrame([
+            {"similarity": s, "kernel": k, "layer": 1, "head": 0, "pearson": 0.1, "share_positive": 0.5,
+             "corr_with_agreement": {"label_words": label_words, "next_token": next_token}[s] if k == "max" else 0.9}
+            for s in report.SIMILARITY_TEXT for k in ("max", "label")
+        ])
+
+    text = "\n".join(report.similarity_lines(table(-0.1, 0.4), 100, 0.001, "f.png"))
+    assert "the next token reading tracks Fig. 3 more closely (next token 0.400, label words -0.100)" in text
+    text = "\n".join(report.similarity_lines(table(-0.1, -0.3), 100, 0.001, "f.png"))
+    assert "neither reading tracks Fig. 3 (label words -0.100, next token -0.300)" in text
+    assert "within 0.001 of the full-vocabulary one" in text
