@@ -197,6 +197,7 @@ rule report_models:
     input:
         tables=over_seeds_outputs("table2.parquet"),
         heads=[paths.analysis("heads.parquet", m, t, s, st) for m, t, st in over_seeds_keys() for s in STUDY["seeds"]],
+        interventions=[paths.report_set("interventions.csv", *key) for key in intervention_keys()],
     output:
         figure=report(
             paths.report_figure("models.png"),
@@ -218,6 +219,7 @@ rule report_models:
         sets=over_seeds_keys(),
         seeds=STUDY["seeds"],
         models=STUDY["models"],
+        interventions=intervention_keys(),
         top_head_fraction=config["analysis"]["top_head_fraction"],
         dpi=config["report"]["dpi"],
     group:

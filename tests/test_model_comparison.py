@@ -78,3 +78,16 @@ def test_the_view_puts_each_models_numbers_side_by_side_and_says_where_findings_
     assert rows[mc.FINDINGS[3].text].endswith("| holds in none |")  # .78 < .80; .93 < .96
     assert "rt / random: yes" in rows[mc.FINDINGS[0].text] and "rt / random: no" in rows[mc.FINDINGS[0].text]
     assert "rt / random: —" in rows[mc.FINDINGS[4].text]
+
+
+def test_a_causal_finding_holds_where_the_paired_difference_is_above_zero_for_some_m():
+    def summary(steer_low: float) -> pd.DataFrame:
+        rows = [{"family": f, "target": "top - random", "m": m, "measure": mc.interventions_report.MAIN[f],
+                 "mean": 0.1, "ci_low": -0.05, "ci_high": 0.2} for f in mc.interventions_report.MAIN for m in (1, 4)]
+        rows[-1]["ci_low"] = steer_low  # steer, m = 4
+        return pd.DataFrame(rows)
+
+    records = pd.DataFrame(mc.causal_findings({("m1", "rt", "random"): summary(0.02), ("m2", "rt", "random"): summary(-0.01)}))
+    steer = records[records.finding.str.startswith("kernel steering")].set_index("model").holds
+    assert steer.to_dict() == {"m1": True, "m2": False}
+    assert not records[records.finding.str.startswith("head knockout")].holds.any()

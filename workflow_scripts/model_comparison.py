@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from . import report, schemas  # noqa: E402
+from . import interventions_report, report, schemas  # noqa: E402
 from .report_files import Outputs, link, outputs_of, write_piece, write_table  # noqa: E402
 
 # Table 2's rows shown side by side: (method, metric, text).
@@ -96,9 +96,24 @@ def comparison_frame(tables: dict[tuple, pd.DataFrame], depths: dict[tuple, dict
     return pd.DataFrame.from_records(records)
 
 
-def findings_frame(tables: dict[tuple, pd.DataFrame], depths: dict[tuple, dict]) -> pd.DataFrame:
-    """One row per (finding, model, task, setting): whether it holds (None: not measured)."""
+def causal_findings(summaries: dict[tuple, pd.DataFrame]) -> list[dict]:
+    """Per causal check and edit family: does editing the top-m kernel heads beat random heads of the
+    same layers for some m (the paired top - random CI above 0, the causal-check section's verdict)?"""
     records = []
+    for (model, task, setting), summary in summaries.items():
+        for family, measure in interventions_report.MAIN.items():
+            diffs = summary[(summary.family == family) & (summary.target == "top - random") & (summary.measure == measure)]
+            records.append({
+                "finding": f"{interventions_report.FAMILY_TEXT[family]} in the top kernel heads beats random heads of the same layers",
+                "model": model, "task": task, "setting": setting, "holds": bool((diffs.ci_low > 0).any()) if len(diffs) else None,
+            })
+    return records
+
+
+def findings_frame(tables: dict[tuple, pd.DataFrame], depths: dict[tuple, dict],
+                   causal: dict[tuple, pd.DataFrame] | None = None) -> pd.DataFrame:
+    """One row per (finding, model, task, setting): whether it holds (None: not measured)."""
+    records = causal_findings(causal or {})
     for (model, task, setting), table in tables.items():
         for finding in FINDINGS:
             records.append({"finding": finding.text, "model": model, "task": task, "setting": setting, "holds": holds(table, finding)})
@@ -142,7 +157,8 @@ def comparison_lines(frame: pd.DataFrame, findings: pd.DataFrame, models: list[s
     lines += [
         "### Which findings hold in every model",
         "",
-        "A finding holds for a model, task and setting when the 95% CI of the first number lies above the mean of the second.",
+        "A finding holds for a model, task and setting when the 95% CI of the first number lies above the mean of the "
+        "second; a causal one when the paired top - random difference of the causal check has its 95% CI above 0 for some m.",
         "",
         "| finding | " + " | ".join(models) + " | across models |",
         "|---|" + "---|" * (len(models) + 1),
@@ -187,7 +203,8 @@ def from_snakemake(smk) -> None:
     }
     depths = {key: depth_of_top_heads(frame, smk.params.top_head_fraction) for key, frame in heads.items()}
     out: Outputs = outputs_of(smk)
-    frame, findings = comparison_frame(tables, depths), findings_frame(tables, depths)
+    causal = {tuple(key): pd.read_csv(path) for key, path in zip(smk.params.interventions, smk.input.interventions)}
+    frame, findings = comparison_frame(tables, depths), findings_frame(tables, depths, causal)
     depth_figure(heads, out.figure, smk.params.dpi)
     write_table(frame.drop(columns="cell"), out, "Models side by side: Table 2 and the depth of the top heads",
                 ["mean over seeds; ci_low and ci_high: bootstrap 95% CI over held-out examples (for the depth rows: "
