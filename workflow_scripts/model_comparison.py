@@ -113,13 +113,13 @@ def causal_findings(summaries: dict[tuple, pd.DataFrame]) -> list[dict]:
 def findings_frame(tables: dict[tuple, pd.DataFrame], depths: dict[tuple, dict],
                    causal: dict[tuple, pd.DataFrame] | None = None) -> pd.DataFrame:
     """One row per (finding, model, task, setting): whether it holds (None: not measured)."""
-    records = causal_findings(causal or {})
+    records = []
     for (model, task, setting), table in tables.items():
         for finding in FINDINGS:
             records.append({"finding": finding.text, "model": model, "task": task, "setting": setting, "holds": holds(table, finding)})
         records.append({"finding": UPPER_HALF, "model": model, "task": task, "setting": setting,
                         "holds": depths[(model, task, setting)]["top_depth"] > 0.5})
-    return pd.DataFrame.from_records(records)
+    return pd.DataFrame.from_records(records + causal_findings(causal or {}))
 
 
 def verdict(rows: pd.DataFrame, models: list[str]) -> str:
