@@ -77,5 +77,6 @@ def test_an_old_zero_shot_table_serves_every_reader_but_the_next_token_one(table
     old = tmp_path / "zero_shot.parquet"
     pq.write_table(pq.read_table(path).drop(["next_ids", "next_probs", "next_rest"]), old)
     assert len(read_zero_shot(old, hidden=False)) == len(read_zero_shot(path, hidden=False))
-    with pytest.raises(schemas.TableError, match=r"zero_shot\.parquet: missing columns \['next_ids', 'next_probs', 'next_rest'\]"):
+    with pytest.raises(schemas.TableError, match=r"zero_shot\.parquet: missing columns \['next_ids', 'next_probs', 'next_rest'\]") as err:
         read_zero_shot(old, next_token=True)
+    assert "older version of the pipeline" in str(err.value) and f"--forcerun {old}" in str(err.value)

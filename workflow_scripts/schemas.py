@@ -319,8 +319,14 @@ class TableError(ValueError):
     """An intermediate file that cannot be read as its stage's table; the message says how to rebuild it."""
 
 
-def rebuild_hint(path: str | Path) -> str:
-    return (f"It is damaged or was edited by hand. Rebuild it, and what was computed from it, with:\n"
+# A file whose columns differ from its schema is most often a cache from before the schema grew (e.g.
+# the zero-shot table's next-token columns): Snakemake re-runs a job when its params or script change,
+# not when a module the script imports does.
+OLD_OR_EDITED = "It was written by an older version of the pipeline, or edited by hand."
+
+
+def rebuild_hint(path: str | Path, cause: str = "It is damaged or was edited by hand.") -> str:
+    return (f"{cause} Rebuild it, and what was computed from it, with:\n"
             f"    snakemake --cores 1 --forcerun {path}\n"
             "(add the study's --configfile / --profile options).")
 
@@ -359,14 +365,16 @@ def read_table(path: str | Path, schema: pa.Schema, columns: list[str] | None = 
         raise TableError(f"{path} cannot be read as a Parquet table ({exc}).\n{rebuild_hint(path)}") from exc
     missing = [f.name for f in schema if f.name not in table.schema.names]
     if missing:
-        raise TableError(f"{path}: missing columns {missing}; expected schema {schema.names}.\n{rebuild_hint(path)}")
+        raise TableError(
+            f"{path}: missing columns {missing}; expected schema {schema.names}.\n{rebuild_hint(path, OLD_OR_EDITED)}"
+        )
     wrong = [
         f"{f.name} is {table.schema.field(f.name).type}, expected {f.type}"
         for f in schema
         if not table.schema.field(f.name).type.equals(f.type)
     ]
     if wrong:
-        raise TableError(f"{path}: {'; '.join(wrong)}.\n{rebuild_hint(path)}")
+        raise TableError(f"{path}: {'; '.join(wrong)}.\n{rebuild_hint(path, OLD_OR_EDITED)}")
     return table.select(schema.names)
 
 
