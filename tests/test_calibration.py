@@ -80,7 +80,7 @@ def test_heldout_reads_the_calibrated_prediction_of_each_prompt(tmp_path):
     schemas.write_table({"prompt_id": [3, 1, 2], "content_free_probs": [[0.5, 0.5]] * 3, "icl_prediction": [0, 0, 0],
                          "calibrated_prediction": [1, 0, 1]}, schemas.CALIBRATION, path)
     name, predictions = heldout.calibrated_predictions(path, np.array([0, 1, 2, 3]), ["N/A"])
-    assert name == "content-free 'N/A'" and predictions.tolist() == [-1, 0, 1, 1]  # prompt 0: not held out
+    assert name == "content-free 'N/A'" and predictions.to_dict() == {3: 1, 1: 0, 2: 1}  # prompt 0: not held out
     with pytest.raises(heldout.HeldoutError, match="re-run calibrate"):
         heldout.calibrated_predictions(path, np.array([1, 2, 4]), ["N/A"])
 
@@ -92,6 +92,6 @@ def test_only_table_2s_held_out_prompts_are_calibrated(both):
     labels = np.array(built["label"])
     shuffled = np.random.default_rng(0).permutation(len(labels))  # a table in another row order
     stored = pa.table({"prompt_id": np.array(built["prompt_id"])[shuffled], "label": labels[shuffled]})
-    rows = calibration.heldout_rows(stored, 4, 4, seed=3)
+    rows = calibration.heldout_positions(stored, 4, 4, seed=3)
     _, held = select_heldout(labels, 4, 4, 3)
     assert sorted(stored.column("prompt_id").to_numpy()[rows]) == sorted(np.array(built["prompt_id"])[held])

@@ -121,12 +121,14 @@ def test_the_calibrated_prediction_is_one_more_method_scored_on_the_same_split()
     frame, recon, embeddings, hidden = set_with_baselines()
     n = len(frame)
     select, held = select_heldout(frame.sort_values("prompt_id").label.to_numpy(), 18, 12, seed=5)
-    calibrated = np.full(n, -1)  # calibrated on the held-out prompts only
+    ids = frame.sort_values("prompt_id").prompt_id.to_numpy()
+    calibrated = np.full(n, -1)
     calibrated[held] = np.random.default_rng(3).integers(0, C, len(held))
-    cols = pd.DataFrame(heldout.heldout_rows(frame, recon, embeddings, hidden, "enc", C, 18, 12, seed=5, calibrated=("cf", calibrated)))
+    # calibrated on the held-out prompts only
+    by_prompt = pd.Series(calibrated[held], index=ids[held])
+    cols = pd.DataFrame(heldout.heldout_rows(frame, recon, embeddings, hidden, "enc", C, 18, 12, seed=5, calibrated=("cf", by_prompt)))
     rows = cols[cols.method == "icl_calibrated"].sort_values("prompt_id")
     assert rows.choice.iloc[0] == "cf" and np.isnan(rows.select_agreement.iloc[0])
     np.testing.assert_array_equal(rows.prediction, calibrated[np.sort(held)])
-    calibrated[held[0]] = -1
     with pytest.raises(heldout.HeldoutError, match="re-run calibrate"):
-        heldout.heldout_rows(frame, recon, embeddings, hidden, "enc", C, 18, 12, seed=5, calibrated=("cf", calibrated))
+        heldout.heldout_rows(frame, recon, embeddings, hidden, "enc", C, 18, 12, seed=5, calibrated=("cf", by_prompt.iloc[1:]))

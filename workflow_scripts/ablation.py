@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from . import schemas, stats
 from .kernels import attention_weights, kernel_vote, normalized_entropy, unit_rows
-from .readers import iter_prompts, read_embeddings
+from .readers import iter_prompts, read_attention_rows, read_embeddings
 from .split import ablation_ids
 
 METRICS = ("icl_accuracy", "agreement", "head_accuracy", "entropy", "demo_similarity", "n_demos")
@@ -108,7 +108,7 @@ def write_ablation(
     for s in sets:
         heldout = schemas.read_table(heldout_paths[f"{s['task']}/{s['seed']}"], schemas.HELDOUT).to_pandas()
         prompts = schemas.read_table(s["prompts"], schemas.PROMPTS)
-        shards = schemas.read_tables(s["shards"], schemas.SHARD)
+        shards = read_attention_rows(s["shards"])
         held = heldout.drop_duplicates("prompt_id")
         keep = set(ablation_ids(held.prompt_id.to_numpy(), held.label.to_numpy(), cfg["ablation_prompts"]).tolist())
         rows = prompt_rows(prompts, shards, chosen_head(heldout), keep, read_embeddings(embeddings_paths[s["task"]]), n_classes[s["task"]])

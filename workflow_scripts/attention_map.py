@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import schemas
-from .readers import iter_prompts
+from .readers import iter_prompts, read_attention_rows
 
 
 def resample(values: np.ndarray, n_cols: int) -> np.ndarray:
@@ -91,7 +91,7 @@ def write_map(
     prompts_path: str | Path, shard_paths: list[str], resample_length: int, out: str | Path, mass_out: str | Path
 ) -> None:
     prompts = schemas.read_table(prompts_path, schemas.PROMPTS)
-    shards = schemas.read_tables(shard_paths, schemas.SHARD)
+    shards = read_attention_rows(shard_paths)
     schemas.write_table(label_mass(prompts, shards), schemas.LABEL_MASS, mass_out)
     mean, names = average_map(prompts, shards, resample_length)
     n_layers, n_heads, n_cols = mean.shape

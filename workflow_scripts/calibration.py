@@ -40,7 +40,7 @@ def check_same_prompts(stored: pa.Table, content_free: dict, text: str) -> None:
         )
 
 
-def heldout_rows(stored: pa.Table, n_select: int, n_heldout: int, seed: int) -> np.ndarray:
+def heldout_positions(stored: pa.Table, n_select: int, n_heldout: int, seed: int) -> np.ndarray:
     """Row positions of Table 2's held-out prompts in the stored prompt set (heldout.py's split)."""
     order = np.argsort(stored.column("prompt_id").to_numpy(), kind="stable")
     _, heldout = select_heldout(stored.column("label").to_numpy()[order], n_select, n_heldout, seed)
@@ -80,7 +80,7 @@ def from_snakemake(smk) -> None:
     sets = [prompts.set_from_snakemake(smk, text) for text in texts]
     for text, columns in zip(texts, sets):
         check_same_prompts(stored, columns, text)
-    rows = heldout_rows(stored, smk.params.analysis["n_select"], smk.params.analysis["n_heldout"], smk.params.split_seed)
+    rows = heldout_positions(stored, smk.params.analysis["n_select"], smk.params.analysis["n_heldout"], smk.params.split_seed)
     cfg = extract.run_settings(smk)
     model, device, dtype = extract.prepared_model(models.read_manifest(smk.input.manifest), cfg)
     log.info("%d held-out prompts x %d content-free inputs %s on %s (%s)", len(rows), len(texts), texts, device, dtype)

@@ -47,11 +47,11 @@ def agreement(predictions: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 def heldout_rows(
     prompts: pd.DataFrame, recon: pa.Table, embeddings: dict[str, np.ndarray], hidden: dict[str, np.ndarray],
-    encoder: str, n_classes: int, n_select: int, n_heldout: int, seed: int, calibrated: tuple[str, np.ndarray] | None = None,
+    encoder: str, n_classes: int, n_select: int, n_heldout: int, seed: int, calibrated: tuple[str, pd.Series] | None = None,
 ) -> dict[str, list]:
     """Columns of HELDOUT: each method's choice on the select split, its predictions on the held-out one.
-    `calibrated` (content-free inputs, calibrated ICL prediction per prompt in prompt id order) adds
-    the contextually calibrated ICL prediction as one more method."""
+    `calibrated` (content-free inputs, calibrated ICL prediction by prompt id) adds the contextually
+    calibrated ICL prediction as one more method."""
     prompts = prompts.sort_values("prompt_id").reset_index(drop=True)
     select, heldout = select_heldout(prompts.label.to_numpy(), n_select, n_heldout, seed)
     icl = None
@@ -73,7 +73,9 @@ def heldout_rows(
     best = int(np.argmax(scores))
     methods.append(("kr_hidden", f"layer {best}", float(scores[best]), by_layer[:, best]))
     if calibrated is not None:
-        inputs, predictions = calibrated
+        inputs, by_prompt = calibrated
+        # Calibrated on the held-out prompts only: -1 elsewhere.
+        predictions = by_prompt.reindex(prompts.prompt_id).fillna(-1).astype(int).to_numpy()
         if (predictions[heldout] < 0).any():
             raise HeldoutError("the calibration table lacks held-out prompts of this split; re-run calibrate")
         # Calibrated on the held-out prompts only: nothing is chosen on the select split.
@@ -92,14 +94,13 @@ def heldout_rows(
     return columns
 
 
-def calibrated_predictions(path: str | Path, prompt_ids: np.ndarray, content_free: list[str]) -> tuple[str, np.ndarray]:
-    """The calibration rule's prediction per prompt in `prompt_ids` order (-1 where it has none: it
-    calibrates the held-out prompts only), named by its content-free inputs."""
+def calibrated_predictions(path: str | Path, prompt_ids: np.ndarray, content_free: list[str]) -> tuple[str, pd.Series]:
+    """The calibration rule's prediction by prompt id (it calibrates the held-out prompts only), named
+    by its content-free inputs."""
     table = schemas.read_table(path, schemas.CALIBRATION).to_pandas().set_index("prompt_id")
     if not set(table.index) <= set(prompt_ids):
         raise HeldoutError(f"{path} holds prompts the prompt set does not; re-run calibrate")
-    predictions = table.calibrated_prediction.reindex(prompt_ids).fillna(-1).astype(int).to_numpy()
-    return "content-free " + ", ".join(map(repr, content_free)), predictions
+    return "content-free " + ", ".join(map(repr, content_free)), table.calibrated_prediction
 
 
 def write_heldout(
@@ -107,7 +108,7 @@ def write_heldout(
     encoder: str, n_classes: int, cfg: dict, seed: int, out: str | Path,
     calibration_path: str | Path | None = None, content_free: list[str] = (),
 ) -> None:
-    prompts = schemas.read_table(prompts_path, schemas.PROMPTS).to_pandas().sort_values("prompt_id")
+    prompts = schemas.read_table(prompts_path, schemas.PROMPTS).to_pandas()
     recon = schemas.read_table(recon_path, schemas.RECONSTRUCTION)
     embeddings = examples_of(prompts, read_embeddings(embeddings_path), str(embeddings_path))
     hidden = examples_of(prompts, read_zero_shot(zero_shot_path).hidden, str(zero_shot_path))

@@ -71,6 +71,16 @@ def retrieval_space(setting: dict, path: str | Path | None) -> dict[str, np.ndar
     return {i: h[layer] for i, h in hidden.items()}
 
 
+# The shard columns iter_prompts reads: the attention rows without the keys, values, hidden states and
+# head outputs that make up most of a shard.
+ATTENTION_ROWS = ["prompt_id", "n_tokens", "n_layers", "n_heads", "prediction", "attention"]
+
+
+def read_attention_rows(paths: list[str | Path]) -> pa.Table:
+    """The shards of one prompt set, as much of them as iter_prompts needs."""
+    return schemas.read_tables(paths, schemas.SHARD, ATTENTION_ROWS)
+
+
 def iter_prompts(prompts: pa.Table, shards: pa.Table) -> Iterator[dict]:
     """Join prompts with their extraction rows; yields the attention row as (layers, heads, tokens)."""
     by_id = {pid: i for i, pid in enumerate(shards.column("prompt_id").to_pylist())}

@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from . import schemas
 from .kernels import ATTENTION_KERNELS, attention_weights, kernel_vote
-from .readers import iter_prompts, prediction_grid
+from .readers import iter_prompts, prediction_grid, read_attention_rows
 
 
 def null_baseline(predictions: np.ndarray, gold: np.ndarray) -> tuple[float, float]:
@@ -81,7 +81,7 @@ def write_scores(
     summary_out: str | Path,
 ) -> None:
     prompts = schemas.read_table(prompts_path, schemas.PROMPTS)
-    shards = schemas.read_tables(shard_paths, schemas.SHARD)
+    shards = read_attention_rows(shard_paths)
     recon = pa.Table.from_pydict(head_predictions(prompts, shards, n_classes), schema=schemas.RECONSTRUCTION)
     heads, summary = summarize(recon, sink_attention(shards))
     schemas.write_table(recon, schemas.RECONSTRUCTION, recon_out)

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from . import schemas, stats
 from .kernels import ATTENTION_KERNELS, attention_weights
-from .readers import iter_prompts, read_zero_shot, rows_for
+from .readers import iter_prompts, read_attention_rows, read_zero_shot, rows_for
 
 
 # The two readings of P(o|x), in the order the report shows them.
@@ -95,7 +95,7 @@ def head_correlations(prompts: pa.Table, shards: pa.Table, probs: pd.Series, top
 
 def write_similarity(prompts_path: str | Path, shard_paths: list[str], zero_shot_path: str | Path, out: str | Path) -> None:
     prompts = schemas.read_table(prompts_path, schemas.PROMPTS)
-    shards = schemas.read_tables(shard_paths, schemas.SHARD, ["prompt_id", "n_tokens", "n_layers", "n_heads", "prediction", "attention"])
+    shards = read_attention_rows(shard_paths)
     zero_shot = read_zero_shot(zero_shot_path, hidden=False, next_token=True)
     columns = head_correlations(prompts, shards, zero_shot.probs, top_k_of(zero_shot), str(zero_shot_path))
     schemas.write_table(columns, schemas.SIMILARITY, out)
