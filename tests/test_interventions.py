@@ -41,7 +41,8 @@ def test_a_layer_full_of_top_heads_borrows_controls_from_other_layers():
 def test_the_top_head_is_table_2s_head():
     prompts, shards, _ = synthetic_set(n_prompts=30, seed=0)
     recon = pa.Table.from_pydict(rc.head_predictions(prompts, shards, C), schema=schemas.RECONSTRUCTION)
-    scores, held_ids, held_labels, select_ids = interventions.select_agreement(recon, "max", 18, 12, 5)
+    split = heldout.head_split(recon, "max", 18, 12, 5)
+    scores, held_ids, held_labels, select_ids = split.select_agreement(), split.ids[split.heldout], split.gold[split.heldout], split.ids[split.select]
     frame = prompts.to_pandas()
     rows = pd.DataFrame(heldout.heldout_rows(frame, recon, *embeddings_for(frame), "enc", C, 18, 12, seed=5))
     chosen = rows[rows.method == "head_max"].choice.iloc[0]

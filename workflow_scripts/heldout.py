@@ -11,6 +11,7 @@ and on the studied model's own hidden state of each input run alone.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,29 @@ def agreement(predictions: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return (predictions == reference[(...,) + (None,) * (predictions.ndim - 1)]).mean(axis=0)
 
 
+@dataclass(frozen=True)
+class HeadSplit:
+    """One kernel's head predictions over a prompt set (sorted by prompt id) and Table 2's split of it:
+    heads are chosen on `select` and scored on `heldout` (row positions)."""
+
+    ids: np.ndarray
+    gold: np.ndarray
+    icl: np.ndarray
+    grid: np.ndarray  # (prompts, layers, heads)
+    select: np.ndarray
+    heldout: np.ndarray
+
+    def select_agreement(self) -> np.ndarray:
+        """Every head's agreement with ICL on the select split (layers, heads)."""
+        return agreement(self.grid[self.select], self.icl[self.select])
+
+
+def head_split(recon: pa.Table, kernel: str, n_select: int, n_heldout: int, seed: int) -> HeadSplit:
+    """The split every consumer of Table 2's head choice (Table 2, the causal check) must share."""
+    ids, gold, icl, grid = prediction_grid(recon, kernel)
+    return HeadSplit(ids, gold, icl, grid, *select_heldout(gold, n_select, n_heldout, seed))
+
+
 def heldout_rows(
     prompts: pd.DataFrame, recon: pa.Table, embeddings: dict[str, np.ndarray], hidden: dict[str, np.ndarray],
     encoder: str, n_classes: int, n_select: int, n_heldout: int, seed: int, calibrated: tuple[str, pd.Series] | None = None,
@@ -53,16 +77,15 @@ def heldout_rows(
     `calibrated` (content-free inputs, calibrated ICL prediction by prompt id) adds the contextually
     calibrated ICL prediction as one more method."""
     prompts = prompts.sort_values("prompt_id").reset_index(drop=True)
-    select, heldout = select_heldout(prompts.label.to_numpy(), n_select, n_heldout, seed)
-    icl = None
     methods: list[tuple[str, str, float, np.ndarray]] = []  # (method, choice, select agreement, predictions)
     for kernel in ATTENTION_KERNELS:
-        ids, _, icl, grid = prediction_grid(recon, kernel)
-        if not np.array_equal(ids, prompts.prompt_id.to_numpy()):
+        split = head_split(recon, kernel, n_select, n_heldout, seed)
+        if not np.array_equal(split.ids, prompts.prompt_id.to_numpy()):
             raise HeldoutError("the reconstruction table and the prompts hold different prompts; re-run reconstruct")
-        scores = agreement(grid[select], icl[select])
+        scores = split.select_agreement()
         layer, head = np.unravel_index(np.argmax(scores), scores.shape)
-        methods.append((f"head_{kernel}", f"L{layer} H{head}", float(scores[layer, head]), grid[:, layer, head]))
+        methods.append((f"head_{kernel}", f"L{layer} H{head}", float(scores[layer, head]), split.grid[:, layer, head]))
+    icl, select, heldout = split.icl, split.select, split.heldout
     encoder_pred = cosine_votes(embeddings, prompts, n_classes)
     methods.append(("kr_encoder", encoder, float(agreement(encoder_pred[select], icl[select])), encoder_pred))
     n_layers = next(iter(hidden.values())).shape[0]

@@ -27,9 +27,8 @@ import pyarrow as pa
 
 from . import extract, models, schemas
 from .engine_edits import Edit, head_dim, intervene
-from .heldout import agreement
-from .readers import prediction_grid
-from .split import ablation_ids, select_heldout
+from .heldout import head_split
+from .split import ablation_ids
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +49,6 @@ class Target:
     @property
     def name(self) -> str:
         return ", ".join(f"L{layer} H{head}" for layer, head in self.heads)
-
-
-def select_agreement(recon: pa.Table, kernel: str, n_select: int, n_heldout: int, split_seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(agreement of every head with ICL on the select split (layers, heads), held-out prompt ids,
-    their gold labels, the select split's prompt ids): the split heldout.py makes."""
-    ids, gold, icl, grid = prediction_grid(recon, kernel)
-    select, heldout = select_heldout(gold, n_select, n_heldout, split_seed)
-    return agreement(grid[select], icl[select]), ids[heldout], gold[heldout], ids[select]
 
 
 def choose_targets(scores: np.ndarray, top_m: list[int], draws: int, seed: int) -> list[Target]:
@@ -146,8 +137,9 @@ def runner_up(logits: np.ndarray) -> int:
 
 def run_set(model, prompts: pa.Table, shards: pa.Table, recon: pa.Table, cfg: dict, analysis: dict, split_seed: int) -> dict[str, list]:
     """Columns of INTERVENTIONS for the held-out prompts of one prompt set."""
-    scores, held_ids, held_labels, _ = select_agreement(recon, cfg["kernel"], analysis["n_select"], analysis["n_heldout"], split_seed)
-    keep = set(ablation_ids(held_ids, held_labels, cfg["prompts"]).tolist())
+    split = head_split(recon, cfg["kernel"], analysis["n_select"], analysis["n_heldout"], split_seed)
+    scores = split.select_agreement()
+    keep = set(ablation_ids(split.ids[split.heldout], split.gold[split.heldout], cfg["prompts"]).tolist())
     n_layers, n_heads = scores.shape
     targets = choose_targets(scores, cfg["top_m"], cfg["random_draws"], cfg["seed"])
     knockout = knockout_values(cfg["knockout"], shards, n_layers, n_heads, head_dim(model.config))
