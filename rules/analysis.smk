@@ -77,6 +77,26 @@ rule probes:
         STEP
 
 
+# Beside Fig. 3: the same demonstrations with another held-out query (analysis.query_swap_setting).
+rule query_swap:
+    input:
+        unpack(query_swap_inputs),
+        prompts=paths.prompts(),
+        shards=shards_of,
+    output:
+        paths.analysis("query_swap.parquet"),
+    params:
+        n_classes=n_classes,
+    group:
+        "analysis"
+    log:
+        paths.log("query_swap", "{model}", "{task}", "seed{seed}", "{setting}"),
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        STEP
+
+
 rule heldout:
     input:
         unpack(calibration_input),
@@ -90,7 +110,7 @@ rule heldout:
         n_classes=n_classes,
         encoder=config["encoder"]["name"],
         analysis=analysis_params("n_select", "n_heldout"),
-        split_seed=config["prompts"]["split_seed"],
+        split_seed=heldout_split_seed,
         content_free=config["calibration"]["content_free"] if config["calibration"]["enabled"] else [],
     group:
         "analysis"
@@ -104,11 +124,15 @@ rule heldout:
 
 rule table2:
     input:
-        lambda wc: [paths.analysis("heldout.parquet", wc.model, wc.task, s, wc.setting) for s in STUDY["seeds"]],
+        heldout=seeds_of("heldout.parquet"),
+        heads=seeds_of("heads.parquet"),
+        query_swap=query_swap_tables,
     output:
-        paths.over_seeds("table2.parquet"),
+        table=paths.over_seeds("table2.parquet"),
+        health=paths.over_seeds("health.parquet"),
     params:
         seeds=STUDY["seeds"],
+        classes=lambda wc: config["tasks"][wc.task]["classes"],
         **analysis_params("bootstrap_resamples", "bootstrap_seed"),
     group:
         "analysis"

@@ -55,12 +55,23 @@ def shards_of(wildcards):
     return shard_paths(wildcards.model, wildcards.task, wildcards.seed, wildcards.setting)
 
 
+def heldout_split_seed(wildcards):
+    """The seed of Table 2's select / held-out split: prompts.split_seed, so that every seed holds out
+    the same test examples, or that plus the study seed when analysis.heldout_per_seed is on."""
+    base = config["prompts"]["split_seed"]
+    return base + int(wildcards.seed) if config["analysis"]["heldout_per_seed"] else base
+
+
 def heldout_params(wildcards):
     """What picks a setting's prompts when it builds only held-out ones (None otherwise, so a
-    change of the held-out split never rebuilds a full prompt set)."""
+    change of the held-out split never rebuilds a full prompt set). The split's seed is named only
+    when it is per seed, so that turning the option on is the only thing that rebuilds them."""
     if config["settings"][wildcards.setting]["queries"] == "all":
         return None
-    return analysis_params("n_select", "n_heldout", "ablation_prompts")
+    params = analysis_params("n_select", "n_heldout", "ablation_prompts")
+    if config["analysis"]["heldout_per_seed"]:
+        params["split_seed"] = heldout_split_seed(wildcards)
+    return params
 
 
 def prompt_inputs(wildcards):
@@ -71,6 +82,30 @@ def prompt_inputs(wildcards):
         encoder = setting["similarity"] == "encoder"
         inputs["vectors"] = paths.embeddings(wildcards.task) if encoder else paths.zero_shot(wildcards.model, wildcards.task)
     return inputs
+
+
+def query_swap_of(setting):
+    """The query-swap setting a study setting is compared with (analysis.query_swap_setting), or None:
+    only settings that draw random demonstrations with the same k share its demonstrations."""
+    name = config["analysis"]["query_swap_setting"]
+    if name is None:
+        return None
+    swap, own = config["settings"][name], config["settings"][setting]
+    same_k = (swap.get("k") or config["prompts"]["k"]) == (own.get("k") or config["prompts"]["k"])
+    return name if own["selection"] == "random" and not own.get("query_swap") and same_k else None
+
+
+def query_swap_inputs(wildcards):
+    swap = query_swap_of(wildcards.setting)
+    return {"swap_prompts": paths.prompts(wildcards.model, wildcards.task, wildcards.seed, swap),
+            "swap_shards": shard_paths(wildcards.model, wildcards.task, wildcards.seed, swap)}
+
+
+def query_swap_tables(wildcards):
+    """Every seed's query-swap table of the wildcards' set (none when it has no query-swap setting)."""
+    if query_swap_of(wildcards.setting) is None:
+        return []
+    return [paths.analysis("query_swap.parquet", wildcards.model, wildcards.task, s, wildcards.setting) for s in STUDY["seeds"]]
 
 
 def ablation_sets(wildcards):
@@ -214,9 +249,10 @@ def shard_prompts(wildcards, input):
 
 
 def intervention_prompts(wildcards, input):
-    """Held-out prompts edited, each a prefix pass plus ~45 last-token edits: about 1.5 prompt forwards."""
+    """Held-out prompts edited, each a prefix pass plus ~72 last-token edits (top, bottom, random and
+    matched draws): about 2 prompt forwards."""
     analysis = config["analysis"]
-    return 1.5 * min(config["interventions"]["prompts"] or analysis["n_heldout"], analysis["n_heldout"])
+    return 2.0 * min(config["interventions"]["prompts"] or analysis["n_heldout"], analysis["n_heldout"])
 
 
 def calibration_prompts(wildcards, input):

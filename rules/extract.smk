@@ -62,7 +62,7 @@ rule calibrate:
         heldout=heldout_params,
         content_free=config["calibration"]["content_free"],
         analysis=analysis_params("n_select", "n_heldout"),
-        split_seed=config["prompts"]["split_seed"],
+        split_seed=heldout_split_seed,
         extraction=extraction_params("device", "dtype"),
     threads: config["extraction"]["threads"]
     resources:

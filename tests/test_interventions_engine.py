@@ -2,14 +2,17 @@
 head outputs of a prompt alone (the existing test runs them left-padded only), the two features
 checked against each other (replacing heads by their own captured output must change nothing), the
 unedited row against the model's plain forward, a move onto positions a sliding window hides
-(their attention is exactly 0, so the mass is spread uniformly), and GPT-NeoX (partial rotary)."""
+(their attention is exactly 0, so the mass is spread uniformly), GPT-NeoX (partial rotary), and the
+causal check's run_set end to end on a tiny model (every family on the mass-matched control too)."""
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
-from workflow_scripts import engine
+from workflow_scripts import engine, interventions, schemas
+from workflow_scripts import reconstruction as rc
 from workflow_scripts.engine import Request
 from workflow_scripts.engine_edits import Edit, intervene
 
@@ -88,3 +91,63 @@ def test_gpt_neox_edits_match_the_reference():
     want = [reference_logits(reference, ids, edit) for edit in [None, *edits]]
     np.testing.assert_allclose(got, np.stack(want), atol=1e-5)
     assert np.abs(got[1:-1] - got[0]).max() > 1e-3
+
+
+def tiny_prompt_set(model, n_prompts: int = 10) -> tuple[pa.Table, pa.Table]:
+    """Prompts of 4 demonstrations (2 classes, labels LABELS[:2]) and the shards the engine extracts from them."""
+    rng = np.random.default_rng(0)
+    prompts = {name: [] for name in schemas.PROMPTS.names}
+    shards = {name: [] for name in schemas.SHARD.names}
+    for pid in range(n_prompts):
+        demo_labels = [0, 1, int(rng.integers(2)), int(rng.integers(2))]
+        ids, x_start, y_pos = [1], [], []
+        for label in demo_labels:
+            x_start.append(len(ids))
+            ids += rng.integers(20, 250, 3).tolist() + [LABELS[label]]
+            y_pos.append(len(ids) - 1)
+        query_start = len(ids)
+        ids += rng.integers(20, 250, 3).tolist() + [2]
+        row = {"prompt_id": pid, "example_id": f"q{pid}", "label": pid % 2, "demo_ids": [f"d{pid}-{i}" for i in range(4)],
+               "demo_labels": demo_labels, "text": "", "input_ids": ids, "x_start": x_start, "x_end": y_pos, "y_pos": y_pos,
+               "query_start": query_start, "query_end": len(ids), "label_token_ids": LABELS[:2]}
+        got = engine.run_batch(model, [Request(ids, LABELS[:2])], head_outputs=True)[0]
+        n_layers, n_heads, n_tokens = got["attention"].shape
+        shard = {"prompt_id": pid, "n_tokens": n_tokens, "n_layers": n_layers, "n_heads": n_heads,
+                 "label_logits": got["label_logits"].tolist(), "prediction": int(np.argmax(got["label_logits"])),
+                 "attention": got["attention"].astype(np.float16).ravel().tolist(),
+                 "head_outputs": got["head_outputs"].astype(np.float16).ravel().tolist()}
+        for name in prompts:
+            prompts[name].append(row[name])
+        for name in shards:
+            shards[name].append(shard.get(name))
+    return pa.Table.from_pydict(prompts, schema=schemas.PROMPTS), pa.Table.from_pydict(shards, schema=schemas.SHARD)
+
+
+def test_run_set_edits_every_family_in_the_matched_control_and_records_its_mass():
+    model = engine.prepare(build("llama", "sdpa"))
+    prompts, shards = tiny_prompt_set(model)
+    recon = pa.Table.from_pydict(rc.head_predictions(prompts, shards, 2), schema=schemas.RECONSTRUCTION)
+    cfg = {"kernel": "max", "prompts": 0, "top_m": [1, 2], "random_draws": 2, "seed": 0, "knockout": "mean",
+           "steer_fraction": 1.0, "batch_size": 16}
+    columns = interventions.run_set(model, prompts, shards, recon, cfg, {"n_select": 6, "n_heldout": 4}, 0)
+    rows = pa.Table.from_pydict(columns, schema=schemas.INTERVENTIONS).to_pandas()
+    counts = rows.groupby(["family", "target"]).size()
+    for family in interventions.FAMILIES:
+        # per held-out prompt and m: top, bottom, 2 same-layer and 2 matched draws (every prompt shows both classes)
+        assert {t: counts[family, t] for t in ("top", "random", "matched", "bottom")} == {"top": 8, "random": 16, "matched": 16, "bottom": 8}
+    # the recorded mass, by hand from the select prompts' attention rows
+    held = set(rows.prompt_id)
+    select = [p for p in prompts.to_pylist() if p["prompt_id"] not in held]
+    assert len(select) == 6
+    by_id = {r["prompt_id"]: r for r in shards.to_pylist()}
+    demos = np.zeros((3, 4))
+    for p in select:
+        att = np.asarray(by_id[p["prompt_id"]]["attention"], dtype=np.float64).reshape(3, 4, -1)
+        demos += sum(att[..., s : y + 1].sum(axis=-1) for s, y in zip(p["x_start"], p["y_pos"]))
+    demos /= len(select)
+    for _, row in rows[rows.family == "knockout"].drop_duplicates(["target", "m", "draw"]).iterrows():
+        heads = [tuple(int(v[1:]) for v in h.split()) for h in row.heads.split(", ")]
+        assert row.attention_mass == pytest.approx(np.mean([demos[h] for h in heads]), abs=1e-6)
+        if row.target == "matched":
+            top = rows[(rows.target == "top") & (rows.m == row.m)].heads.iloc[0]
+            assert not set(row.heads.split(", ")) & set(top.split(", "))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from workflow_scripts import report, report_files
+from workflow_scripts import report, report_files, table2_report
 from workflow_scripts.report_files import Outputs
 
 
@@ -54,23 +54,26 @@ def test_table2_rows_carry_the_papers_number_for_the_same_task():
         "method": ["icl", "null", "head_max"], "metric": ["accuracy", "agreement", "agreement"],
         "mean": [0.6, 0.5, 0.7], "sd": [0.01, 0.02, 0.03], "ci_low": [0.5, 0.4, 0.6], "ci_high": [0.7, 0.6, 0.8],
         "seeds_ci_low": [0.45, 0.35, 0.5], "seeds_ci_high": [0.75, 0.65, 0.9], "n_seeds": [2] * 3, "n_heldout": [10] * 3, "choices": [None, None, "L1 H0 (every seed)"],
+        "reference": [""] * 3, "same_as": [""] * 3,
     })
-    frame = report.table2_frame(table, "rotten_tomatoes")
+    frame = table2_report.table2_frame(table, "rotten_tomatoes")
     assert frame.paper_gptj.tolist()[0] == 0.671 and np.isnan(frame.paper_gptj[1]) and frame.paper_gptj[2] == 0.683
-    assert np.isnan(report.table2_frame(table, "toy").paper_gptj).all()
+    assert np.isnan(table2_report.table2_frame(table, "toy").paper_gptj).all()
     assert frame.seeds_ci_high.tolist() == [0.75, 0.65, 0.9]
-    lines = "\n".join(report.table2_lines(table, "rotten_tomatoes", "enc"))
+    lines = "\n".join(table2_report.table2_lines(table, "rotten_tomatoes", "enc"))
     assert "0.700 ± 0.030 [0.600, 0.800; seeds 0.500, 0.900]" in lines
     assert "Degenerate ICL" not in lines  # the null baseline agrees on 50%
     constant = table.assign(mean=[0.6, 0.97, 0.97])
     assert "**Degenerate ICL:** the model gives its most frequent answer on 97% of held-out prompts" in "\n".join(
-        report.table2_lines(constant, "rotten_tomatoes", "enc"))
+        table2_report.table2_lines(constant, "rotten_tomatoes", "enc"))
 
 
 def test_report_md_puts_table_2_first_then_each_set_then_ablations_causal_check_and_theory():
     study = {"models": ["m"], "tasks": ["t"], "seeds": [0, 1], "settings": ["random"], "n_eval": 8, "k": 4,
              "n_select": 4, "n_heldout": 4, "prepend_bos": True}
-    summaries = [pd.DataFrame({"n_prompts": [8], "icl_accuracy": [a], "null_agreement": [0.5], "null_accuracy": [0.5]})
+    summaries = [pd.DataFrame({"n_prompts": [8], "icl_accuracy": [a], "null_agreement": [0.5], "null_accuracy": [0.5],
+                               "recency_agreement": [0.7], "uniform_agreement": [0.5], "uniform_tie_rate": [1.0],
+                               "positional_agreement": [0.75], "slot_label_agreement": [0.8]})
                  for a in (0.6, 0.8)]
     text = report.assemble("Title", study, [["### m / t / random", ""]],
                            [("m / t / random", summaries, [["5.1 piece"], [report.PROBES_OFF, ""]])],

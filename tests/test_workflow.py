@@ -45,7 +45,7 @@ def tiny_config(model_dir: Path, data_file: Path, encoder_dir: Path) -> dict:
         },
         "prompts": {"n_eval": 8, "k": 4, "pool_size": 40},
         "extraction": {"shard_size": 4, "kv_layers": [0, 1]},
-        "analysis": {"n_select": 4, "n_heldout": 4, "probe_folds": 3, "bootstrap_resamples": 200},
+        "analysis": {"n_select": 4, "n_heldout": 4, "probe_folds": 3, "bootstrap_resamples": 200, "query_swap_setting": "swap"},
         "encoder": {"name": "tiny-bert", "source": "local", "path": str(encoder_dir)},
         "settings": {
             "random": {"selection": "random"},
@@ -53,6 +53,7 @@ def tiny_config(model_dir: Path, data_file: Path, encoder_dir: Path) -> dict:
             "sim_hidden": {"selection": "similar", "similarity": "hidden", "hidden_layer": 1, "queries": "heldout"},
             "symbols": {"labels": "symbols", "queries": "heldout"},
             "order_1": {"order_seed": 1, "queries": "heldout"},
+            "swap": {"query_swap": True, "queries": "heldout"},
         },
         "ablations": {
             "retrieval": {"kind": "retrieval", "settings": ["sim", "sim_hidden"]},
@@ -129,13 +130,22 @@ def test_full_run_writes_every_stage(study):
     probes = schemas.read_table(workdir / paths.analysis("probes.parquet", "tiny", "toy", 0, "random"), schemas.PROBES)
     assert probes.num_rows == 2 * 4 * 5 * 2  # layers x heads x offsets x (key, value)
     held = schemas.read_table(workdir / paths.analysis("heldout.parquet", "tiny", "toy", 0, "random"), schemas.HELDOUT)
-    assert held.num_rows == 4 * 7  # held-out prompts x methods (4 heads, 2 cosine baselines, calibrated ICL)
+    assert held.num_rows == 4 * 11  # held-out prompts x methods (4 heads, 4 query-free readings, 2 cosine baselines, calibrated ICL)
     calibrated = schemas.read_table(workdir / paths.analysis("calibration.parquet", "tiny", "toy", 0, "random"), schemas.CALIBRATION)
     assert set(calibrated.column("prompt_id").to_pylist()) == set(held.column("prompt_id").to_pylist())  # held out only
     icl = dict(zip(rows.column("prompt_id").to_pylist(), rows.column("prediction").to_pylist()))
     assert dict(zip(calibrated.column("prompt_id").to_pylist(), calibrated.column("icl_prediction").to_pylist())).items() <= icl.items()
     table = schemas.read_table(workdir / paths.over_seeds("table2.parquet", "tiny", "toy", "random"), schemas.TABLE2)
     assert set(table.column("method").to_pylist()) >= {"icl", "null", "head_max", "kr_encoder", "kr_hidden", "icl_calibrated"}
+    assert {"recency", "uniform", "positional", "slot_label"} <= set(table.column("method").to_pylist())
+    assert "agreement_gain" in table.column("metric").to_pylist()
+    # the query swap keeps each held-out prompt's demonstrations and changes its query
+    swapped = schemas.read_table(workdir / paths.prompts("tiny", "toy", 0, "swap"), schemas.PROMPTS).to_pandas().set_index("prompt_id")
+    original = prompts.to_pandas().set_index("prompt_id").loc[swapped.index]
+    assert (swapped.demo_ids.map(list) == original.demo_ids.map(list)).all()
+    assert (swapped.example_id != original.example_id).all()
+    shift = schemas.read_table(workdir / paths.analysis("query_swap.parquet", "tiny", "toy", 0, "random"), schemas.QUERY_SWAP)
+    assert shift.num_rows == 2 * 4 * 4  # layers x heads x kernel readings
     held_ids = set(held.column("prompt_id").to_pylist())
     for setting in ("sim", "sim_hidden", "symbols", "order_1"):
         built = schemas.read_table(workdir / paths.prompts("tiny", "toy", 0, setting), schemas.PROMPTS)
@@ -143,13 +153,14 @@ def test_full_run_writes_every_stage(study):
     summary = schemas.read_table(workdir / paths.ablation("summary.parquet", "tiny", "order"), schemas.ABLATION_SUMMARY)
     assert {"icl_changed", "head_changed", "icl_accuracy"} <= set(summary.column("metric").to_pylist())
     edits = schemas.read_table(workdir / paths.analysis("interventions.parquet", "tiny", "toy", 0, "random"), schemas.INTERVENTIONS)
-    # 4 held-out prompts x 3 families x (top, 2 random draws, bottom) x m in (1, 2)
-    assert edits.num_rows == 4 * 3 * 4 * 2 and set(edits.column("prompt_id").to_pylist()) == held_ids
+    # 4 held-out prompts x 3 families x (top, 2 random draws, 2 matched draws, bottom) x m in (1, 2)
+    assert edits.num_rows == 4 * 3 * 6 * 2 and set(edits.column("prompt_id").to_pylist()) == held_ids
     report = (workdir / paths.report()).read_text()
     assert "## Causal check" in report and "**Head knockout.**" in report
     assert "## Section 4.2 ablations: tiny" in report and "### retrieval (retrieval)" in report
     assert "## tiny / toy / random" in report and "Theorem 1" in report
     assert "## Table 2" in report and "kernel regression on tiny-bert" in report and "**5.4" in report
+    assert "**Kernel or query-free reading?**" in report and "Prediction health" in report and "Query dependence" in report
     figures = [f"tiny__toy__random__{name}.png" for name in ("attention", "heads", "similarity", "probes")]
     for figure in figures + [f"tiny__ablation__{name}.png" for name in ("retrieval", "labels", "order")]:
         assert (workdir / paths.report_figure(figure)).stat().st_size > 1000
@@ -237,12 +248,14 @@ def test_html_report_holds_every_figure_and_table_with_its_caption(study, tmp_pa
 # prompt set of every test prompt (random, 2 shards) and four held-out ablation sets (sim, sim_hidden,
 # symbols, order_1; one shard each) read by three ablations.
 ANALYSES = {"reconstruct": 1, "attention_map": 1, "similarity": 1, "probes": 1, "calibrate": 1, "heldout": 1, "table2": 1}
+# The query-swap comparison of a set with random demonstrations and the query-swap setting's k.
+SWAP = {"query_swap": 1}
 # The report's figures and tables of one model x task x setting (over its seeds).
 SET_REPORT = {"report_table2": 1, "report_attention": 1, "report_heads": 1, "report_similarity": 1, "report_probes": 1}
 REPORT = {"report": 1, "all": 1}
 # The causal check of the interventions setting (random) and its figure.
 CAUSAL = {"interventions": 1, "report_interventions": 1}
-EVERY_SET = {"build_prompts": 5, "extract_shard": 6, **ANALYSES, "ablation": 3, **SET_REPORT, "report_ablation": 3, **CAUSAL, **REPORT}
+EVERY_SET = {"build_prompts": 6, "extract_shard": 7, **ANALYSES, **SWAP, "ablation": 3, **SET_REPORT, "report_ablation": 3, **CAUSAL, **REPORT}
 ONE_NEW_SET = {"build_prompts": 1, "extract_shard": 2, **ANALYSES, **SET_REPORT, **REPORT}
 CONTRACT = {
     "extraction.batch_size": ({"extraction": {"batch_size": 3}}, {}),
@@ -276,7 +289,11 @@ CONTRACT = {
     "extraction.head_outputs": (
         {"extraction": {"head_outputs": False}, "interventions": {"knockout": "zero"}}, {**EVERY_SET, "build_prompts": 0},
     ),
-    "study.seeds (one more)": ({"study": {"seeds": [0, 1]}}, {**ONE_NEW_SET, **CAUSAL}),
+    # The new seed's random set and its query-swap set.
+    "study.seeds (one more)": ({"study": {"seeds": [0, 1]}}, {**ONE_NEW_SET, **SWAP, "build_prompts": 2, "extract_shard": 3, **CAUSAL}),
+    "analysis.query_swap_setting": (
+        {"analysis": {"query_swap_setting": None}}, {"table2": 1, "report_table2": 1, "report_heads": 1, **REPORT},
+    ),
     "study.settings (one more)": ({"study": {"settings": ["random", "k2"]}, "settings": {"k2": {"k": 2}}}, ONE_NEW_SET),
     "ablations.<name>.settings (one more)": (
         {"settings": {"words": {"labels": "words", "queries": "heldout"}}, "ablations": {"labels": {"settings": ["symbols", "words"]}}},
@@ -433,17 +450,17 @@ def test_changing_the_heldout_size_reruns_table_2_and_the_ablations_only(study):
     config["analysis"]["n_heldout"] = 3
     write_config(workdir, config)
     seeds = len(config["study"]["seeds"])
-    ablation_sets = 4  # sim, sim_hidden, symbols, order_1 build only the held-out prompts, so they follow
+    heldout_sets = 5  # sim, sim_hidden, symbols, order_1 and swap build only the held-out prompts, so they follow
     assert planned_jobs(workdir) == {
-        "calibrate": seeds, "heldout": seeds, "table2": 1, "build_prompts": ablation_sets, "extract_shard": ablation_sets,
+        "calibrate": seeds, "heldout": seeds, "table2": 1, "build_prompts": heldout_sets, "extract_shard": heldout_sets,
         "ablation": 3, "report_table2": 1, "report_ablation": 3, "interventions": seeds, "report_interventions": 1,
-        "report": 1, "all": 1,
+        "query_swap": seeds, "report_heads": 1, "report": 1, "all": 1,
     }
     done = snakemake(workdir)
     assert done.returncode == 0, done.stderr[-3000:]
     table = schemas.read_table(workdir / paths.over_seeds("table2.parquet", "tiny", "toy", "random"), schemas.TABLE2)
     assert set(table.column("n_heldout").to_pylist()) == {3}
-    split = {"calibration", "heldout", "interventions"}  # the tables the held-out split decides
+    split = {"calibration", "heldout", "interventions", "query_swap"}  # the tables the held-out split decides
 
     def kept(times: dict[str, float]) -> dict[str, float]:
         return {k: v for k, v in times.items() if Path(k).stem not in split}

@@ -124,6 +124,7 @@ def _check_references(config: dict) -> None:
             f"exceed 'prompts.n_eval' ({n_eval}): the select and held-out prompts must be disjoint test prompts"
         )
     problems += _ablation_problems(config)
+    problems += _query_swap_problems(config)
     problems += _theory_problems(config["theory"])
     problems += _intervention_problems(config)
     problems += _label_format_problems(config)
@@ -148,6 +149,23 @@ def _ablation_problems(config: dict) -> list[str]:
             unknown = [v for v in ablation[key] if v not in allowed]
             if unknown:
                 problems.append(f"config key '{where}.{key}': {unknown} not in {allowed}")
+    return problems
+
+
+def _query_swap_problems(config: dict) -> list[str]:
+    problems = []
+    for name, setting in config["settings"].items():
+        if setting.get("query_swap") and (setting["queries"] != "heldout" or setting["selection"] != "random"):
+            problems.append(
+                f"config key 'settings.{name}.query_swap': needs queries: heldout and selection: random "
+                f"(got queries: {setting['queries']}, selection: {setting['selection']})"
+            )
+    name = config["analysis"]["query_swap_setting"]
+    if name is not None and not config["settings"].get(name, {}).get("query_swap"):
+        problems.append(
+            f"config key 'analysis.query_swap_setting': {name!r} is not a setting with query_swap: true "
+            f"(settings: {sorted(config['settings'])})"
+        )
     return problems
 
 

@@ -7,7 +7,9 @@ and, for the hidden-state baseline, the layer; on the held-out part we only eval
 
 Baselines are kernel regressions over the same demonstrations with a cosine-similarity kernel,
 y = argmax_c sum_i K(x_test, x_i) e(y_i)_c / sum_i K(x_test, x_i), on sentence-encoder embeddings
-and on the studied model's own hidden state of each input run alone.
+and on the studied model's own hidden state of each input run alone; and the query-free readings of
+baselines.py (recency, the uniform kernel, a positional and a slot x label-word kernel), chosen or
+fitted on the select split, which a head must beat before it reads like a kernel.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from . import schemas
+from . import baselines, schemas
 from .kernels import ATTENTION_KERNELS, cosine_weights, kernel_vote
 from .readers import prediction_grid, read_embeddings, read_zero_shot, rows_for
 from .split import select_heldout
@@ -77,24 +79,27 @@ def heldout_rows(
     `calibrated` (content-free inputs, calibrated ICL prediction by prompt id) adds the contextually
     calibrated ICL prediction as one more method."""
     prompts = prompts.sort_values("prompt_id").reset_index(drop=True)
-    methods: list[tuple[str, str, float, np.ndarray]] = []  # (method, choice, select agreement, predictions)
+    methods: list[tuple[str, str, float, np.ndarray, np.ndarray | None]] = []  # (method, choice, select agreement, predictions, tied)
     for kernel in ATTENTION_KERNELS:
         split = head_split(recon, kernel, n_select, n_heldout, seed)
         if not np.array_equal(split.ids, prompts.prompt_id.to_numpy()):
             raise HeldoutError("the reconstruction table and the prompts hold different prompts; re-run reconstruct")
         scores = split.select_agreement()
         layer, head = np.unravel_index(np.argmax(scores), scores.shape)
-        methods.append((f"head_{kernel}", f"L{layer} H{head}", float(scores[layer, head]), split.grid[:, layer, head]))
+        methods.append((f"head_{kernel}", f"L{layer} H{head}", float(scores[layer, head]), split.grid[:, layer, head], None))
     icl, select, heldout = split.icl, split.select, split.heldout
+    demo_labels = np.stack(prompts.demo_labels.map(np.asarray))
+    for b in baselines.query_free_baselines(demo_labels, icl, select, n_classes):
+        methods.append((b.name, b.choice, float(agreement(b.predictions[select], icl[select])), b.predictions, b.tied))
     encoder_pred = cosine_votes(embeddings, prompts, n_classes)
-    methods.append(("kr_encoder", encoder, float(agreement(encoder_pred[select], icl[select])), encoder_pred))
+    methods.append(("kr_encoder", encoder, float(agreement(encoder_pred[select], icl[select])), encoder_pred, None))
     n_layers = next(iter(hidden.values())).shape[0]
     by_layer = np.stack([
         cosine_votes({i: v[layer] for i, v in hidden.items()}, prompts, n_classes) for layer in range(n_layers)
     ], axis=1)  # (prompts, layers)
     scores = agreement(by_layer[select], icl[select])
     best = int(np.argmax(scores))
-    methods.append(("kr_hidden", f"layer {best}", float(scores[best]), by_layer[:, best]))
+    methods.append(("kr_hidden", f"layer {best}", float(scores[best]), by_layer[:, best], None))
     if calibrated is not None:
         inputs, by_prompt = calibrated
         # Calibrated on the held-out prompts only: -1 elsewhere.
@@ -102,15 +107,16 @@ def heldout_rows(
         if (predictions[heldout] < 0).any():
             raise HeldoutError("the calibration table lacks held-out prompts of this split; re-run calibrate")
         # Calibrated on the held-out prompts only: nothing is chosen on the select split.
-        methods.append(("icl_calibrated", inputs, float("nan"), predictions))
+        methods.append(("icl_calibrated", inputs, float("nan"), predictions, None))
     null = int(np.bincount(icl[select], minlength=n_classes).argmax())
     columns: dict[str, list] = {name: [] for name in schemas.HELDOUT.names}
-    for method, choice, select_agreement, predictions in methods:
+    for method, choice, select_agreement, predictions, tied in methods:
         for i in heldout:
             row = {
                 "prompt_id": int(prompts.prompt_id[i]), "example_id": prompts.example_id[i], "method": method,
                 "choice": choice, "select_agreement": select_agreement, "label": int(prompts.label[i]),
                 "icl_prediction": int(icl[i]), "null_prediction": null, "prediction": int(predictions[i]),
+                "tied": None if tied is None else bool(tied[i]),
             }
             for name in columns:
                 columns[name].append(row[name])

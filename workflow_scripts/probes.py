@@ -12,6 +12,13 @@ the majority class reaches the majority share in plain accuracy, so each probe a
 balanced accuracy (mean recall per class; any constant answer scores 1 / classes) and that of a
 label-shuffled control: the same probe, same folds, fitted on the target permuted across demonstration
 examples (seeded by the probe seed), which shows what a probe reaches with no signal to find.
+
+A probe can also succeed without the vector carrying anything beyond the word it sits on: the label
+token's value vector encodes which label word it is, so a value probe there reads y_i trivially. Each
+probe therefore also reports a token-identity control: the same probe (same ridge, folds and target)
+fitted on a one-hot of the prompt's token id at the same sample position. Peaks are each head's own,
+so the control is per cell, but it depends only on the tokens: heads whose peaks land on the same
+tokens share one fit.
 """
 from __future__ import annotations
 
@@ -32,22 +39,25 @@ class ProbeError(ValueError):
 def probe_samples(prompts: pa.Table, shards: pa.Table) -> dict[str, np.ndarray]:
     """Stack the captured vectors of every (prompt, demonstration) pair.
 
-    Returns keys and values as (kv_layers, heads, offsets, samples, head_dim), the layer index of
-    each kv layer, and per sample the demonstration's example id and label.
+    Returns keys and values as (kv_layers, heads, offsets, samples, head_dim), the token id at each
+    vector's position as (kv_layers, heads, offsets, samples), the layer index of each kv layer, and
+    per sample the demonstration's example id and label.
     """
     kept = shards.filter(pc.invert(pc.is_null(shards.column("top_keys"))))
     if kept.num_rows == 0:
         raise ProbeError("no prompt kept key/value vectors: set config key 'extraction.kv_layers' (and kv_max_prompts > 0)")
-    demos = {r["prompt_id"]: r for r in prompts.select(["prompt_id", "demo_ids", "demo_labels"]).to_pylist()}
-    keys, values, ids, labels = [], [], [], []
+    demos = {r["prompt_id"]: r for r in prompts.select(["prompt_id", "demo_ids", "demo_labels", "input_ids"]).to_pylist()}
+    keys, values, tokens, ids, labels = [], [], [], [], []
     layers = None
-    for row in kept.select(["prompt_id", "kv_layers", "top_shape", "top_keys", "top_values"]).to_pylist():
+    for row in kept.select(["prompt_id", "kv_layers", "top_shape", "top_positions", "top_keys", "top_values"]).to_pylist():
         shape = row["top_shape"]  # (kv_layers, heads, k, offsets, head_dim)
         if layers is not None and row["kv_layers"] != layers:
             raise ProbeError(f"prompt {row['prompt_id']} kept layers {row['kv_layers']}, others {layers}: re-run the extraction")
         layers = row["kv_layers"]
         keys.append(np.asarray(row["top_keys"], dtype=np.float32).reshape(shape))
         values.append(np.asarray(row["top_values"], dtype=np.float32).reshape(shape))
+        peaks = np.asarray(row["top_positions"]).reshape(shape[:3])
+        tokens.append(peak_tokens(demos[row["prompt_id"]]["input_ids"], peaks)[..., None])  # a trailing dim, as the vectors
         ids += demos[row["prompt_id"]]["demo_ids"]
         labels += demos[row["prompt_id"]]["demo_labels"]
     # (prompts, L, H, k, O, D) -> (L, H, O, prompts * k, D)
@@ -56,8 +66,46 @@ def probe_samples(prompts: pa.Table, shards: pa.Table) -> dict[str, np.ndarray]:
         n_prompts, n_layers, n_heads, k, n_offsets, dim = arr.shape
         return arr.transpose(1, 2, 4, 0, 3, 5).reshape(n_layers, n_heads, n_offsets, n_prompts * k, dim)
 
-    return {"keys": stack(keys), "values": stack(values), "layers": np.asarray(layers),
+    return {"keys": stack(keys), "values": stack(values), "tokens": stack(tokens)[..., 0], "layers": np.asarray(layers),
             "example_ids": np.asarray(ids), "labels": np.asarray(labels)}
+
+
+def peak_tokens(input_ids: list[int], peaks: np.ndarray) -> np.ndarray:
+    """Token id at each peak + DEMO_OFFSETS, (..., k) peaks -> (..., k, offsets), clipped to the prompt
+    as the extraction clips the positions whose vectors it keeps."""
+    ids = np.asarray(input_ids)
+    return ids[np.clip(peaks[..., None] + np.asarray(schemas.DEMO_OFFSETS), 0, ids.size - 1)]
+
+
+def one_hot_tokens(tokens: np.ndarray) -> np.ndarray:
+    """(n,) token ids -> (n, distinct ids) one-hot.
+
+    Preferred to the input embedding: the embedding is a fixed function of the id, so the one-hot says
+    everything it does about which word stands there, without loading the model. Unlike the embedding
+    it cannot carry over to a word seen only in the held-out fold (such a sample gets the intercept);
+    where the fold's words were all seen in training, as at the label words, the two are equivalent.
+    """
+    _, index = np.unique(tokens, return_inverse=True)
+    return np.eye(index.max() + 1)[index.ravel()]
+
+
+def token_identity_scores(
+    tokens: np.ndarray, targets: list[np.ndarray], groups: np.ndarray, n_classes: int, ridge: float, folds: int, seed: int
+) -> np.ndarray:
+    """Balanced accuracy of the token-identity control for every target and every leading index of
+    tokens (..., n), shape (targets, ...): the probe of probe_table (same ridge, same grouped folds from
+    `seed`, same targets) on one_hot_tokens.
+
+    The one-hot is as wide as the distinct words at a position, so these fits cost more than the
+    probes': cells with the same token at every sample get the same score and each distinct column is
+    fitted once, and the targets share its Gram matrix as extra right-hand sides."""
+    columns, cell = np.unique(tokens.reshape(-1, tokens.shape[-1]), axis=0, return_inverse=True)
+    scores = np.array([
+        [stats.balanced_accuracy(predicted, target, n_classes) for predicted, target in zip(
+            stats.probe_predictions_many(one_hot_tokens(column), targets, groups, n_classes, ridge, folds, seed), targets)]
+        for column in columns
+    ])  # (distinct columns, targets)
+    return scores[cell.ravel()].T.reshape(len(targets), *tokens.shape[:-1])
 
 
 def majority_share(targets: np.ndarray) -> float:
@@ -70,8 +118,8 @@ def balanced_chance(targets: np.ndarray) -> float:
 
 
 def probe_table(samples: dict, zero_shot_predictions: np.ndarray, n_classes: int, ridge: float, folds: int, seed: int) -> dict:
-    """Columns of PROBES: accuracy, balanced accuracy and the shuffled control's balanced accuracy per
-    kv layer, head, vector kind and offset."""
+    """Columns of PROBES: accuracy, balanced accuracy and the balanced accuracy of the shuffled and the
+    token-identity controls per kv layer, head, vector kind and offset."""
     _, groups = np.unique(samples["example_ids"], return_inverse=True)
     if groups.max() + 1 < folds:
         raise ProbeError(
@@ -80,7 +128,8 @@ def probe_table(samples: dict, zero_shot_predictions: np.ndarray, n_classes: int
         )
     columns: dict[str, list] = {name: [] for name in schemas.PROBES.names}
     targets = {"key": zero_shot_predictions, "value": samples["labels"]}
-    for vector, target in targets.items():
+    token_scores = token_identity_scores(samples["tokens"], list(targets.values()), groups, n_classes, ridge, folds, seed)
+    for (vector, target), token in zip(targets.items(), token_scores):
         scores = stats.probe_scores_many(samples[f"{vector}s"], target, groups, n_classes, ridge, folds, seed)
         accuracy = scores["accuracy"]
         layer, head, offset = np.meshgrid(samples["layers"], np.arange(accuracy.shape[1]), schemas.DEMO_OFFSETS, indexing="ij")
@@ -92,6 +141,7 @@ def probe_table(samples: dict, zero_shot_predictions: np.ndarray, n_classes: int
         columns["majority"] += [majority_share(target)] * accuracy.size
         columns["balanced_accuracy"] += scores["balanced_accuracy"].ravel().tolist()
         columns["shuffled_balanced_accuracy"] += scores["shuffled_balanced_accuracy"].ravel().tolist()
+        columns["token_balanced_accuracy"] += token.ravel().tolist()
         columns["chance"] += [balanced_chance(target)] * accuracy.size
         columns["n_samples"] += [len(target)] * accuracy.size
     return columns

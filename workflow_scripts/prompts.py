@@ -54,8 +54,11 @@ def build_prompts(
         pool_ids = [rows[j].example_id for j in split.pool]
         pool_matrix = unit_rows(np.stack(readers.rows_for(vectors or {}, pool_ids, "similarity vectors")))
     rng = np.random.default_rng(seed)
+    swap = swap_partners(np.sort(queries_kept), labels[queries[np.sort(queries_kept)]]) if setting.get("query_swap") else {}
     columns: dict[str, list] = {name: [] for name in schemas.PROMPTS.names}
-    for prompt_id, i in enumerate(queries):
+    for prompt_id, query_index in enumerate(queries):
+        # A query-swap setting keeps prompt i's demonstrations and asks another held-out prompt's query.
+        i = queries[swap[prompt_id]] if prompt_id in swap else query_index
         kept = queries_kept is None or prompt_id in queries_kept
         if not by_similarity:
             chosen = sample_balanced(labels[split.pool], k, n_classes, rng)  # drawn for every prompt: same stream
@@ -102,6 +105,18 @@ def build_prompts(
     lengths = [len(ids) for ids in columns["input_ids"]]
     log.info("task %s seed %d: %d prompts, tokens min %d mean %.0f max %d", task, seed, len(lengths), min(lengths), np.mean(lengths), max(lengths))
     return columns
+
+
+def swap_partners(prompt_ids: np.ndarray, labels: np.ndarray) -> dict[int, int]:
+    """prompt id -> the prompt id whose query replaces its own: the next one in id order (cyclic) with
+    another gold label, or the next one when every prompt has the same label."""
+    partners = {}
+    n = len(prompt_ids)
+    for j, pid in enumerate(prompt_ids):
+        later = [(j + step) % n for step in range(1, n)]
+        other = [m for m in later if labels[m] != labels[j]]
+        partners[int(pid)] = int(prompt_ids[(other or later or [j])[0]])
+    return partners
 
 
 def prompt_set(

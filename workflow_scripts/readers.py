@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import layers, schemas
+from .kernels import ATTENTION_KERNELS, attention_weights
 
 Value = TypeVar("Value")
 
@@ -97,6 +98,18 @@ def iter_prompts(prompts: pa.Table, shards: pa.Table) -> Iterator[dict]:
             raise ValueError(f"prompt {row['prompt_id']}: attention covers {m['n_tokens']} tokens, prompt has {len(row['input_ids'])}")
         values = attention[i].values.to_numpy(zero_copy_only=False).astype(np.float32)
         yield {**row, **m, "attention": values.reshape(m["n_layers"], m["n_heads"], m["n_tokens"])}
+
+
+def kernel_weights(prompts: pa.Table, shards: pa.Table) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """Every prompt's fields (without its attention row) and every kernel's weights (prompts, layers,
+    heads, k), in prompt order: one pass over the attention rows serves the votes and the R^2."""
+    rows: list[dict] = []
+    weights: dict[str, list] = {name: [] for name in ATTENTION_KERNELS}
+    for p in iter_prompts(prompts, shards):
+        for name, w in attention_weights(p.pop("attention"), p["x_start"], p["y_pos"]).items():
+            weights[name].append(w)
+        rows.append(p)
+    return rows, {name: np.stack(w) for name, w in weights.items()}
 
 
 def prediction_grid(recon: pa.Table, kernel: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

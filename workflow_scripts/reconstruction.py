@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from . import schemas
-from .kernels import ATTENTION_KERNELS, attention_weights, kernel_vote
-from .readers import iter_prompts, prediction_grid, read_attention_rows
+from . import baselines, schemas
+from .kernels import ATTENTION_KERNELS, kernel_vote
+from .query_dependence import weight_r2
+from .readers import kernel_weights, prediction_grid, read_attention_rows
 
 
 def null_baseline(predictions: np.ndarray, gold: np.ndarray) -> tuple[float, float]:
@@ -21,21 +22,48 @@ def null_baseline(predictions: np.ndarray, gold: np.ndarray) -> tuple[float, flo
     return float(np.mean(predictions == majority)), float(np.mean(gold == majority))
 
 
-def head_predictions(prompts: pa.Table, shards: pa.Table, n_classes: int) -> dict[str, list]:
+def predictions_from(rows: list[dict], weights: dict[str, np.ndarray], n_classes: int) -> dict[str, list]:
     """Every head's reconstruction y_tilde for every prompt and kernel (columns of RECONSTRUCTION)."""
     columns: dict[str, list] = {name: [] for name in schemas.RECONSTRUCTION.names}
-    for p in iter_prompts(prompts, shards):
-        weights = attention_weights(p["attention"], p["x_start"], p["y_pos"])
-        demo_labels = np.asarray(p["demo_labels"])
-        for name in ATTENTION_KERNELS:
+    for name in ATTENTION_KERNELS:
+        for p, w in zip(rows, weights[name]):
             row = {
                 **p,
                 "kernel": name,
-                "head_predictions": kernel_vote(weights[name], demo_labels, n_classes).astype(np.int16).ravel(),
+                "head_predictions": kernel_vote(w, np.asarray(p["demo_labels"]), n_classes).astype(np.int16).ravel(),
             }
             for column in columns:
                 columns[column].append(row[column])
     return columns
+
+
+def head_predictions(prompts: pa.Table, shards: pa.Table, n_classes: int) -> dict[str, list]:
+    return predictions_from(*kernel_weights(prompts, shards), n_classes)
+
+
+def r2_columns(rows: list[dict], weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per kernel, the share of each head's normalized weight variance that slot and slot x label word
+    explain, flattened in HEADS order (layer, head)."""
+    demo_labels = np.stack([np.asarray(p["demo_labels"]) for p in rows])
+    out = {"r2_slot": [], "r2_slot_label": []}
+    for name in ATTENTION_KERNELS:
+        slot, slot_label = weight_r2(weights[name], demo_labels)
+        out["r2_slot"].append(slot.ravel())
+        out["r2_slot_label"].append(slot_label.ravel())
+    return {key: np.concatenate(v) for key, v in out.items()}
+
+
+def in_sample_baselines(rows: list[dict], n_classes: int) -> dict[str, list]:
+    """SUMMARY's query-free readings, fitted on every prompt (in-sample, like Section 5.2's best head)."""
+    demo_labels = np.stack([np.asarray(p["demo_labels"]) for p in rows])
+    icl = np.array([p["prediction"] for p in rows])
+    every = np.arange(len(rows))
+    out = {}
+    for b in baselines.query_free_baselines(demo_labels, icl, every, n_classes):
+        out[f"{b.name}_agreement"] = [float(np.mean(b.predictions == icl))]
+        if b.tied is not None:
+            out[f"{b.name}_tie_rate"] = [float(np.mean(b.tied))]
+    return out
 
 
 def sink_attention(shards: pa.Table) -> np.ndarray:
@@ -47,9 +75,10 @@ def sink_attention(shards: pa.Table) -> np.ndarray:
     return np.mean(rows, axis=0).reshape(meta[0]["n_layers"], meta[0]["n_heads"])
 
 
-def summarize(recon: pa.Table, sink: np.ndarray) -> tuple[dict, dict]:
-    """Per (layer, head, kernel) agreement with the ICL prediction, accuracy and the head's attention on
-    position 0 (`sink`, layers x heads); prompt-level summary."""
+def summarize(recon: pa.Table, sink: np.ndarray, r2: dict[str, np.ndarray] | None = None) -> tuple[dict, dict]:
+    """Per (layer, head, kernel) agreement with the ICL prediction, accuracy, the head's attention on
+    position 0 (`sink`, layers x heads) and its weights' R^2 on slot and slot x label (r2_columns; nan
+    when not given); prompt-level summary."""
     heads: dict[str, list] = {name: [] for name in schemas.HEADS.names}
     for name in ATTENTION_KERNELS:
         _, gold, predictions, grid = prediction_grid(recon, name)
@@ -61,6 +90,9 @@ def summarize(recon: pa.Table, sink: np.ndarray) -> tuple[dict, dict]:
         heads["agreement"] += (grid == predictions[:, None, None]).mean(axis=0).ravel().tolist()
         heads["accuracy"] += (grid == gold[:, None, None]).mean(axis=0).ravel().tolist()
         heads["sink_attention"] += sink.ravel().tolist()
+    n_rows = len(heads["layer"])
+    for key in ("r2_slot", "r2_slot_label"):
+        heads[key] = list(r2[key]) if r2 is not None else [float("nan")] * n_rows
     null_agreement, null_accuracy = null_baseline(predictions, gold)
     summary = {
         "n_prompts": [len(predictions)],
@@ -72,8 +104,10 @@ def summarize(recon: pa.Table, sink: np.ndarray) -> tuple[dict, dict]:
 
 
 def score_heads(prompts: pa.Table, shards: pa.Table, n_classes: int) -> tuple[dict, dict]:
-    recon = pa.Table.from_pydict(head_predictions(prompts, shards, n_classes), schema=schemas.RECONSTRUCTION)
-    return summarize(recon, sink_attention(shards))
+    rows, weights = kernel_weights(prompts, shards)
+    recon = pa.Table.from_pydict(predictions_from(rows, weights, n_classes), schema=schemas.RECONSTRUCTION)
+    heads, summary = summarize(recon, sink_attention(shards), r2_columns(rows, weights))
+    return heads, {**summary, **in_sample_baselines(rows, n_classes)}
 
 
 def write_scores(
@@ -82,8 +116,10 @@ def write_scores(
 ) -> None:
     prompts = schemas.read_table(prompts_path, schemas.PROMPTS)
     shards = read_attention_rows(shard_paths)
-    recon = pa.Table.from_pydict(head_predictions(prompts, shards, n_classes), schema=schemas.RECONSTRUCTION)
-    heads, summary = summarize(recon, sink_attention(shards))
+    rows, weights = kernel_weights(prompts, shards)
+    recon = pa.Table.from_pydict(predictions_from(rows, weights, n_classes), schema=schemas.RECONSTRUCTION)
+    heads, summary = summarize(recon, sink_attention(shards), r2_columns(rows, weights))
+    summary.update(in_sample_baselines(rows, n_classes))
     schemas.write_table(recon, schemas.RECONSTRUCTION, recon_out)
     schemas.write_table(heads, schemas.HEADS, heads_out)
     schemas.write_table(summary, schemas.SUMMARY, summary_out)

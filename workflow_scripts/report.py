@@ -15,9 +15,10 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import PowerNorm  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from . import ablation_report, interventions_report, schemas, stats, table2  # noqa: E402
+from . import ablation_report, interventions_report, schemas, stats  # noqa: E402
 from .kernels import ATTENTION_KERNELS  # noqa: E402
 from .report_files import Outputs, link, outputs_of, read_piece, write_piece, write_table  # noqa: E402
+from .table2_report import paper_table, table2_verdicts  # noqa: E402
 
 KERNEL_TEXT = {
     "max": "max attention over [x_i, y_i] (paper)",
@@ -122,6 +123,7 @@ def head_table(heads: pd.DataFrame) -> pd.DataFrame:
                 "head": int(best["head"]),
                 "agreement": mean_sd(per_seed.agreement),
                 "accuracy": mean_sd(per_seed.accuracy),
+                **{column: float(per_seed[column].mean()) for column in QUERY_COLUMNS},
             }
         )
     return pd.DataFrame(rows)
@@ -148,17 +150,31 @@ def top_head_depth(heads: pd.DataFrame, kernel: str, fraction: float) -> tuple[i
 def top_heads(heads: pd.DataFrame, fraction: float) -> pd.DataFrame:
     """Per kernel, the top `fraction` of heads by mean agreement over seeds (ties: better accuracy,
     then lower layer and head), with mean and sd over seeds and their depth (layer / last layer)."""
+    heads = heads.reindex(columns=list(dict.fromkeys([*heads.columns, *QUERY_COLUMNS])))
     scores = heads.groupby(["kernel", "layer", "head"])[["agreement", "accuracy"]].agg(["mean", "std"])
     scores.columns = ["agreement", "agreement_sd", "accuracy", "accuracy_sd"]
-    scores = scores.reset_index()
+    scores = scores.join(heads.groupby(["kernel", "layer", "head"])[QUERY_COLUMNS].mean()).reset_index()
     last_layer = max(1, int(heads.layer.max()))
     tables = []
     for kernel in ATTENTION_KERNELS:
         part = scores[scores.kernel == kernel].sort_values(["agreement", "accuracy"], ascending=False, kind="stable")
         part = part.head(top_head_count(heads, kernel, fraction))
         tables.append(part.assign(rank=np.arange(1, len(part) + 1), depth=part.layer / last_layer))
-    columns = ["kernel", "rank", "layer", "head", "depth", "agreement", "agreement_sd", "accuracy", "accuracy_sd"]
+    columns = ["kernel", "rank", "layer", "head", "depth", "agreement", "agreement_sd", "accuracy", "accuracy_sd", *QUERY_COLUMNS]
     return pd.concat(tables)[columns].reset_index(drop=True)
+
+
+# Per-head query dependence (query_dependence.py) shown beside agreement: R^2 of the weights on slot and
+# slot x label word, and with a query-swap setting how far the weights move and how often the vote does.
+QUERY_COLUMNS = ["r2_slot", "r2_slot_label", "weight_shift", "vote_change"]
+
+
+def with_query_swap(heads: pd.DataFrame, swap: pd.DataFrame | None) -> pd.DataFrame:
+    """Heads (every seed, a `seed` column) with the query-swap columns (nan without a swap setting)."""
+    if swap is None or swap.empty:
+        return heads.assign(weight_shift=np.nan, vote_change=np.nan, icl_change=np.nan)
+    keys = ["seed", "kernel", "layer", "head"]
+    return heads.merge(swap[[*keys, "weight_shift", "vote_change", "icl_change"]], on=keys, how="left")
 
 
 def layer_head_axes(ax) -> None:
@@ -167,17 +183,29 @@ def layer_head_axes(ax) -> None:
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
 
 
+HEATMAP_TEXT = {
+    "agreement": "agreement with ICL",
+    "accuracy": "accuracy vs. gold",
+    "r2_slot_label": "R² of weights on slot x label (1 = query-free)",
+    "weight_shift": "weight shift when only the query changes",
+}
+
+
 def heatmaps(heads: pd.DataFrame, title: str, out: str | Path, dpi: int) -> None:
-    """Fig. 3: layer x head agreement with the ICL prediction and accuracy, every kernel, mean over seeds."""
-    fig, axes = plt.subplots(2, len(ATTENTION_KERNELS), figsize=(4 * len(ATTENTION_KERNELS), 8), sharey=True, constrained_layout=True)
+    """Fig. 3: layer x head agreement with the ICL prediction and accuracy, every kernel, mean over seeds;
+    beside it the query dependence of each head (R^2 on slot x label, the query-swap weight shift)."""
+    metrics = [m for m in HEATMAP_TEXT if heads[m].notna().any()]
+    fig, axes = plt.subplots(len(metrics), len(ATTENTION_KERNELS), figsize=(4 * len(ATTENTION_KERNELS), 4 * len(metrics)),
+                             sharey=True, constrained_layout=True, squeeze=False)
     for col, kernel in enumerate(ATTENTION_KERNELS):
-        for row, metric in enumerate(["agreement", "accuracy"]):
+        for row, metric in enumerate(metrics):
             ax = axes[row, col]
             im = ax.imshow(head_grid(heads, kernel, metric), aspect="auto", origin="lower", cmap="viridis", vmin=0, vmax=1)
-            ax.set_title(f"{kernel}: {'agreement with ICL' if metric == 'agreement' else 'accuracy vs. gold'}", fontsize=9)
+            ax.set_title(f"{kernel}: {HEATMAP_TEXT[metric]}", fontsize=9)
             ax.set_xlabel("head")
             layer_head_axes(ax)
-        fig.colorbar(im, ax=axes[:, col].tolist(), shrink=0.6)
+            if col == len(ATTENTION_KERNELS) - 1:
+                fig.colorbar(im, ax=axes[row, :].tolist(), shrink=0.8)
     for row in axes:
         row[0].set_ylabel("layer")
     fig.suptitle(f"{title}: each head read as a kernel regression")
@@ -205,20 +233,42 @@ def heads_lines(heads: pd.DataFrame, fraction: float, figure: str) -> list[str]:
         PAPER_52,
         "",
         "| kernel weight a_i | best head | agreement with ICL prediction | accuracy vs. gold | "
-        f"top {fraction:.0%} heads by agreement: depth (layer / last layer) |",
-        "|---|---|---|---|---|",
+        f"top {fraction:.0%} heads by agreement: depth (layer / last layer) | R² slot / slot x label | query swap: weight shift / vote change |",
+        "|---|---|---|---|---|---|---|",
     ]
     best_heads = head_table(heads)
     for row in best_heads.itertuples():
         n, mean, low, high = top_head_depth(heads, row.kernel, fraction)
+        swap = "—" if np.isnan(row.weight_shift) else f"{row.weight_shift:.2f} / {row.vote_change:.0%}"
         lines.append(
             f"| {KERNEL_TEXT[row.kernel]} | L{row.layer} H{row.head} | {row.agreement} | {row.accuracy} "
-            f"| {n} heads, mean {mean:.2f} (range {low:.2f}-{high:.2f}) |"
+            f"| {n} heads, mean {mean:.2f} (range {low:.2f}-{high:.2f}) | {row.r2_slot:.2f} / {row.r2_slot_label:.2f} | {swap} |"
         )
-    return lines + ["", *sink_lines(heads, best_heads), f"![per-head reconstruction]({figure})", ""]
+    return lines + ["", *query_lines(heads, best_heads), *sink_lines(heads, best_heads), f"![per-head reconstruction]({figure})", ""]
 
 
-def render_heads(heads: pd.DataFrame, title: str, fraction: float, out: Outputs, dpi: int) -> None:
+def query_lines(heads: pd.DataFrame, best_heads: pd.DataFrame) -> list[str]:
+    """How query-dependent the best heads are, against every head: a kernel's weights must move with
+    the query, a positional or label-word head's are a fixed profile (R^2 near 1, no shift)."""
+    mean = heads.groupby(["kernel", "layer", "head"])[QUERY_COLUMNS].mean()
+    best = best_heads.set_index("kernel").loc["max"]
+    lines = [
+        f"Query dependence: slot and slot x label word explain {best.r2_slot:.0%} and {best.r2_slot_label:.0%} of the "
+        f"variance of the best max-kernel head's normalized weights (median over heads {mean.r2_slot.median():.0%} and "
+        f"{mean.r2_slot_label.median():.0%}); the rest varies with the query and the demonstrations' inputs."
+    ]
+    if not np.isnan(best.weight_shift):
+        icl = heads.icl_change.dropna().mean() if "icl_change" in heads else float("nan")
+        lines.append(
+            f"With the same demonstrations and another held-out query, its weights move by {best.weight_shift:.2f} "
+            f"(total variation; 0 = the query does not matter, median over heads {mean.weight_shift.median():.2f}) and its vote "
+            f"changes on {best.vote_change:.0%} of prompts, the ICL prediction on {icl:.0%}."
+        )
+    return [" ".join(lines), ""]
+
+
+def render_heads(heads: pd.DataFrame, title: str, fraction: float, out: Outputs, dpi: int, swap: pd.DataFrame | None = None) -> None:
+    heads = with_query_swap(heads, swap)
     heatmaps(heads, title, out.figure, dpi)
     write_table(top_heads(heads, fraction), out, f"{title}: the top {fraction:.0%} heads by agreement",
                        [f"Kernel weights: {'; '.join(f'{k} = {text}' for k, text in KERNEL_TEXT.items())}.", PAPER_52])
@@ -315,7 +365,15 @@ PROBE_TARGET = {"key": "key -> argmax P(o|x_i) (zero-shot)", "value": "value -> 
 
 # Balanced accuracies are ratios of counts below a few thousand; differences under this are rounding.
 _PROBE_TIE = 1e-9
-PROBE_SCORES = ["accuracy", "majority", "balanced_accuracy", "shuffled_balanced_accuracy", "chance"]
+PROBE_SCORES = ["accuracy", "majority", "balanced_accuracy", "shuffled_balanced_accuracy", "token_balanced_accuracy",
+                "chance", "n_samples"]
+PROBE_READS = {"key": "a key that carries x_i's zero-shot answer", "value": "a value that carries e(y_i)"}
+
+
+def token_margin(n_samples: float) -> float:
+    """The clear margin a probe must beat its token-identity control by: two standard errors of a
+    balanced accuracy at its widest (recall 1/2), 2 * 0.5 / sqrt(n) over the n demonstrations scored."""
+    return float(1.0 / np.sqrt(n_samples))
 
 
 def mean_probes(probes: pd.DataFrame) -> pd.DataFrame:
@@ -332,15 +390,23 @@ def probes_table(probes: pd.DataFrame) -> pd.DataFrame:
 
     The best cell is the highest of many probes, so it is held against the highest control over the
     same cells (the best that choosing among as many probes with nothing to find gives): it beats its
-    control only by a positive margin over that maximum."""
+    control only by a positive margin over that maximum.
+
+    Each is also held against its token-identity control (the same probe on which token stands at the
+    same position): beating it by less than token_margin means the probe reads the word, not the vector.
+    The cell with the largest gain over its token-identity control is listed too, since a probe that
+    reads more than the word may sit elsewhere than the best one."""
     rows = []
     for vector in ["key", "value"]:
         part = probes[probes.vector == vector]
         control = part.shuffled_balanced_accuracy
-        by_offset = part.groupby("offset")[["balanced_accuracy", "shuffled_balanced_accuracy"]].mean()
+        by_offset = part.groupby("offset")[["balanced_accuracy", "shuffled_balanced_accuracy", "token_balanced_accuracy"]].mean()
         best_offset = int(by_offset.balanced_accuracy.idxmax())
         best = part.loc[part.balanced_accuracy.idxmax()]
         margin = float(best.balanced_accuracy - control.max())  # a tie (all at chance) is no margin, whatever the rounding
+        gain = part.balanced_accuracy - part.token_balanced_accuracy
+        most = part.loc[gain.idxmax()]
+        clear = token_margin(part.n_samples.min())
         rows.append({
             "vector": vector, "target": PROBE_TARGET[vector], "n_cells": len(part),
             "chance": float(part.chance.mean()), "majority": float(part.majority.mean()),
@@ -350,29 +416,41 @@ def probes_table(probes: pd.DataFrame) -> pd.DataFrame:
             "best_offset_balanced_accuracy": float(by_offset.balanced_accuracy.loc[best_offset]),
             "best_offset_control": float(by_offset.shuffled_balanced_accuracy.loc[best_offset]),
             "best_offset_difference": float(by_offset.balanced_accuracy.loc[best_offset] - by_offset.shuffled_balanced_accuracy.loc[best_offset]),
+            "best_offset_token": float(by_offset.token_balanced_accuracy.loc[best_offset]),
             "layer": int(best.layer), "head": int(best["head"]), "offset": int(best.offset),
             "balanced_accuracy": float(best.balanced_accuracy), "shuffled_balanced_accuracy": float(best.shuffled_balanced_accuracy),
             "difference": float(best.balanced_accuracy - best.shuffled_balanced_accuracy),
             "accuracy": float(best.accuracy), "margin_over_control_max": margin, "beats_control": bool(margin > _PROBE_TIE),
+            "token_balanced_accuracy": float(best.token_balanced_accuracy),
+            "token_difference": float(best.balanced_accuracy - best.token_balanced_accuracy),
+            "token_margin": clear, "beats_token": bool(best.balanced_accuracy - best.token_balanced_accuracy > clear),
+            "gain_layer": int(most.layer), "gain_head": int(most["head"]), "gain_offset": int(most.offset),
+            "gain_balanced_accuracy": float(most.balanced_accuracy), "gain_token_balanced_accuracy": float(most.token_balanced_accuracy),
+            "gain_difference": float(gain.max()),
+            # the largest gain is itself chosen among many cells: it also has to beat the shuffled control's highest
+            "gain_beats_token": bool(gain.max() > clear and most.balanced_accuracy - control.max() > _PROBE_TIE),
         })
     return pd.DataFrame(rows)
 
 
 def probes_figure(probes: pd.DataFrame, title: str, out: str | Path, dpi: int) -> None:
     """Fig. 5: balanced accuracy of the probes by layer and offset from each demonstration's peak, keys
-    and values, with chance and the label-shuffled control."""
+    and values, with chance, the label-shuffled control and, per offset, the token-identity control."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, vector in zip(axes, ["key", "value"]):
         part = probes[probes.vector == vector]
-        by_offset = part.groupby(["offset", "layer"])[["balanced_accuracy", "shuffled_balanced_accuracy"]].mean()
+        by_offset = part.groupby(["offset", "layer"])[["balanced_accuracy", "shuffled_balanced_accuracy", "token_balanced_accuracy"]].mean()
         control = by_offset.shuffled_balanced_accuracy.unstack("offset")  # layer x offset, mean over heads
         ax.fill_between(control.index, control.min(axis=1), control.max(axis=1), color="grey", alpha=0.25, lw=0,
                         label="shuffled control (range over offsets)")
         ax.plot(control.index, control.mean(axis=1), color="grey", lw=1, ls=":")
         for offset in sorted(part.offset.unique()):
             line = by_offset.balanced_accuracy.loc[offset]
-            ax.plot(line.index, line.to_numpy(), marker="o", ms=3, lw=2.5 if offset == 0 else 1, label=f"offset {offset:+d}")
-        ax.axhline(float(part.chance.mean()), color="black", ls="--", lw=1, label="chance (1 / classes)")
+            (drawn,) = ax.plot(line.index, line.to_numpy(), marker="o", ms=3, lw=2.5 if offset == 0 else 1, label=f"offset {offset:+d}")
+            token = by_offset.token_balanced_accuracy.loc[offset]
+            ax.plot(token.index, token.to_numpy(), color=drawn.get_color(), ls="--", lw=1)
+        ax.plot([], [], color="dimgrey", ls="--", lw=1, label="token identity at that offset (dashed, same colour)")
+        ax.axhline(float(part.chance.mean()), color="black", ls="-.", lw=1, label="chance (1 / classes)")
         ax.set_title(PROBE_TARGET[vector], fontsize=10)
         ax.set_xlabel("layer")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -401,27 +479,52 @@ def probe_verdict(r) -> str:
     )
 
 
+def token_verdict(r) -> str:
+    """One line per vector kind: does the best cell read more than which word stands at its position?"""
+    cell = f"L{r.layer} H{r.head} offset {r.offset:+d}"
+    clear = f"a clear margin is over {r.token_margin:.3f}, two standard errors"
+    if r.beats_token:
+        return (f"- Best {r.vector} probe against token identity ({cell}): the token at that position alone reaches "
+                f"{r.token_balanced_accuracy:.3f}, so at {r.balanced_accuracy:.3f} it **beats its token-identity control** "
+                f"({r.token_difference:+.3f}; {clear}).")
+    gain = (f"L{r.gain_layer} H{r.gain_head} offset {r.gain_offset:+d}: {r.gain_balanced_accuracy:.3f} against "
+            f"{r.gain_token_balanced_accuracy:.3f} ({r.gain_difference:+.3f})")
+    return (
+        f"- Best {r.vector} probe against token identity ({cell}): it reaches {r.balanced_accuracy:.3f} balanced accuracy, "
+        f"but the token at that position alone reaches {r.token_balanced_accuracy:.3f} ({r.token_difference:+.3f}; {clear}): "
+        f"it **does not beat its token-identity control**, so it reads which word stands there, not {PROBE_READS[r.vector]} beyond it. "
+        + (f"The largest gain over the token is at {gain}, a clear margin: there the {r.vector} carries more than its word."
+           if r.gain_beats_token else
+           f"No cell beats both its token by a clear margin and the shuffled control's highest (the largest gain: {gain}).")
+    )
+
+
 def probes_lines(table: pd.DataFrame, figure: str) -> list[str]:
     majority = ", ".join(f"{r.vector} {r.majority:.3f}" for r in table.itertuples())
     return [
         "**5.4 Where the kernel's features live.** Ridge probes (cross-validated, folds grouped by demonstration example)",
         "on each head's key and value vectors at offsets -1..+3 from the demonstration's highest-attention position,",
         "read by balanced accuracy (mean recall per class; any constant answer scores chance, 1 / classes) against a",
-        "label-shuffled control: the same probe fitted on the target permuted across demonstration examples.",
+        "label-shuffled control: the same probe fitted on the target permuted across demonstration examples,",
+        "and against a token-identity control: the same probe fitted on which token stands at the same position",
+        "(a one-hot of its token id, all an input embedding of that one token can say). A probe within a clear margin",
+        "of its token-identity control reads the word, not what the head's vector adds to it.",
         f"Plain accuracy is not read: always answering the most frequent class already scores the majority share ({majority}),",
         "so a probe at that share has learned nothing.",
         "A best cell beats its control when its balanced accuracy exceeds the control's highest over the same cells,",
         "since it is itself the highest of that many probes. The paper expects the peak at offset 0.",
         "",
-        "| vector -> target | chance | shuffled control: mean ± sd (max) over cells | best offset (mean over heads): balanced, control, difference "
-        "| best head: layer, head, offset: balanced, control, difference |",
+        "| vector -> target | chance | shuffled control: mean ± sd (max) over cells "
+        "| best offset (mean over heads): balanced, shuffled control, difference, token identity "
+        "| best head: layer, head, offset: balanced, shuffled control, difference, token identity, difference |",
         "|---|---|---|---|---|",
         *[f"| {table_cell(r.target)} | {r.chance:.3f} | {r.control_mean:.3f} ± {r.control_sd:.3f} ({r.control_max:.3f}) "
-          f"| {r.best_offset:+d}: {r.best_offset_balanced_accuracy:.3f}, {r.best_offset_control:.3f}, {r.best_offset_difference:+.3f} "
+          f"| {r.best_offset:+d}: {r.best_offset_balanced_accuracy:.3f}, {r.best_offset_control:.3f}, {r.best_offset_difference:+.3f}, "
+          f"{r.best_offset_token:.3f} "
           f"| L{r.layer} H{r.head} offset {r.offset:+d}: {r.balanced_accuracy:.3f}, {r.shuffled_balanced_accuracy:.3f}, "
-          f"{r.difference:+.3f} |" for r in table.itertuples()],
+          f"{r.difference:+.3f}, {r.token_balanced_accuracy:.3f}, {r.token_difference:+.3f} |" for r in table.itertuples()],
         "",
-        *[probe_verdict(r) for r in table.itertuples()],
+        *[line for r in table.itertuples() for line in (probe_verdict(r), token_verdict(r))],
         "",
         f"![probes]({figure})",
         "",
@@ -432,129 +535,9 @@ def render_probes(probes: pd.DataFrame, title: str, out: Outputs, dpi: int) -> N
     probes = mean_probes(probes)
     probes_figure(probes, title, out.figure, dpi)
     table = probes_table(probes)
-    write_table(table, out, f"{title}: ridge probes on keys and values, balanced accuracy against a label-shuffled control")
+    write_table(table, out, f"{title}: ridge probes on keys and values, balanced accuracy against a label-shuffled "
+                            "and a token-identity control")
     write_piece(out.piece, probes_lines(table, link(out.figure)))
-
-
-# Section 5.5 (Table 2) ---------------------------------------------------------------------------
-
-METHOD_TEXT = {
-    "icl": "ICL (the model's own prediction)",
-    "icl_calibrated": "ICL, contextually calibrated (agreement: with the uncalibrated prediction)",
-    "null": "null: always the select split's most frequent ICL prediction",
-    "head_max": "best head, max kernel (paper)",
-    "head_label": "best head, label-token kernel",
-    "head_mean": "best head, span-mean kernel",
-    "head_max_nosink": "best head, max kernel without position 0 (the sink)",
-    "kr_encoder": "kernel regression on {encoder}",
-    "kr_hidden": "kernel regression on the model's hidden states",
-}
-PAPER_ROWS = {  # our (method, metric) -> the paper's Table 2 row
-    ("icl", "accuracy"): "icl accuracy",
-    ("head_max", "agreement"): "reconstruction agreement",
-    ("head_max", "accuracy"): "reconstructed accuracy",
-    ("kr_encoder", "accuracy"): "KR on all-MiniLM-L6-v2",
-}
-
-
-def paper_number(method: str, metric: str, task: str) -> float:
-    """The paper's GPT-J-6B number for the same task, method and metric (nan where it has none)."""
-    row = PAPER_ROWS.get((method, metric))
-    return table2.PAPER[row][task] if row and task in table2.PAPER[row] else float("nan")
-
-
-def paper_table() -> list[str]:
-    tasks = list(table2.PAPER["icl accuracy"])
-    return [
-        "The paper's Table 2 (GPT-J-6B, 400 select / 300 held-out examples):",
-        "",
-        "| GPT-J-6B | " + " | ".join(tasks) + " |",
-        "|---|" + "---|" * len(tasks),
-        *[f"| {row} | " + " | ".join(f"{v:.3f}" for v in values.values()) + " |" for row, values in table2.PAPER.items()],
-        "",
-    ]
-
-
-# ICL that answers one class on this share of held-out prompts (or more) is degenerate: any head that
-# leans to that class "agrees" with it, so agreement says nothing about kernels there.
-DEGENERATE_SHARE = 0.9
-
-
-def degenerate_warning(table: pd.DataFrame) -> list[str]:
-    """A warning where the ICL prediction is nearly constant (the null baseline's agreement)."""
-    null = table[(table.method == "null") & (table.metric == "agreement")]
-    if null.empty or null["mean"].iloc[0] < DEGENERATE_SHARE:
-        return []
-    share = null["mean"].iloc[0]
-    return [
-        f"**Degenerate ICL:** the model gives its most frequent answer on {share:.0%} of held-out prompts, so any head "
-        "that leans to that class agrees with it; agreement here says nothing about kernels. Read accuracy against "
-        "gold and the contextually calibrated row (calibration.*), or change the template, label words or k until "
-        "the predictions vary.",
-        "",
-    ]
-
-
-def table2_lines(table: pd.DataFrame, task: str, encoder: str) -> list[str]:
-    """Our Table 2 for one model x task x setting, with the paper's number for the same task beside it."""
-    def cell(method: str, metric: str) -> str:
-        row = table[(table.method == method) & (table.metric == metric)]
-        if row.empty:
-            return "—"
-        r = row.iloc[0]
-        sd = "" if np.isnan(r["sd"]) else f" ± {r['sd']:.3f}"
-        seeds = "" if r.n_seeds < 2 else f"; seeds {r.seeds_ci_low:.3f}, {r.seeds_ci_high:.3f}"
-        return f"{r['mean']:.3f}{sd} [{r.ci_low:.3f}, {r.ci_high:.3f}{seeds}]"
-
-    def paper(method: str, metric: str) -> str:
-        number = paper_number(method, metric, task)
-        return "—" if np.isnan(number) else f"{number:.3f}"
-
-    first = table.iloc[0]
-    lines = [
-        *degenerate_warning(table),
-        f"Held out: {int(first.n_heldout)} test prompts per seed, {int(first.n_seeds)} seeds; "
-        "mean ± sd over seeds [bootstrap 95% CI over held-out examples; seeds: the CI that resamples seeds, then "
-        "examples, so the variation between seeds counts too].",
-        "",
-        f"| | agreement with ICL prediction | accuracy vs. gold | chosen on the select split | paper, agreement / accuracy ({task}) |",
-        "|---|---|---|---|---|",
-        f"| {METHOD_TEXT['icl']} | — | {cell('icl', 'accuracy')} | | — / {paper('icl', 'accuracy')} |",
-        f"| {METHOD_TEXT['null']} | {cell('null', 'agreement')} | {cell('null', 'accuracy')} | | |",
-    ]
-    for method, text in METHOD_TEXT.items():
-        if method in ("icl", "null") or not (table.method == method).any():
-            continue
-        choices = table[table.method == method].choices
-        lines.append(
-            f"| {text.format(encoder=encoder)} | {cell(method, 'agreement')} | {cell(method, 'accuracy')} "
-            f"| {choices.iloc[0] if len(choices) else ''} | {paper(method, 'agreement')} / {paper(method, 'accuracy')} |"
-        )
-    return lines + [""]
-
-
-def table2_frame(table: pd.DataFrame, task: str) -> pd.DataFrame:
-    """Table 2 as one row per method and metric, with the paper's number for the same task."""
-    return pd.DataFrame({
-        "method": table.method, "chosen_on_select": table.choices.fillna(""), "metric": table.metric,
-        "mean": table["mean"], "sd": table["sd"], "ci_low": table.ci_low, "ci_high": table.ci_high,
-        "seeds_ci_low": table.seeds_ci_low, "seeds_ci_high": table.seeds_ci_high,
-        "paper_gptj": [paper_number(m, k, task) for m, k in zip(table.method, table.metric)],
-        "n_seeds": table.n_seeds, "n_heldout": table.n_heldout,
-    })
-
-
-def render_table2(table: pd.DataFrame, model: str, task: str, setting: str, encoder: str, out: Outputs) -> None:
-    title = set_title(model, task, setting)
-    methods = "; ".join(f"{method} = {text.format(encoder=encoder)}" for method, text in METHOD_TEXT.items())
-    write_table(table2_frame(table, task), out, f"Table 2: {title}", [
-        "One head, chosen on the select split, read as a kernel regression on held-out prompts: mean and sd over "
-        "seeds, bootstrap 95% CI over held-out examples (ci_*) and resampling seeds, then examples (seeds_ci_*). paper_gptj is the paper's GPT-J-6B number for the same task "
-        "(empty where the paper has none).",
-        f"Methods. {methods}.",
-        *[line.replace("**", "") for line in degenerate_warning(table) if line],
-    ])
-    write_piece(out.piece, [f"### {title}", "", *table2_lines(table, task, encoder)])
 
 
 # Theorem 1 ---------------------------------------------------------------------------------------
@@ -596,7 +579,9 @@ def header_lines(title: str, study: dict) -> list[str]:
         "Each attention head is read as a kernel regression over the demonstrations: demonstration i gets",
         "weight a_i from the last token's attention and the head predicts argmax_c sum_i a_i [y_i = c].",
         "Agreement is how often that reconstruction equals the model's own ICL prediction; the null",
-        "baseline is the agreement of always answering the model's most frequent prediction.",
+        "baseline is the agreement of always answering the model's most frequent prediction, and the",
+        "query-free readings (recency, the uniform kernel, a positional and a slot x label-word kernel, fitted",
+        "on the select split) are what a head must beat before it reads like a kernel.",
         "",
         "## Table 2 (Section 5.5): one head, chosen on the select split, on held-out prompts",
         "",
@@ -611,7 +596,11 @@ def set_heading(title: str, summaries: list[pd.DataFrame]) -> list[str]:
         f"## {title}",
         "",
         f"All {int(summary.n_prompts.iloc[0])} prompts per seed, {len(summaries)} seeds: ICL accuracy {mean_sd(summary.icl_accuracy)}; "
-        f"null baseline: agreement {mean_sd(summary.null_agreement)}, accuracy {mean_sd(summary.null_accuracy)}.",
+        f"null baseline: agreement {mean_sd(summary.null_agreement)}, accuracy {mean_sd(summary.null_accuracy)}. "
+        "Query-free readings fitted on all prompts (in-sample, like 5.2's best head), agreement with ICL: "
+        f"recency {mean_sd(summary.recency_agreement)}, uniform kernel {mean_sd(summary.uniform_agreement)} "
+        f"(ties on {summary.uniform_tie_rate.mean():.0%} of prompts), positional kernel {mean_sd(summary.positional_agreement)}, "
+        f"slot x label-word kernel {mean_sd(summary.slot_label_agreement)}.",
         "",
     ]
 
@@ -650,7 +639,9 @@ def assemble_from_snakemake(smk) -> None:
     for model, model_pieces in zip(study["models"], per_model):
         ablations += ablation_report.heading(model) + [line for piece in model_pieces for line in piece]
     # With several models, their side-by-side view follows every model's Table 2.
-    tables2 = [read_piece(p) for p in [*smk.input.table2, *smk.input.models]]
+    verdicts = table2_verdicts({set_title(*key): schemas.read_table(path, schemas.TABLE2).to_pandas()
+                                for key, path in zip(keys, smk.input.table2_tables)})
+    tables2 = [verdicts, *(read_piece(p) for p in [*smk.input.table2, *smk.input.models])]
     pieces = [line for p in smk.input.interventions for line in read_piece(p)]
     interventions = interventions_report.heading() + pieces if pieces else []
     Path(smk.output[0]).write_text(
@@ -659,6 +650,11 @@ def assemble_from_snakemake(smk) -> None:
 
 def title_of(smk) -> str:
     return set_title(smk.wildcards.model, smk.wildcards.task, smk.wildcards.setting)
+
+
+def seeded(smk, name: str, schema) -> pd.DataFrame:
+    """stacked, with each table's seed (study order) in a `seed` column."""
+    return pd.concat([t.assign(seed=s) for t, s in zip(read_all(smk.input[name], schema), smk.params.seeds)])
 
 
 def stacked(smk, name: str, schema) -> pd.DataFrame:
@@ -671,15 +667,13 @@ RENDERERS = {
         read_all(smk.input.maps, schemas.ATTENTION_MAP), read_all(smk.input.label_mass, schemas.LABEL_MASS),
         title_of(smk), out, smk.params.dpi),
     "report_heads": lambda smk, out: render_heads(
-        stacked(smk, "heads", schemas.HEADS), title_of(smk), smk.params.top_head_fraction, out, smk.params.dpi),
+        seeded(smk, "heads", schemas.HEADS), title_of(smk), smk.params.top_head_fraction, out, smk.params.dpi,
+        seeded(smk, "query_swap", schemas.QUERY_SWAP) if smk.input.query_swap else None),
     "report_similarity": lambda smk, out: render_similarity(
         stacked(smk, "similarity", schemas.SIMILARITY), stacked(smk, "heads", schemas.HEADS), title_of(smk), out,
         smk.params.dpi),
     "report_probes": lambda smk, out: render_probes(
         stacked(smk, "probes", schemas.PROBES), title_of(smk), out, smk.params.dpi),
-    "report_table2": lambda smk, out: render_table2(
-        schemas.read_table(smk.input.table, schemas.TABLE2).to_pandas(), smk.wildcards.model, smk.wildcards.task,
-        smk.wildcards.setting, smk.params.encoder, out),
     "report_theory": lambda smk, out: render_theory(
         schemas.read_table(smk.input.table, schemas.THEORY).to_pandas(), Path(smk.input.summary).read_text(),
         smk.input.figure, out),

@@ -95,6 +95,10 @@ HEADS = pa.schema(
         ("agreement", pa.float64()),
         ("accuracy", pa.float64()),
         ("sink_attention", pa.float64()),  # mean attention of the last token on position 0
+        # share of the variance of the head's normalized weights a_i / sum_j a_j over (prompt, demonstration)
+        # pairs explained by the demonstration's slot, and by slot x label word (1: a query-free profile)
+        ("r2_slot", pa.float64()),
+        ("r2_slot_label", pa.float64()),
     ]
 )
 
@@ -105,6 +109,12 @@ SUMMARY = pa.schema(
         ("icl_accuracy", pa.float64()),
         ("null_agreement", pa.float64()),
         ("null_accuracy", pa.float64()),
+        # the query-free readings of baselines.py, fitted on every prompt (in-sample, like Section 5.2)
+        ("recency_agreement", pa.float64()),
+        ("uniform_agreement", pa.float64()),
+        ("uniform_tie_rate", pa.float64()),
+        ("positional_agreement", pa.float64()),
+        ("slot_label_agreement", pa.float64()),
     ]
 )
 
@@ -175,6 +185,15 @@ SIMILARITY = pa.schema(
      ("n_pairs", pa.int64()), ("truncation_bound", pa.float64())]
 )
 
+# results/.../query_swap.parquet: per head and kernel reading, the same demonstrations under another
+# held-out query (analysis.query_swap_setting): mean total variation distance of the normalized weights
+# (weight_shift, 0 = the query does not matter), the share of prompts whose head vote changes, and the
+# share whose ICL prediction changes (the same for every head).
+QUERY_SWAP = pa.schema(
+    [("layer", _i32), ("head", _i32), ("kernel", pa.string()), ("weight_shift", pa.float64()),
+     ("vote_change", pa.float64()), ("icl_change", pa.float64()), ("n_prompts", _i32)]
+)
+
 # results/.../probes.parquet: Section 5.4, held-out accuracy of ridge probes per head, vector kind
 # (key -> the demo's zero-shot prediction, value -> the demo's label) and offset from the peak.
 # Balanced accuracy is the mean recall over the classes present in the target; the shuffled control
@@ -189,6 +208,8 @@ PROBES = pa.schema(
         ("majority", pa.float64()),  # accuracy of always answering the most frequent target
         ("balanced_accuracy", pa.float64()),
         ("shuffled_balanced_accuracy", pa.float64()),  # the label-shuffled control's balanced accuracy
+        # the same probe fitted on a one-hot of the token id at the same sample position
+        ("token_balanced_accuracy", pa.float64()),
         ("chance", pa.float64()),  # balanced accuracy of any constant answer: 1 / classes present in the target
         ("n_samples", _i32),
     ]
@@ -207,6 +228,7 @@ HELDOUT = pa.schema(
         ("icl_prediction", _i32),
         ("null_prediction", _i32),  # the ICL prediction most frequent on the select split
         ("prediction", _i32),
+        ("tied", pa.bool_()),  # the method's vote was a tie its tie rule broke (null: not tracked, e.g. heads)
     ]
 )
 
@@ -238,12 +260,35 @@ TABLE2 = pa.schema(
         ("n_seeds", _i32),
         ("n_heldout", _i32),
         ("choices", pa.string()),
+        # metric agreement_gain: the head's agreement minus that of `reference`, the strongest query-free
+        # reading, paired per held-out prompt; same_as names an earlier head method with the same head in
+        # every seed and the same predictions (one row of evidence, not two).
+        ("reference", pa.string()),
+        ("same_as", pa.string()),
+    ]
+)
+
+# results/{model}/{task}/{setting}/health.parquet: per method and class, predictions against gold over
+# the held-out prompts of every seed; under_predicted: predicted on less than half its gold share.
+HEALTH = pa.schema(
+    [
+        ("method", pa.string()),
+        ("class_index", _i32),
+        ("class_name", pa.string()),
+        ("predicted", _i32),
+        ("gold", _i32),
+        ("predicted_share", pa.float64()),
+        ("gold_share", pa.float64()),
+        ("recall", pa.float64()),
+        ("under_predicted", pa.bool_()),
+        ("n", _i32),
+        ("n_seeds", _i32),
     ]
 )
 
 # results/.../seed{seed}/{setting}/interventions.parquet: one row per held-out prompt and edit at the last
-# position (family knockout / label_knockout / steer; target top / random / bottom m heads, draw of the
-# random ones; heads as "L3 H2, L5 H0"). original_prediction and margins come from the unedited pass;
+# position (family knockout / label_knockout / steer; target top / random / matched / bottom m heads, draw
+# of the random and matched ones; heads as "L3 H2, L5 H0"). original_prediction and margins come from the unedited pass;
 # margin = label logit of the original prediction minus the best other label's; steer_class is -1
 # outside steering.
 INTERVENTIONS = pa.schema(
@@ -261,6 +306,7 @@ INTERVENTIONS = pa.schema(
         ("prediction", _i32),
         ("margin_before", pa.float64()),
         ("margin_after", pa.float64()),
+        ("attention_mass", pa.float64()),  # the edited heads' mean select-split attention mass (interventions.MASS_OF)
     ]
 )
 

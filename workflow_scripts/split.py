@@ -122,5 +122,7 @@ def heldout_prompt_ids(data: pd.DataFrame, task_cfg: dict, prompt_cfg: dict, tas
     select_heldout makes of the task's test queries), or analysis.ablation_prompts of them."""
     data, split = task_split(data, task_cfg, prompt_cfg, task)
     labels = data.label.to_numpy()[split.eval]
-    held = select_heldout(labels, analysis_cfg["n_select"], analysis_cfg["n_heldout"], prompt_cfg["split_seed"])[1]
+    # analysis_cfg names the split's seed only when every study seed holds out its own examples.
+    split_seed = analysis_cfg.get("split_seed", prompt_cfg["split_seed"])
+    held = select_heldout(labels, analysis_cfg["n_select"], analysis_cfg["n_heldout"], split_seed)[1]
     return ablation_ids(held, labels[held], analysis_cfg["ablation_prompts"])

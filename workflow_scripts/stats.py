@@ -63,6 +63,22 @@ def hierarchical_bootstrap_ci(grid: np.ndarray, n_resamples: int, seed: int, lev
     return float(low), float(high)
 
 
+def ragged_hierarchical_bootstrap_ci(groups: list[np.ndarray], n_resamples: int, seed: int, level: float = 0.95) -> tuple[float, float]:
+    """hierarchical_bootstrap_ci for seeds that hold out different examples (one array per seed):
+    seeds are resampled, then each seed's own examples. A seed drawn twice in one resample keeps one
+    resample of its examples, as the shared-examples version does."""
+    groups = [np.asarray(g, dtype=np.float64).ravel() for g in groups]
+    if not groups or any(g.size == 0 for g in groups):
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    per_seed = np.stack([rng.choice(g, size=(n_resamples, g.size)).mean(axis=1) for g in groups], axis=1)
+    seeds = rng.integers(0, len(groups), size=(n_resamples, len(groups)))
+    means = np.take_along_axis(per_seed, seeds, axis=1).mean(axis=1)
+    tail = (1 - level) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return float(low), float(high)
+
+
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
     """Pearson correlation of two 1-D arrays; nan for fewer than 2 points or a constant series."""
     x = np.asarray(x, dtype=np.float64).ravel()

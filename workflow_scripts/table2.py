@@ -1,18 +1,23 @@
 """Table 2 over seeds: ICL accuracy, and per method the held-out agreement with the ICL prediction
-and accuracy against gold, beside the null baseline.
+and accuracy against gold, beside the null baseline and the query-free readings; the paired gain of
+each head over the strongest query-free reading; and every method's per-class predictions (HEALTH).
 
-mean and sd are over seeds (each seed is an independent draw of demonstrations). Every seed holds
-out the same test examples, so one interval is a bootstrap over those examples of the per-example
-statistic averaged over seeds; the other resamples seeds and then examples, so that the variation
-between seeds (their demonstrations, the head each chose) counts too.
+mean and sd are over seeds (each seed is an independent draw of demonstrations). By default every
+seed holds out the same test examples (analysis.heldout_per_seed: false), so "over seeds" is over
+demonstration draws only; one interval is a bootstrap over those examples of the per-example statistic
+averaged over seeds, the other resamples seeds and then examples, so that the variation between seeds
+(their demonstrations, the head each chose) counts too. When seeds hold out different examples, the
+first interval resamples the (seed, example) pairs and the second each seed's own examples.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from . import schemas, stats
+from .baselines import BASELINES
 
 # The paper's GPT-J-6B numbers (Table 2), printed beside ours.
 PAPER = {
@@ -22,9 +27,18 @@ PAPER = {
     "KR on all-MiniLM-L6-v2": {"sst2": .503, "mnli": .321, "rotten_tomatoes": .478, "hate": .548, "irony": .491, "offensive": .588},
 }
 
+# A head's gain over the strongest query-free reading: metric name of those rows.
+GAIN = "agreement_gain"
+# A class predicted on less than this share of its gold share is flagged as under-predicted.
+UNDER_PREDICTED = 0.5
+
+
+def is_head(method: str) -> bool:
+    return method.startswith("head_")
+
 
 def indicators(frame: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:
-    """Per (method, metric), a 0/1 table of held-out examples x seeds."""
+    """Per (method, metric), the per-example value: a long table of seed, example_id and v."""
     out = {}
     first = frame[frame.method == frame.method.iloc[0]]
     out[("icl", "accuracy")] = first.assign(v=first.icl_prediction == first.label)
@@ -33,7 +47,52 @@ def indicators(frame: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:
     for method, rows in frame.groupby("method", sort=False):
         out[(method, "agreement")] = rows.assign(v=rows.prediction == rows.icl_prediction)
         out[(method, "accuracy")] = rows.assign(v=rows.prediction == rows.label)
-    return {key: rows.pivot(index="example_id", columns="seed", values="v").astype(float) for key, rows in out.items()}
+        if "tied" in rows and rows.tied.notna().all():
+            out[(method, "tie_rate")] = rows.assign(v=rows.tied.astype(bool))
+    return {key: rows[["seed", "example_id", "v"]].astype({"v": float}) for key, rows in out.items()}
+
+
+def strongest_baseline(values: dict[tuple[str, str], pd.DataFrame]) -> str | None:
+    """The query-free reading with the highest held-out agreement: the strongest trivial explanation a
+    head is read against (chosen on the held-out prompts, which favours the baseline, not the head)."""
+    scores = {b: values[(b, "agreement")].v.mean() for b in BASELINES if (b, "agreement") in values}
+    return max(scores, key=scores.get) if scores else None
+
+
+def gains(values: dict[tuple[str, str], pd.DataFrame], baseline: str) -> dict[str, pd.DataFrame]:
+    """Per head method, its agreement minus the baseline's on the same held-out prompt of the same seed."""
+    reference = values[(baseline, "agreement")].set_index(["seed", "example_id"]).v
+    out = {}
+    for (method, metric), rows in values.items():
+        if metric == "agreement" and is_head(method):
+            paired = rows.set_index(["seed", "example_id"]).v - reference
+            out[method] = paired.reset_index()
+    return out
+
+
+def seeds_share_examples(rows: pd.DataFrame) -> bool:
+    sets = rows.groupby("seed").example_id.apply(frozenset)
+    return sets.nunique() == 1
+
+
+def interval_row(rows: pd.DataFrame, n_resamples: int, seed: int) -> dict:
+    """mean and sd over seeds, and both bootstrap intervals, of one per-example value."""
+    per_seed = rows.groupby("seed").v.mean().to_numpy()
+    if seeds_share_examples(rows):
+        grid = rows.pivot(index="example_id", columns="seed", values="v").to_numpy()
+        low, high = stats.bootstrap_ci(grid.mean(axis=1), n_resamples, seed)
+        seeds_low, seeds_high = stats.hierarchical_bootstrap_ci(grid, n_resamples, seed)
+        n_heldout = grid.shape[0]
+    else:
+        low, high = stats.bootstrap_ci(rows.v.to_numpy(), n_resamples, seed)
+        groups = [g.to_numpy() for _, g in rows.groupby("seed").v]
+        seeds_low, seeds_high = stats.ragged_hierarchical_bootstrap_ci(groups, n_resamples, seed)
+        n_heldout = int(rows.groupby("seed").size().iloc[0])
+    return {
+        "mean": float(per_seed.mean()), "sd": float(per_seed.std(ddof=1)) if len(per_seed) > 1 else float("nan"),
+        "ci_low": low, "ci_high": high, "seeds_ci_low": seeds_low, "seeds_ci_high": seeds_high,
+        "n_seeds": len(per_seed), "n_heldout": n_heldout,
+    }
 
 
 def describe_choices(rows: pd.DataFrame) -> str:
@@ -44,34 +103,140 @@ def describe_choices(rows: pd.DataFrame) -> str:
     return "; ".join(f"seed {s}: {c}" for s, c in per_seed.items())
 
 
-def summarize(frame: pd.DataFrame, n_resamples: int, seed: int) -> dict[str, list]:
-    """Columns of TABLE2 from the held-out rows of all seeds (a `seed` column added)."""
+def same_heads(frame: pd.DataFrame) -> dict[str, str]:
+    """Head methods that repeat an earlier one: the same head in every seed with the same held-out
+    predictions (e.g. the max kernel without position 0 and the label-token kernel), method -> earlier."""
+    heads = [m for m in frame.method.unique() if is_head(m)]
+    signature = {
+        m: (tuple(frame[frame.method == m].sort_values(["seed", "prompt_id"]).choice),
+            tuple(frame[frame.method == m].sort_values(["seed", "prompt_id"]).prediction))
+        for m in heads
+    }
+    out = {}
+    for i, method in enumerate(heads):
+        earlier = [m for m in heads[:i] if signature[m] == signature[method] and m not in out]
+        if earlier:
+            out[method] = earlier[0]
+    return out
+
+
+# Per-head numbers of each seed's chosen head that Table 2 shows beside it: from heads.parquet (R^2 of
+# its weights on slot and slot x label word) and query_swap.parquet (how far they move with the query).
+HEAD_COLUMNS = {"heads": ("r2_slot", "r2_slot_label"), "swap": ("weight_shift", "vote_change")}
+
+
+def chosen_head_rows(frame: pd.DataFrame, tables: dict[str, pd.DataFrame | None]) -> list[tuple[tuple[str, str], dict]]:
+    """((method, metric), row fields) of each head method's chosen head, mean and sd over seeds of the
+    head each seed chose (no interval: these describe the head, they do not score it)."""
+    out = []
+    for method in (m for m in frame.method.unique() if is_head(m)):
+        kernel = method.removeprefix("head_")
+        chosen = frame[frame.method == method].groupby("seed").choice.first()
+        for name, metrics in HEAD_COLUMNS.items():
+            table = tables.get(name)
+            if table is None or table.empty:
+                continue
+            indexed = table[table.kernel == kernel].set_index(["seed", "layer", "head"])
+            for metric in metrics:
+                values = np.array([indexed.loc[(s, *parse_head(c)), metric] for s, c in chosen.items()], dtype=float)
+                out.append(((method, metric), {
+                    "mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
+                    "ci_low": float("nan"), "ci_high": float("nan"), "seeds_ci_low": float("nan"),
+                    "seeds_ci_high": float("nan"), "n_seeds": len(values), "n_heldout": 0,
+                }))
+    return out
+
+
+def parse_head(choice: str) -> tuple[int, int]:
+    """(layer, head) of a head method's choice ("L3 H2", heldout.py's format)."""
+    layer, head = choice.split()
+    return int(layer[1:]), int(head[1:])
+
+
+def summarize(frame: pd.DataFrame, n_resamples: int, seed: int, tables: dict[str, pd.DataFrame | None] | None = None) -> dict[str, list]:
+    """Columns of TABLE2 from the held-out rows of all seeds (a `seed` column added); `tables` adds the
+    chosen heads' own numbers (HEAD_COLUMNS: heads and query-swap tables of every seed, a `seed` column added)."""
     columns: dict[str, list] = {name: [] for name in schemas.TABLE2.names}
     choices = frame.groupby("method").apply(describe_choices, include_groups=False)
-    for (method, metric), grid in indicators(frame).items():
-        if grid.isna().any().any():
-            raise ValueError(f"method {method}: the seeds held out different examples; prompts.split_seed must be shared")
-        per_seed = grid.mean(axis=0).to_numpy()
-        low, high = stats.bootstrap_ci(grid.mean(axis=1).to_numpy(), n_resamples, seed)
-        seeds_low, seeds_high = stats.hierarchical_bootstrap_ci(grid.to_numpy(), n_resamples, seed)
+    same = same_heads(frame)
+    values = indicators(frame)
+    baseline = strongest_baseline(values)
+    rows = [((method, metric), v, "") for (method, metric), v in values.items()]
+    if baseline is not None:
+        rows += [((method, GAIN), v, baseline) for method, v in gains(values, baseline).items()]
+    described = [(key, interval_row(v, n_resamples, seed), reference) for key, v, reference in rows]
+    described += [(key, fields, "") for key, fields in chosen_head_rows(frame, tables or {})]
+    for (method, metric), fields, reference in described:
         row = {
-            "method": method, "metric": metric, "mean": float(per_seed.mean()),
-            "sd": float(per_seed.std(ddof=1)) if len(per_seed) > 1 else float("nan"),
-            "ci_low": low, "ci_high": high, "seeds_ci_low": seeds_low, "seeds_ci_high": seeds_high, "n_seeds": grid.shape[1], "n_heldout": grid.shape[0],
-            "choices": choices.get(method, ""),
+            "method": method, "metric": metric, **fields,
+            "choices": choices.get(method, ""), "reference": reference, "same_as": same.get(method, ""),
         }
         for name in columns:
             columns[name].append(row[name])
     return columns
 
 
-def write_table2(heldout_paths: list[str], seeds: list[int], n_resamples: int, seed: int, out: str | Path) -> None:
-    frame = pd.concat(
-        [schemas.read_table(p, schemas.HELDOUT).to_pandas().assign(seed=s) for p, s in zip(heldout_paths, seeds)],
-        ignore_index=True,
-    )
-    schemas.write_table(summarize(frame, n_resamples, seed), schemas.TABLE2, out)
+def health(frame: pd.DataFrame, classes: list[str]) -> dict[str, list]:
+    """Columns of HEALTH: per method (and ICL itself) and class, how often it is predicted against how
+    often it is the gold label, and its recall, pooled over seeds."""
+    first = frame[frame.method == frame.method.iloc[0]]
+    predictions = {"icl": first.assign(prediction=first.icl_prediction)}
+    predictions.update({m: rows for m, rows in frame.groupby("method", sort=False)})
+    columns: dict[str, list] = {name: [] for name in schemas.HEALTH.names}
+    for method, rows in predictions.items():
+        n = len(rows)
+        for c, name in enumerate(classes):
+            gold = rows.label == c
+            predicted_share = float((rows.prediction == c).mean())
+            gold_share = float(gold.mean())
+            row = {
+                "method": method, "class_index": c, "class_name": name, "predicted": int((rows.prediction == c).sum()),
+                "gold": int(gold.sum()), "predicted_share": predicted_share, "gold_share": gold_share,
+                "recall": float((rows.prediction[gold] == c).mean()) if gold.any() else float("nan"),
+                "under_predicted": bool(gold_share > 0 and predicted_share < UNDER_PREDICTED * gold_share),
+                "n": n, "n_seeds": int(rows.seed.nunique()),
+            }
+            for key in columns:
+                columns[key].append(row[key])
+    return columns
+
+
+def read_seeds(paths: list[str], seeds: list[int], schema) -> pd.DataFrame | None:
+    """Tables of every seed stacked with a `seed` column (None when there are none)."""
+    if not paths:
+        return None
+    return pd.concat([schemas.read_table(p, schema).to_pandas().assign(seed=s) for p, s in zip(paths, seeds)], ignore_index=True)
+
+
+def write_table2(
+    heldout_paths: list[str], seeds: list[int], classes: list[str], n_resamples: int, seed: int, out: str | Path,
+    health_out: str | Path, heads_paths: list[str] = (), swap_paths: list[str] = (),
+) -> None:
+    frame = read_seeds(heldout_paths, seeds, schemas.HELDOUT)
+    tables = {"heads": read_seeds(list(heads_paths), seeds, schemas.HEADS), "swap": read_seeds(list(swap_paths), seeds, schemas.QUERY_SWAP)}
+    schemas.write_table(summarize(frame, n_resamples, seed, tables), schemas.TABLE2, out)
+    schemas.write_table(health(frame, classes), schemas.HEALTH, health_out)
 
 
 def from_snakemake(smk) -> None:
-    write_table2(list(smk.input), smk.params.seeds, smk.params.bootstrap_resamples, smk.params.bootstrap_seed, smk.output[0])
+    write_table2(
+        list(smk.input.heldout), smk.params.seeds, smk.params.classes, smk.params.bootstrap_resamples,
+        smk.params.bootstrap_seed, smk.output.table, smk.output.health, list(smk.input.heads), list(smk.input.query_swap),
+    )
+
+
+def gain_interval(table: pd.DataFrame, method: str) -> tuple[float, float, float, str] | None:
+    """A head method's gain over the strongest query-free reading: (mean, low, high, reference), with the
+    interval that resamples seeds, then examples (the examples' one when there is a single seed)."""
+    row = table[(table.method == method) & (table.metric == GAIN)]
+    if row.empty:
+        return None
+    r = row.iloc[0]
+    low, high = (r.seeds_ci_low, r.seeds_ci_high) if r.n_seeds > 1 else (r.ci_low, r.ci_high)
+    return float(r["mean"]), float(low), float(high), str(r.reference)
+
+
+def reads_like_kernel(table: pd.DataFrame, method: str) -> bool | None:
+    """A head reads like a kernel only where its gain over every query-free reading excludes 0."""
+    gain = gain_interval(table, method)
+    return None if gain is None else gain[1] > 0
