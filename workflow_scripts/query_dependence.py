@@ -80,7 +80,7 @@ def swap_table(
     for name, swapped_w in weights.items():
         original_w = original[1][name][pair]
         shift = swap_shift(original_w, swapped_w)
-        votes = [kernel_vote(w, demo_labels, n_classes) for w in (original_w, swapped_w)]
+        votes = [kernel_vote(w, demo_labels[:, None, None, :], n_classes) for w in (original_w, swapped_w)]
         change = (votes[0] != votes[1]).mean(axis=0)
         layer, head = np.meshgrid(*map(np.arange, shift.shape), indexing="ij")
         columns["layer"] += layer.ravel().tolist()
