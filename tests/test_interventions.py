@@ -92,10 +92,19 @@ def planted_set() -> tuple[pa.Table, pa.Table]:
                "query_start": 8, "query_end": n_tokens, "label_token_ids": [11, 12]}
         shard = {"prompt_id": pid, "n_tokens": n_tokens, "n_layers": 3, "n_heads": 4, "label_logits": [0.0, 1.0],
                  "prediction": prediction, "attention": attention.astype(np.float16).ravel().tolist()}
-        for name in prompts:
-            prompts[name].append(row[name])
-        for name in shards:
-            shards[name].append(shard.get(name))
+        add_rows(prompts, shards, row, shard)
+    return as_tables(prompts, shards)
+
+
+def add_rows(prompts: dict, shards: dict, row: dict, shard: dict) -> None:
+    """One prompt's PROMPTS row and SHARD row appended to column lists (optional captures stay null)."""
+    for name in prompts:
+        prompts[name].append(row[name])
+    for name in shards:
+        shards[name].append(shard.get(name))
+
+
+def as_tables(prompts: dict, shards: dict) -> tuple[pa.Table, pa.Table]:
     return pa.Table.from_pydict(prompts, schema=schemas.PROMPTS), pa.Table.from_pydict(shards, schema=schemas.SHARD)
 
 

@@ -17,6 +17,7 @@ from workflow_scripts.engine import Request
 from workflow_scripts.engine_edits import Edit, intervene
 
 from .test_engine import OUTPUT_PROJECTIONS, prompt
+from .test_interventions import add_rows, as_tables
 from .test_engine_edits import LABELS, REFERENCE, build, reference_logits, some_edits
 
 ARCHS = ["llama", "gpt2", "gemma3", "gpt_neox"]
@@ -116,11 +117,8 @@ def tiny_prompt_set(model, n_prompts: int = 10) -> tuple[pa.Table, pa.Table]:
                  "label_logits": got["label_logits"].tolist(), "prediction": int(np.argmax(got["label_logits"])),
                  "attention": got["attention"].astype(np.float16).ravel().tolist(),
                  "head_outputs": got["head_outputs"].astype(np.float16).ravel().tolist()}
-        for name in prompts:
-            prompts[name].append(row[name])
-        for name in shards:
-            shards[name].append(shard.get(name))
-    return pa.Table.from_pydict(prompts, schema=schemas.PROMPTS), pa.Table.from_pydict(shards, schema=schemas.SHARD)
+        add_rows(prompts, shards, row, shard)
+    return as_tables(prompts, shards)
 
 
 def test_run_set_edits_every_family_in_the_matched_control_and_records_its_mass():

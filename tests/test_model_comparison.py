@@ -91,3 +91,19 @@ def test_a_causal_finding_holds_where_the_paired_difference_is_above_zero_for_so
     steer = records[records.finding.str.startswith("kernel steering")].set_index("model").holds
     assert steer.to_dict() == {"m1": True, "m2": False}
     assert not records[records.finding.str.startswith("head knockout")].holds.any()
+
+
+def test_the_kernel_reading_finding_follows_the_gain_over_the_strongest_query_free_reading():
+    def with_gain(table: pd.DataFrame, low: float) -> pd.DataFrame:
+        gain = {"method": "head_max", "metric": "agreement_gain", "mean": low + 0.05, "ci_low": low, "ci_high": low + 0.1,
+                "seeds_ci_low": low, "seeds_ci_high": low + 0.1, "n_seeds": 2, "reference": "slot_label"}
+        return pd.concat([table, pd.DataFrame([gain])], ignore_index=True)
+
+    tables = {("m1", "rt", "random"): with_gain(A, 0.02), ("m2", "rt", "random"): with_gain(B, -0.03)}
+    depths = {key: mc.depth_of_top_heads(heads(6, 2, (4, 1)), 0.25) for key in tables}
+    findings = mc.findings_frame(tables, depths)
+    kernel = findings[findings.finding == mc.KERNEL_READING].set_index("model").holds
+    assert kernel.to_dict() == {"m1": True, "m2": False}
+    # without gain rows (an older table) the finding is not measured rather than false
+    assert mc.findings_frame({("m1", "rt", "random"): A}, {("m1", "rt", "random"): depths[("m1", "rt", "random")]}) \
+        .set_index("finding").holds[mc.KERNEL_READING] is None

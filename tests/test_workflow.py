@@ -413,7 +413,7 @@ def test_adding_a_seed_runs_only_the_new_jobs(study):
     config["study"]["seeds"] = [0, 1]
     write_config(workdir, config)
     jobs = planned_jobs(workdir)
-    assert jobs.get("extract_shard") == 2 and jobs.get("build_prompts") == 1, jobs
+    assert jobs.get("extract_shard") == 3 and jobs.get("build_prompts") == 2, jobs  # random and its query swap
     assert "prepare_model" not in jobs and "prepare_task" not in jobs and "theory" not in jobs
     done = snakemake(workdir)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -466,6 +466,25 @@ def test_changing_the_heldout_size_reruns_table_2_and_the_ablations_only(study):
         return {k: v for k, v in times.items() if Path(k).stem not in split}
 
     assert kept(mtimes(workdir, "results/tiny/toy/seed*/random/**/*.parquet")) == kept(before)
+
+
+def test_a_held_out_split_per_seed_gives_each_seed_its_own_test_examples(study):
+    workdir, config = study
+    assert len(config["study"]["seeds"]) == 2  # test_adding_a_seed ran before
+    config["analysis"]["heldout_per_seed"] = True
+    write_config(workdir, config)
+    done = snakemake(workdir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    held = [set(schemas.read_table(workdir / paths.analysis("heldout.parquet", "tiny", "toy", s, "random"), schemas.HELDOUT)
+                .column("example_id").to_pylist()) for s in (0, 1)]
+    assert held[0] != held[1]
+    swap = schemas.read_table(workdir / paths.prompts("tiny", "toy", 1, "swap"), schemas.PROMPTS)
+    seed1 = schemas.read_table(workdir / paths.analysis("heldout.parquet", "tiny", "toy", 1, "random"), schemas.HELDOUT)
+    assert set(swap.column("prompt_id").to_pylist()) == set(seed1.column("prompt_id").to_pylist())  # its own split
+    report = (workdir / paths.report()).read_text()
+    assert "Every seed holds out its own test examples (analysis.heldout_per_seed)" in report
+    config["analysis"]["heldout_per_seed"] = False
+    write_config(workdir, config)
 
 
 def test_same_seed_gives_byte_identical_prompts(study, tmp_path):

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from . import interventions_report, report, schemas  # noqa: E402
+from . import interventions_report, report, schemas, table2  # noqa: E402
 from .report_files import Outputs, link, outputs_of, write_piece, write_table  # noqa: E402
 
 # Table 2's rows shown side by side: (method, metric, text).
@@ -55,6 +55,10 @@ UPPER_HALF = "the top heads (max kernel) sit in the upper half of the network (m
 def number(table: pd.DataFrame, method: str, metric: str) -> pd.Series | None:
     row = table[(table.method == method) & (table.metric == metric)]
     return None if row.empty else row.iloc[0]
+
+
+KERNEL_READING = ("the best head (max kernel) beats the strongest query-free reading (recency, uniform, positional, "
+                  "slot x label; paired 95% CI above 0)")
 
 
 def holds(table: pd.DataFrame, finding: Finding) -> bool | None:
@@ -119,6 +123,8 @@ def findings_frame(tables: dict[tuple, pd.DataFrame], depths: dict[tuple, dict],
             records.append({"finding": finding.text, "model": model, "task": task, "setting": setting, "holds": holds(table, finding)})
         records.append({"finding": UPPER_HALF, "model": model, "task": task, "setting": setting,
                         "holds": depths[(model, task, setting)]["top_depth"] > 0.5})
+        records.append({"finding": KERNEL_READING, "model": model, "task": task, "setting": setting,
+                        "holds": table2.reads_like_kernel(table, "head_max")})
     return pd.DataFrame.from_records(records + causal_findings(causal or {}))
 
 
