@@ -103,10 +103,12 @@ def test_paper_study_plans_every_stage_for_both_models(paper_dry_run):
     assert len(jobs["ablation"]) == models * 5
     # 700 prompts in shards of 350 per random set; 300 held-out prompts (one shard) per ablation set.
     ablation_sets = models * (4 * tasks + 13)
-    assert len(jobs["extract_shard"]) == models * tasks * seeds * 2 + ablation_sets
+    query_swap_sets = models * tasks * seeds  # the random setting's demonstrations with other held-out queries
+    assert len(jobs["extract_shard"]) == models * tasks * seeds * 2 + ablation_sets + query_swap_sets
+    assert len(jobs["query_swap"]) == models * tasks * seeds
     assert len(jobs["zero_shot"]) == models * tasks
     assert len(jobs["interventions"]) == models * tasks * seeds
-    # The ~400 seconds-long jobs share 13 submissions, against the 146 extraction jobs.
+    # The ~450 seconds-long jobs share 13 submissions, against the 182 extraction jobs.
     groups = re.findall(r"Group job (\w+)", paper_dry_run)
     assert len(groups) <= 15 and set(groups) == {"prep", "prompts", "analysis", "figures"}, groups
 
