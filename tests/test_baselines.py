@@ -164,6 +164,6 @@ def test_health_counts_predictions_per_class_and_flags_a_class_the_model_never_a
     assert h.loc[("head_max", "positive")].recall == 1.0
     table = pd.DataFrame(table2.summarize(frame, 100, 0))
     lines = "\n".join(table2_report.health_lines(pd.DataFrame(table2.health(frame, ["negative", "neutral", "positive"])), table))
-    assert "**Under-predicted class:** ICL never predicts 'positive' (gold share 33%)" in lines
+    assert "**Under-predicted class:** ICL never predicts 'positive' (gold share 33%, recall 0.00)." in lines
     assert "agreement with a 2-class answer" in lines
     assert "| positive | 33% | 0% / 0.00 | 33% / 1.00 |" in lines

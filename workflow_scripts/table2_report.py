@@ -33,6 +33,13 @@ PAPER_ROWS = {  # our (method, metric) -> the paper's Table 2 row
     ("kr_encoder", "accuracy"): "KR on all-MiniLM-L6-v2",
 }
 HEAD_METHODS = [m for m in METHOD_TEXT if table2.is_head(m)]
+# Short names for sentences: the query-free readings and the heads.
+SHORT = {
+    "recency": "recency (the last demonstration's label)", "uniform": "the uniform kernel",
+    "positional": "the positional kernel", "slot_label": "the slot x label-word kernel",
+    "head_max": "the paper's head (max kernel)", "head_label": "the label-token head", "head_mean": "the span-mean head",
+    "head_max_nosink": "the sink-free max-kernel head", "icl": "ICL", "icl_calibrated": "calibrated ICL",
+}
 
 # ICL that answers one class on this share of held-out prompts (or more) is degenerate: any head that
 # leans to that class "agrees" with it, so agreement says nothing about kernels there.
@@ -91,13 +98,12 @@ def verdict_sentence(table: pd.DataFrame, method: str = "head_max") -> str:
     gain = table2.gain_interval(table, method)
     if gain is None:
         return ""
-    reference = METHOD_TEXT[gain[3]].removeprefix("query-free: ")
-    measured = (f"the {METHOD_TEXT[method]}'s agreement with ICL minus that of the strongest query-free reading "
-                f"({reference}) is {gain_text(gain)} (paired per held-out prompt; 95% CI, seeds then examples)")
+    measured = (f"{SHORT[method]} agrees with ICL {gain_text(gain)} more often than the strongest query-free reading, "
+                f"{SHORT[gain[3]]} (paired per held-out prompt; 95% CI, seeds then examples)")
     if gain[1] > 0:
-        return f"**Reads like a kernel:** {measured}."
+        return f"**Reads like a kernel:** {measured[0].upper()}{measured[1:]}."
     if gain[2] < 0:
-        return f"**Not a kernel reading:** {measured}: the reading that never looks at the query agrees with ICL more often."
+        return f"**Not a kernel reading:** {measured[0].upper()}{measured[1:]}: the reading that never looks at the query agrees with ICL more often."
     return (f"**Not separated from a query-free reading:** {measured}. The interval includes 0, so the evidence does not "
             "separate this head from a reading that never looks at the query.")
 
@@ -183,9 +189,8 @@ def gain_lines(table: pd.DataFrame) -> list[str]:
     gains = table[(table.metric == table2.GAIN) & (table.same_as.fillna("") == "")]
     if gains.empty:
         return []
-    reference = METHOD_TEXT[gains.reference.iloc[0]].removeprefix("query-free: ")
     lines = [
-        f"Against the strongest query-free reading on these held-out prompts ({reference}): a head reads like a kernel "
+        f"Against the strongest query-free reading on these held-out prompts, {SHORT[gains.reference.iloc[0]]}: a head reads like a kernel "
         "only where the paired gain's 95% CI (seeds, then examples) excludes 0.",
         "",
         "| head | gain in agreement with ICL | reads like a kernel |",
@@ -232,14 +237,14 @@ def health_lines(health: pd.DataFrame, table: pd.DataFrame) -> list[str]:
     flagged = health[health.under_predicted & health.method.isin(list(methods))]
     answered = health[health.predicted > 0].groupby("method").class_name.nunique()
     for row in flagged.itertuples():
-        never = "never predicts" if row.predicted == 0 else f"predicts on only {row.predicted_share:.0%} of prompts"
-        lines.append("")
-        lines.append(
-            f"**Under-predicted class:** {methods[row.method]} {never} {row.class_name!r} (gold share {row.gold_share:.0%}). "
-            f"Agreement with {methods[row.method] if row.method != head else 'ICL'} is then agreement with a "
-            f"{answered.get(row.method, 0)}-class answer: a head that ignores {row.class_name!r} demonstrations can agree without "
-            "reading the query, and accuracy is capped by the missing class."
-        )
+        who = SHORT.get(row.method, METHOD_TEXT.get(row.method, row.method))
+        never = f"never predicts {row.class_name!r}" if row.predicted == 0 else \
+            f"predicts {row.class_name!r} on only {row.predicted_share:.0%} of prompts"
+        lines += ["", f"**Under-predicted class:** {who[0].upper()}{who[1:]} {never} (gold share {row.gold_share:.0%}, recall {row.recall:.2f})."]
+        if row.method == "icl":
+            lines[-1] += (f" Agreement with ICL is then agreement with a {answered.get('icl', 0)}-class answer: a head that "
+                          f"ignores {row.class_name!r} demonstrations can agree without reading the query, and accuracy is "
+                          "capped by the missing class.")
     return lines + [""]
 
 
