@@ -98,12 +98,12 @@ def verdict_sentence(table: pd.DataFrame, method: str = "head_max") -> str:
     gain = table2.gain_interval(table, method)
     if gain is None:
         return ""
-    measured = (f"{SHORT[method]} agrees with ICL {gain_text(gain)} more often than the strongest query-free reading, "
+    measured = (f"{SHORT[method][0].upper()}{SHORT[method][1:]} agrees with ICL {gain_text(gain)} more often than the strongest query-free reading, "
                 f"{SHORT[gain[3]]} (paired per held-out prompt; 95% CI, seeds then examples)")
     if gain[1] > 0:
-        return f"**Reads like a kernel:** {measured[0].upper()}{measured[1:]}."
+        return f"**Reads like a kernel:** {measured}."
     if gain[2] < 0:
-        return f"**Not a kernel reading:** {measured[0].upper()}{measured[1:]}: the reading that never looks at the query agrees with ICL more often."
+        return f"**Not a kernel reading:** {measured}: the reading that never looks at the query agrees with ICL more often."
     return (f"**Not separated from a query-free reading:** {measured}. The interval includes 0, so the evidence does not "
             "separate this head from a reading that never looks at the query.")
 
