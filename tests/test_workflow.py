@@ -450,7 +450,8 @@ def test_changing_the_heldout_size_reruns_table_2_and_the_ablations_only(study):
     config["analysis"]["n_heldout"] = 3
     write_config(workdir, config)
     seeds = len(config["study"]["seeds"])
-    heldout_sets = 5  # sim, sim_hidden, symbols, order_1 and swap build only the held-out prompts, so they follow
+    # sim, sim_hidden, symbols, order_1 (seed 0) and every seed's query swap build only the held-out prompts
+    heldout_sets = 4 + seeds
     assert planned_jobs(workdir) == {
         "calibrate": seeds, "heldout": seeds, "table2": 1, "build_prompts": heldout_sets, "extract_shard": heldout_sets,
         "ablation": 3, "report_table2": 1, "report_ablation": 3, "interventions": seeds, "report_interventions": 1,
