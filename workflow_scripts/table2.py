@@ -132,6 +132,7 @@ def chosen_head_rows(frame: pd.DataFrame, tables: dict[str, pd.DataFrame | None]
     for method in (m for m in frame.method.unique() if is_head(m)):
         kernel = method.removeprefix("head_")
         chosen = frame[frame.method == method].groupby("seed").choice.first()
+        n_heldout = int(frame[frame.method == method].groupby("seed").size().iloc[0])
         for name, metrics in HEAD_COLUMNS.items():
             table = tables.get(name)
             if table is None or table.empty:
@@ -142,7 +143,7 @@ def chosen_head_rows(frame: pd.DataFrame, tables: dict[str, pd.DataFrame | None]
                 out.append(((method, metric), {
                     "mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
                     "ci_low": float("nan"), "ci_high": float("nan"), "seeds_ci_low": float("nan"),
-                    "seeds_ci_high": float("nan"), "n_seeds": len(values), "n_heldout": 0,
+                    "seeds_ci_high": float("nan"), "n_seeds": len(values), "n_heldout": n_heldout,
                 }))
     return out
 
