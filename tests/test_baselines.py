@@ -96,6 +96,7 @@ def planted_set(world: str, seed: int):
 def test_a_planted_head_reads_like_a_kernel_only_when_its_weights_depend_on_the_query(world, kernel):
     frame = pd.concat([planted_set(world, s) for s in (0, 1)], ignore_index=True)
     table = pd.DataFrame(table2.summarize(frame, n_resamples=1000, seed=0))
+    assert set(table.n_heldout) == {N_HELDOUT} and set(table.n_seeds) == {2}
     head = table[(table.method == "head_max") & (table.metric == "agreement")].iloc[0]
     assert head["mean"] == 1.0 and head.choices == "L0 H0 (every seed)"
     assert table2.reads_like_kernel(table, "head_max") is kernel
