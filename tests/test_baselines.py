@@ -95,8 +95,12 @@ def planted_set(world: str, seed: int):
 @pytest.mark.parametrize("world, kernel", [("positional", False), ("query", True)])
 def test_a_planted_head_reads_like_a_kernel_only_when_its_weights_depend_on_the_query(world, kernel):
     frame = pd.concat([planted_set(world, s) for s in (0, 1)], ignore_index=True)
-    table = pd.DataFrame(table2.summarize(frame, n_resamples=1000, seed=0))
+    heads = pd.DataFrame([{"seed": s, "kernel": k, "layer": 0, "head": h, "r2_slot": 0.1 * (h + 1) + 0.01 * s,
+                           "r2_slot_label": 0.5} for s in (0, 1) for k in ("max", "label", "mean", "max_nosink") for h in (0, 1)])
+    table = pd.DataFrame(table2.summarize(frame, n_resamples=1000, seed=0, tables={"heads": heads}))
     assert set(table.n_heldout) == {N_HELDOUT} and set(table.n_seeds) == {2}
+    r2 = table[(table.method == "head_max") & (table.metric == "r2_slot")].iloc[0]
+    assert r2["mean"] == pytest.approx(0.105) and np.isnan(r2.ci_low)  # the planted head L0 H0, mean over seeds
     head = table[(table.method == "head_max") & (table.metric == "agreement")].iloc[0]
     assert head["mean"] == 1.0 and head.choices == "L0 H0 (every seed)"
     assert table2.reads_like_kernel(table, "head_max") is kernel
