@@ -416,3 +416,20 @@ def test_config_keys_named_in_code_and_docs_exist():
     stale = sorted(f"{f}: {key}" for f, key in named if not schema_has(schema, key))
     assert not stale, f"keys that the config schema does not have: {stale}"
     assert not schema_has(schema, "analysis.encoder.path") and schema_has(schema, "encoder.path")
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"query_swap": True}, "config key 'settings.swap.query_swap': needs queries: heldout and selection: random (got queries: all, selection: random)"),
+    ({"query_swap": True, "queries": "heldout", "selection": "similar"}, "needs queries: heldout and selection: random (got queries: heldout, selection: similar)"),
+])
+def test_a_query_swap_setting_must_swap_held_out_queries_of_random_draws(config, setting, message):
+    config["settings"] = {"random": {}, "swap": setting}
+    assert message in errors_of(config)
+
+
+def test_the_query_swap_setting_must_name_a_query_swap_setting(config):
+    config["settings"] = {"random": {}, "other": {"queries": "heldout"}}
+    config["analysis"] = {"query_swap_setting": "other"}
+    assert "config key 'analysis.query_swap_setting': 'other' is not a setting with query_swap: true" in errors_of(config)
+    config["analysis"] = {"query_swap_setting": "missing"}
+    assert "'missing' is not a setting with query_swap: true (settings: ['other', 'random'])" in errors_of(config)
