@@ -103,23 +103,24 @@ def summarize(recon: pa.Table, sink: np.ndarray, r2: dict[str, np.ndarray] | Non
     return heads, summary
 
 
-def score_heads(prompts: pa.Table, shards: pa.Table, n_classes: int) -> tuple[dict, dict]:
+def score_set(prompts: pa.Table, shards: pa.Table, n_classes: int) -> tuple[pa.Table, dict, dict]:
+    """RECONSTRUCTION, HEADS and SUMMARY of one prompt set, from one pass over its attention rows."""
     rows, weights = kernel_weights(prompts, shards)
     recon = pa.Table.from_pydict(predictions_from(rows, weights, n_classes), schema=schemas.RECONSTRUCTION)
     heads, summary = summarize(recon, sink_attention(shards), r2_columns(rows, weights))
-    return heads, {**summary, **in_sample_baselines(rows, n_classes)}
+    return recon, heads, {**summary, **in_sample_baselines(rows, n_classes)}
+
+
+def score_heads(prompts: pa.Table, shards: pa.Table, n_classes: int) -> tuple[dict, dict]:
+    return score_set(prompts, shards, n_classes)[1:]
 
 
 def write_scores(
     prompts_path: str | Path, shard_paths: list[str], n_classes: int, recon_out: str | Path, heads_out: str | Path,
     summary_out: str | Path,
 ) -> None:
-    prompts = schemas.read_table(prompts_path, schemas.PROMPTS)
-    shards = read_attention_rows(shard_paths)
-    rows, weights = kernel_weights(prompts, shards)
-    recon = pa.Table.from_pydict(predictions_from(rows, weights, n_classes), schema=schemas.RECONSTRUCTION)
-    heads, summary = summarize(recon, sink_attention(shards), r2_columns(rows, weights))
-    summary.update(in_sample_baselines(rows, n_classes))
+    recon, heads, summary = score_set(
+        schemas.read_table(prompts_path, schemas.PROMPTS), read_attention_rows(shard_paths), n_classes)
     schemas.write_table(recon, schemas.RECONSTRUCTION, recon_out)
     schemas.write_table(heads, schemas.HEADS, heads_out)
     schemas.write_table(summary, schemas.SUMMARY, summary_out)
