@@ -18,6 +18,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from . import ablation_report, interventions_report, schemas, stats  # noqa: E402
 from .kernels import ATTENTION_KERNELS  # noqa: E402
 from .report_files import Outputs, link, outputs_of, read_piece, write_piece, write_table  # noqa: E402
+from . import table2  # noqa: E402
 from .table2_report import paper_table, table2_verdicts  # noqa: E402
 
 KERNEL_TEXT = {
@@ -654,7 +655,7 @@ def title_of(smk) -> str:
 
 def seeded(smk, name: str, schema) -> pd.DataFrame:
     """stacked, with each table's seed (study order) in a `seed` column."""
-    return pd.concat([t.assign(seed=s) for t, s in zip(read_all(smk.input[name], schema), smk.params.seeds)])
+    return table2.read_seeds(list(smk.input[name]), smk.params.seeds, schema)
 
 
 def stacked(smk, name: str, schema) -> pd.DataFrame:
