@@ -222,6 +222,20 @@ def over_seeds_outputs(name):
 
 # Cluster resources. Snakemake evaluates these again when a job's inputs exist, so the jobs that
 # load the model are sized from its measured weights (the manifest); profiles size the others.
+def model_job_resources(n_prompts):
+    """The resources of a rule that loads the studied model, from `n_prompts(wildcards, input)`
+    prompt-sized forwards: its GPUs, model-sized memory and run time. Every such rule takes these
+    and no other rule does: the GPU requests, the README's list of model rules and the tests all
+    follow from it."""
+    return dict(gpu=model_gpus, mem_mb=model_mem_mb, runtime=model_runtime(n_prompts))
+
+
+def model_gpus(wildcards):
+    """extraction.gpus, none on the CPU. A global `--resources gpu=0` (profiles/slurm-cpu) lowers it to 0."""
+    extraction = config["extraction"]
+    return 0 if extraction["device"] == "cpu" else extraction["gpus"]
+
+
 def model_billions(wildcards, input):
     return resources.model_billions(input.get("manifest"), config["models"][wildcards.model].get("parameters"))
 

@@ -11,8 +11,7 @@ rule extract_shard:
         extraction=extraction_params("shard_size", "device", "dtype", "kv_layers", "kv_max_prompts", "hidden_layers", "hidden_positions", "head_outputs"),
     threads: config["extraction"]["threads"]
     resources:
-        mem_mb=model_mem_mb,
-        runtime=model_runtime(shard_prompts),
+        **model_job_resources(shard_prompts),
     log:
         paths.log("extract_shard", "{model}", "{task}", "seed{seed}", "{setting}", "{shard}"),
     conda:
@@ -34,8 +33,7 @@ rule zero_shot:
         extraction=extraction_params("device", "dtype", "zero_shot_top_k"),
     threads: config["extraction"]["threads"]
     resources:
-        mem_mb=model_mem_mb,
-        runtime=model_runtime(zero_shot_examples),
+        **model_job_resources(zero_shot_examples),
     # Retrieval prompts wait on these; run them before the long extraction queue.
     priority: 10
     log:
@@ -66,8 +64,7 @@ rule calibrate:
         extraction=extraction_params("device", "dtype"),
     threads: config["extraction"]["threads"]
     resources:
-        mem_mb=model_mem_mb,
-        runtime=model_runtime(calibration_prompts),
+        **model_job_resources(calibration_prompts),
     log:
         paths.log("calibrate", "{model}", "{task}", "seed{seed}", "{setting}"),
     conda:

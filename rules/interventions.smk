@@ -17,8 +17,7 @@ rule interventions:
         extraction=extraction_params("device", "dtype"),
     threads: config["extraction"]["threads"]
     resources:
-        mem_mb=model_mem_mb,
-        runtime=model_runtime(intervention_prompts),
+        **model_job_resources(intervention_prompts),
     log:
         paths.log("interventions", "{model}", "{task}", "seed{seed}", "{setting}"),
     conda:

@@ -113,15 +113,77 @@ def test_paper_study_plans_every_stage_for_both_models(paper_dry_run):
     assert len(groups) <= 15 and set(groups) == {"prep", "prompts", "analysis", "figures"}, groups
 
 
+def declared_model_rules() -> set[str]:
+    """The rules whose resources come from model_job_resources (rules/common.smk), read from the rule
+    files; tests/test_workflow.py checks these are exactly the rules whose jobs load the model."""
+    rules = set()
+    for smk in sorted((REPO / "rules").glob("*.smk")):
+        for name, body in re.findall(r"^rule (\w+):\n((?:[ \t]+.*\n|\n)*)", smk.read_text(), flags=re.M):
+            if "model_job_resources(" in body:
+                rules.add(name)
+    return rules
+
+
+def readme_model_rules() -> set[str]:
+    """The model rules the README's cluster section lists."""
+    found = re.search(r"The rules that load the studied model[^:]*:((?:\s*`\w+`,?)+)", (REPO / "README.md").read_text())
+    assert found, "README: no list of the rules that load the studied model"
+    return set(re.findall(r"`(\w+)`", found.group(1)))
+
+
+def gpu_rules(jobs: dict[str, list[dict[str, str]]]) -> set[str]:
+    return {rule for rule, planned in jobs.items() if any(int(job.get("gpu", 0)) for job in planned)}
+
+
 def test_gpu_profile_requests_a_gpu_for_every_job_that_loads_the_model(paper_dry_run):
     jobs = planned_resources(paper_dry_run)
-    model_rules = {"extract_shard", "zero_shot", "interventions"}
-    assert model_rules <= set(jobs)
+    model_rules = declared_model_rules()
+    assert model_rules and model_rules <= set(jobs), (model_rules, set(jobs))
     for rule, planned in jobs.items():
         gpus = {job.get("gpu") for job in planned}
         assert gpus == ({"1"} if rule in model_rules else {None}), (rule, gpus)
+    # Calibration loads both models too; the profile once listed the GPU rules by hand and missed it.
+    assert "calibrate" in gpu_rules(jobs)
     # Before the models are downloaded they are sized from models.<name>.parameters, in bfloat16:
     # GPT-J-6B (6.05 B) and Llama-3-8B (8.03 B) need their weights' size and less than twice that.
-    for billions in (6.05, 8.03):
-        weights_mb = billions * 1e9 * 2 / 2**20
-        assert any(weights_mb < int(job["mem_mb"]) < 2 * weights_mb for job in jobs["extract_shard"]), billions
+    for rule in model_rules:
+        for billions in (6.05, 8.03):
+            weights_mb = billions * 1e9 * 2 / 2**20
+            assert any(weights_mb < int(job["mem_mb"]) < 2 * weights_mb for job in jobs[rule]), (rule, billions)
+
+
+def test_readme_lists_the_model_rules():
+    assert readme_model_rules() == declared_model_rules()
+
+
+def test_cpu_profile_and_a_cpu_device_ask_for_no_gpu(tmp_path):
+    """profiles/slurm-cpu lowers every request to none; extraction.device cpu asks for none anywhere."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    base = [*SNAKEMAKE[:-2], "--directory", str(tmp_path), "--configfile", str(REPO / "config.yaml"), "--dry-run"]
+    cpu = tmp_path / "cpu.yaml"
+    cpu.write_text("extraction: {device: cpu}\n")
+    for extra in (["--profile", str(REPO / "profiles" / "slurm-cpu")], ["--configfile", str(REPO / "config.yaml"), str(cpu)]):
+        done = subprocess.run([*base, *extra], capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        jobs = planned_resources(done.stdout)
+        assert declared_model_rules() <= set(jobs)
+        assert not gpu_rules(jobs), extra
+
+
+def test_a_split_model_asks_for_its_gpus(tmp_path):
+    import os
+    import subprocess
+
+    split = tmp_path / "split.yaml"
+    split.write_text("extraction: {gpus: 4, device_map: auto, max_memory: {'0': 70GiB, cpu: 100GiB}}\n")
+    done = subprocess.run(
+        [*SNAKEMAKE[:-2], "--directory", str(tmp_path), "--profile", str(REPO / "profiles" / "slurm"),
+         "--configfile", str(REPO / "config.yaml"), str(split), "--dry-run"],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    jobs = planned_resources(done.stdout)
+    assert {rule: {job.get("gpu") for job in jobs[rule]} for rule in gpu_rules(jobs)} == {rule: {"4"} for rule in declared_model_rules()}

@@ -128,11 +128,27 @@ def _check_references(config: dict) -> None:
     problems += _theory_problems(config["theory"])
     problems += _intervention_problems(config)
     problems += _label_format_problems(config)
+    problems += _placement_problems(config["extraction"])
     encoder = config["encoder"]
     needs = {"registry": ["package", "sha256", "member"], "local": ["path"]}[encoder["source"]]
     problems += [f"config key 'encoder.{key}': required when source is {encoder['source']!r}" for key in needs if key not in encoder]
     if problems:
         raise ConfigError("\n".join(problems))
+
+
+def _placement_problems(extraction: dict) -> list[str]:
+    """GPU counts and model splits that cannot run as asked."""
+    problems = []
+    if extraction["gpus"] > 1 and not extraction["device_map"]:
+        problems.append(
+            f"config key 'extraction.gpus': {extraction['gpus']} GPUs per job, but extraction.device_map is null, "
+            "so the model would sit on one of them; set device_map (e.g. auto) to split it, or gpus: 1"
+        )
+    if extraction["device_map"] and extraction["device"] == "cpu":
+        problems.append("config key 'extraction.device_map': splits the model over GPUs, but extraction.device is cpu")
+    if extraction["max_memory"] and not extraction["device_map"]:
+        problems.append("config key 'extraction.max_memory': caps the devices of a split model; set extraction.device_map too")
+    return problems
 
 
 def _ablation_problems(config: dict) -> list[str]:

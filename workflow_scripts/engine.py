@@ -65,32 +65,33 @@ class _Capture:
         keep = self.kv_layers is not None and len(self.stash) in self.kv_layers
         self.stash.append((query[:, :, -1], key, value if keep else None, mask, float(scale)))
 
-    def finish(self) -> torch.Tensor:
-        """Attention rows (B, L, H, T) of every layer; fills the key/value captures of kept layers."""
+    def finish(self, device: torch.device) -> torch.Tensor:
+        """Attention rows (B, L, H, T) of every layer on `device`; fills the key/value captures of kept
+        layers (on their layer's device)."""
         queries, keys, _, masks, scales = zip(*self.stash)
-        device = keys[0].device
         biases = [_bias(m, keys[i]) for i, m in enumerate(masks)]
-        scale = torch.tensor(scales, device=device)
-        if len({(q.shape, k.shape) for q, k in zip(queries, keys)}) == 1:
+        scale = torch.tensor(scales, device=keys[0].device)
+        if len({(q.shape, k.shape, k.device) for q, k in zip(queries, keys)}) == 1:
             rows = attention_rows(torch.stack(queries), torch.stack(keys), torch.stack(biases), scale)
-        else:  # layers of different shapes: one layer at a time, same arithmetic
-            rows = [attention_rows(q[None], k[None], b[None], scale[i : i + 1])[0]
+        else:  # layers of different shapes, or split over devices: one layer at a time, same arithmetic
+            rows = [attention_rows(q[None], k[None], b[None], scale[i : i + 1].to(k.device))[0]
                     for i, (q, k, b) in enumerate(zip(queries, keys, biases))]
         for layer, (_, key, value, _, _) in enumerate(self.stash):
             if value is not None:
                 self._keep(layer, rows[layer], key, value)
-        return torch.stack(list(rows), dim=1)
+        return torch.stack([row.to(device) for row in rows], dim=1)
 
     def _keep(self, layer: int, row: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
         batch, n_kv, n_tokens, dim = key.shape
         n_heads = row.shape[1]
         if self.kv_positions is not None:
-            index = self.kv_positions[:, None, :, None].expand(-1, n_kv, -1, dim)
+            index = self.kv_positions.to(key.device)[:, None, :, None].expand(-1, n_kv, -1, dim)
             self.keys[layer] = key.gather(2, index)
             self.values[layer] = value.gather(2, index)
         if self.spans is not None:
             positions = torch.arange(n_tokens, device=row.device)
-            inside = (positions >= self.spans[..., :1]) & (positions <= self.spans[..., 1:])  # (B, k, T)
+            spans = self.spans.to(row.device)
+            inside = (positions >= spans[..., :1]) & (positions <= spans[..., 1:])  # (B, k, T)
             top = row[:, :, None, :].masked_fill(~inside[:, None], -1.0).argmax(-1)  # (B, H, k)
             # The probes of Section 5.4 read a few positions around the peak, not just the peak.
             around = (top[..., None] + torch.tensor(DEMO_OFFSETS, device=row.device)).clamp(0, n_tokens - 1)
@@ -175,6 +176,17 @@ def decoder_layers(model) -> torch.nn.ModuleList:
     raise EngineError(f"{type(model).__name__}: cannot find its {n} decoder layers")
 
 
+def input_device(model) -> torch.device:
+    """Where the model's inputs go: its embedding's device. On a model split over devices
+    (accelerate's device_map) that is the first one; an offloaded embedding runs where its hook
+    moves it."""
+    embedding = model.get_input_embeddings()
+    hook = getattr(embedding, "_hf_hook", None)
+    if getattr(hook, "execution_device", None) is not None:
+        return torch.device(hook.execution_device)
+    return embedding.weight.device
+
+
 def left_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """input_ids, attention_mask and position_ids of a left-padded batch."""
     width = max(map(len, batch))
@@ -204,7 +216,7 @@ def run_batch(model, requests: list[Request], kv_layers: list[int] | None = None
     (head_outputs: every head's attention output at the last position, (L, H, D), before the output
     projection; top_k: the k most probable next tokens of the full-vocabulary softmax, as next_ids
     and next_probs, computed on the device so only k values per prompt are copied back)."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     ids, mask, positions = left_pad([r.input_ids for r in requests], pad_id)
     width = ids.shape[1]
@@ -223,7 +235,7 @@ def run_batch(model, requests: list[Request], kv_layers: list[int] | None = None
         for layer in hidden_layers:
             def hook(_module, _args, output, _layer=layer):
                 out = output[0] if isinstance(output, tuple) else output
-                hidden[_layer] = out.gather(1, h_pos[..., None].expand(-1, -1, out.shape[-1]))
+                hidden[_layer] = out.gather(1, h_pos.to(out.device)[..., None].expand(-1, -1, out.shape[-1]))
             hooks.append(layers[layer].register_forward_hook(hook))
     token = _STATE.set(state)
     try:
@@ -243,12 +255,12 @@ def run_batch(model, requests: list[Request], kv_layers: list[int] | None = None
     # One device-to-host copy per kind of capture; per-prompt slices are then numpy views.
     with torch.inference_mode():
         captured = {
-            "attention": state.finish(),  # (B, L, H, T)
+            "attention": state.finish(device),  # (B, L, H, T)
             "label_logits": out.logits[:, -1].float(),
-            "keys": _stack_layers(state.keys), "values": _stack_layers(state.values),
-            "top_positions": _stack_layers(state.top_pos), "top_keys": _stack_layers(state.top_keys),
-            "top_values": _stack_layers(state.top_values), "hidden": _stack_layers(hidden),
-            "head_outputs": _stack_layers(dict(enumerate(state.outputs))),
+            **{name: _stack_layers(by_layer, device) for name, by_layer in (
+                ("keys", state.keys), ("values", state.values), ("top_positions", state.top_pos),
+                ("top_keys", state.top_keys), ("top_values", state.top_values), ("hidden", hidden),
+                ("head_outputs", dict(enumerate(state.outputs))))},
         }
         if top_k:
             top = torch.softmax(out.logits[:, -1].float(), dim=-1).topk(min(top_k, out.logits.shape[-1]), dim=-1)
@@ -265,11 +277,12 @@ def run_batch(model, requests: list[Request], kv_layers: list[int] | None = None
     return results
 
 
-def _stack_layers(by_layer: dict[int, torch.Tensor]) -> torch.Tensor | None:
-    """(B, layers, ...) in layer order, float32 for floating captures; None when nothing was captured."""
+def _stack_layers(by_layer: dict[int, torch.Tensor], device: torch.device) -> torch.Tensor | None:
+    """(B, layers, ...) in layer order on `device`, float32 for floating captures; None when nothing
+    was captured."""
     if not by_layer:
         return None
-    stacked = torch.stack([by_layer[l] for l in sorted(by_layer)], dim=1)
+    stacked = torch.stack([by_layer[l].to(device) for l in sorted(by_layer)], dim=1)
     return stacked.float() if stacked.is_floating_point() else stacked
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from .engine import EngineError, check_supported, register
+from .engine import EngineError, check_supported, input_device, register
 
 EDIT = "icl_edit"
 _STATE: contextvars.ContextVar["_Prefix | _Edits | None"] = contextvars.ContextVar("icl_edit", default=None)
@@ -58,6 +58,12 @@ class _LayerEdits:
     replaced: torch.Tensor | None
     replace: torch.Tensor | None
 
+    def to(self, device: torch.device) -> "_LayerEdits":
+        """On `device` (a layer of a model split over devices may live on another than the inputs)."""
+        if all(t is None or t.device == device for t in vars(self).values()):
+            return self
+        return _LayerEdits(**{name: None if t is None else t.to(device) for name, t in vars(self).items()})
+
 
 @dataclass
 class _Edits:
@@ -89,6 +95,7 @@ def attend(state: _Edits, query: torch.Tensor, key: torch.Tensor, value: torch.T
     p = torch.softmax(scores, dim=-1)
     edits = state.layers.get(layer)
     if edits is not None:
+        edits = edits.to(query.device)
         p = _edited(p, edits)
     p = p.view(batch, n_kv, n_heads // n_kv, n_prefix + 1)
     out = torch.einsum("bkgp,kpd->bkgd", p[..., :n_prefix], prefix_v) + p[..., n_prefix:] * own_v[:, :, None]
@@ -195,7 +202,7 @@ def intervene(model, input_ids: list[int], label_token_ids: list[int], edits: li
         raise EngineError("gptj: interventions need attention through transformers' registry, which GPT-J bypasses")
     register(EDIT, edit_attention)
     before = config._attn_implementation
-    device = next(model.parameters()).device
+    device = input_device(model)
     n_tokens = len(input_ids)
     model.set_attn_implementation(EDIT)
     try:

@@ -36,6 +36,11 @@ def resolve_device(device: str, dtype: str) -> tuple[str, str]:
     return device, dtype
 
 
+def max_memory(caps: dict | None) -> dict | None:
+    """extraction.max_memory as accelerate takes it: GPU indices as ints ("0" in YAML, to be a string key)."""
+    return {int(k) if str(k).isdigit() else str(k): v for k, v in caps.items()} if caps else None
+
+
 def prepared_model(manifest: dict, cfg: dict):
     """The studied model as the model stages run it: cfg's threads, device and dtype, SDPA through the
     capture engine. Returns (model, device, dtype)."""
@@ -43,14 +48,16 @@ def prepared_model(manifest: dict, cfg: dict):
 
     torch.set_num_threads(cfg["threads"])
     device, dtype = resolve_device(cfg["device"], cfg["dtype"])
-    return engine.prepare(models.load_model(manifest, device, dtype, attn_implementation="sdpa")), device, dtype
+    model = models.load_model(manifest, device, dtype, attn_implementation="sdpa",
+                              device_map=cfg.get("device_map"), max_memory=max_memory(cfg.get("max_memory")))
+    return engine.prepare(model), device, dtype
 
 
 def eager_outputs(model, input_ids: list[int], label_token_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """The oracle: (label-word logits, attention row layers x heads x tokens) from output_attentions."""
     import torch
 
-    ids = torch.tensor([input_ids], device=next(model.parameters()).device)
+    ids = torch.tensor([input_ids], device=engine.input_device(model))
     with torch.inference_mode():
         out = model(input_ids=ids, output_attentions=True, use_cache=False, logits_to_keep=1)
     logits = out.logits[0, -1, label_token_ids].float().cpu().numpy()
@@ -167,11 +174,16 @@ def write_shard(prompts_path: str | Path, manifest_path: str | Path, shard: int,
     schemas.write_table(extract_shard(prompts, model, cfg, str(prompts_path)), schemas.SHARD, out)
 
 
+# Where the model runs and how fast, not what it computes: never params (a split model gives the
+# numbers of one device; tests/test_engine_split.py).
+SPEED_KEYS = ("batch_size", "zero_shot_batch_size", "device_map", "max_memory")
+
+
 def run_settings(smk) -> dict:
     """The job's extraction settings: the params (what changes the numbers, so Snakemake re-runs on
     a change) plus the speed settings, read from the config and the job's threads so that changing
     them re-runs nothing (docs/reruns.md)."""
-    speed = {key: smk.config["extraction"][key] for key in ("batch_size", "zero_shot_batch_size")}
+    speed = {key: smk.config["extraction"][key] for key in SPEED_KEYS}
     return {**smk.params.extraction, **speed, "threads": smk.threads}
 
 

@@ -224,18 +224,41 @@ def load_tokenizer(manifest: dict, prepend_bos: bool = False) -> Tokenizer:
     return Tokenizer(backend, bos)
 
 
-def load_model(manifest: dict, device: str, dtype: str, attn_implementation: str | None = None):
+# Every job that loads the studied model logs this first (the tests find the model rules by it).
+LOADING = "loading the studied model"
+
+
+def load_model(manifest: dict, device: str, dtype: str, attn_implementation: str | None = None,
+               device_map: str | dict | None = None, max_memory: dict | None = None):
+    """The model in eval mode on `device`, or, with `device_map` (extraction.device_map), split by
+    accelerate over the GPUs it sees (capped per device by `max_memory`) and run layer after layer."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    log.info("%s %s on %s (%s)%s", LOADING, manifest.get("name", manifest["path"]), device, dtype,
+             f", split by device_map {device_map!r}" if device_map else "")
+    placement = {"device_map": device_map, "max_memory": max_memory} if device_map else {}
     model = AutoModelForCausalLM.from_pretrained(
         manifest["path"],
         revision=manifest["revision"],
         trust_remote_code=manifest["trust_remote_code"],
         dtype=getattr(torch, dtype),
         attn_implementation=attn_implementation,
+        **placement,
     )
+    if device_map:
+        log.info("placement: %s", placement_summary(model.hf_device_map))
+        return model.eval()
     return model.to(device).eval()
+
+
+def placement_summary(device_map: dict) -> str:
+    """'cuda:0: 41 modules, cuda:1: 40 modules' from accelerate's module -> device map."""
+    counts: dict[str, int] = {}
+    for where in device_map.values():
+        key = f"cuda:{where}" if isinstance(where, int) else str(where)
+        counts[key] = counts.get(key, 0) + 1
+    return ", ".join(f"{where}: {n} modules" for where, n in counts.items())
 
 
 def from_snakemake(smk) -> None:
