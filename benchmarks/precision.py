@@ -99,7 +99,14 @@ def main() -> None:
                 torch.cuda.synchronize()
             seconds[d] += time.perf_counter() - began
     full, reduced = results["float32"], results[args.dtype]
+    # The float32 run should reproduce the study's own shards (written in float32 on the CPU).
+    shard_files = sorted((args.study / paths.prompt_set(model_name, task, seed, args.setting) / "shards").glob("*.parquet"))
+    stored = dict(zip(*schemas.read_tables(shard_files, schemas.SHARD, ["prompt_id", "prediction"]).to_pydict().values()))
+    reproduced = np.mean([stored[r["prompt_id"]] == int(np.argmax(f["label_logits"])) for r, f in zip(rows, full)])
     same = np.mean([np.argmax(a["label_logits"]) == np.argmax(b["label_logits"]) for a, b in zip(full, reduced)])
+    # The float32 margin between the two best label words: are the changed predictions near-ties?
+    margins = np.array([np.diff(np.sort(a["label_logits"])[-2:])[0] for a in full])
+    changed = np.array([np.argmax(a["label_logits"]) != np.argmax(b["label_logits"]) for a, b in zip(full, reduced)])
     diffs = [np.abs(a["attention"] - b["attention"]) for a, b in zip(full, reduced)]
     logit_diff = [np.abs(a["label_logits"] - b["label_logits"]).max() for a, b in zip(full, reduced)]
     n_classes = len(config["tasks"][task]["classes"])
@@ -109,10 +116,12 @@ def main() -> None:
     numbers = {
         "model": model_name, "task": task, "seed": seed, "setting": args.setting, "device": args.device,
         "threads": torch.get_num_threads(), "batch_size": args.batch_size, "prompts": len(requests),
-        "dtype": args.dtype, "same_prediction": float(same),
+        "dtype": args.dtype, "same_prediction": float(same), "float32_reproduces_study": float(reproduced),
         "attention_max_abs_diff": float(max(d.max() for d in diffs)),
         "attention_mean_abs_diff": float(np.concatenate([d.ravel() for d in diffs]).mean()),
         "label_logit_max_abs_diff": float(max(logit_diff)),
+        "changed_float32_margin_max": float(margins[changed].max()) if changed.any() else None,
+        "float32_margin_median": float(np.median(margins)),
         "seconds_per_prompt": {d: seconds[d] / len(requests) for d in dtypes},
         "speedup": seconds["float32"] / seconds[args.dtype],
         "chosen_heads": heads,
@@ -120,9 +129,11 @@ def main() -> None:
     }
     print(f"{model_name} / {task} / seed {seed} / {args.setting}: {len(requests)} prompts on {args.device}, "
           f"{numbers['threads']} threads, batch size {args.batch_size}")
+    print(f"float32 gives the study's stored ICL prediction on {reproduced:.1%} of prompts")
     print(f"same ICL prediction in {args.dtype} as in float32: {same:.1%}")
     print(f"attention rows: max |diff| {numbers['attention_max_abs_diff']:.2e}, mean |diff| {numbers['attention_mean_abs_diff']:.2e}")
-    print(f"label logits: max |diff| {numbers['label_logit_max_abs_diff']:.3f}")
+    print(f"label logits: max |diff| {numbers['label_logit_max_abs_diff']:.3f}; float32 margin of the two best label words: "
+          f"median {numbers['float32_margin_median']:.3f} over all prompts, at most {numbers['changed_float32_margin_max']} on those whose prediction changed")
     for kernel in heads["float32"]:
         a, b = heads["float32"][kernel], heads[args.dtype][kernel]
         print(f"kernel {kernel:>10}: float32 {a['head']} (held-out {a['heldout']:.3f}), {args.dtype} {b['head']} (held-out {b['heldout']:.3f})")

@@ -1,4 +1,6 @@
 # Shared setup: config validation, the path builder and input functions of every stage.
+import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -227,13 +229,19 @@ def model_job_resources(n_prompts):
     prompt-sized forwards: its GPUs, model-sized memory and run time. Every such rule takes these
     and no other rule does: the GPU requests, the README's list of model rules and the tests all
     follow from it."""
-    return dict(gpu=model_gpus, mem_mb=model_mem_mb, runtime=model_runtime(n_prompts))
+    return dict(gpu=model_gpus, mem_mb=model_mem_mb, runtime=model_runtime(n_prompts),
+                # Not a Slurm request: a dry run prints it, and benchmarks/gpu_hours.py sums it.
+                forward_passes=lambda wildcards, input: math.ceil(n_prompts(wildcards, input)))
 
 
 def model_gpus(wildcards):
-    """extraction.gpus, none on the CPU. A global `--resources gpu=0` (profiles/slurm-cpu) lowers it to 0."""
+    """extraction.gpus, none on the CPU. A run's `--resources gpu=0` (profiles/slurm-cpu) lowers the
+    request to none when jobs are submitted; Snakemake does not pass that limit on to the job itself,
+    so inside a Slurm job the job's step asks for no more GPUs than Slurm gave the job."""
     extraction = config["extraction"]
-    return 0 if extraction["device"] == "cpu" else extraction["gpus"]
+    requested = 0 if extraction["device"] == "cpu" else extraction["gpus"]
+    held = resources.slurm_job_gpus(os.environ) if workflow.remote_exec else None
+    return requested if held is None else min(requested, held)
 
 
 def model_billions(wildcards, input):

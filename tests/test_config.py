@@ -433,3 +433,22 @@ def test_the_query_swap_setting_must_name_a_query_swap_setting(config):
     assert "config key 'analysis.query_swap_setting': 'other' is not a setting with query_swap: true" in errors_of(config)
     config["analysis"] = {"query_swap_setting": "missing"}
     assert "'missing' is not a setting with query_swap: true (settings: ['other', 'random'])" in errors_of(config)
+
+
+@pytest.mark.parametrize("extraction, message", [
+    ({"gpus": 2}, r"'extraction.gpus': 2 GPUs per job, but extraction.device_map is null"),
+    ({"device": "cpu", "device_map": "auto"}, r"'extraction.device_map': splits the model over GPUs, but extraction.device is cpu"),
+    ({"max_memory": {"0": "10GiB"}}, r"'extraction.max_memory': caps the devices of a split model; set extraction.device_map too"),
+    ({"device_map": "everywhere"}, r"extraction.device_map"),
+    ({"device_map": "auto", "max_memory": {"gpu0": "10GiB"}}, r"extraction.max_memory"),
+    ({"gpus": -1}, r"extraction.gpus"),
+])
+def test_bad_model_placement_is_named(config, extraction, message):
+    config["extraction"] = extraction
+    with pytest.raises(ConfigError, match=message):
+        validate_config(config)
+
+
+def test_a_split_model_config_is_accepted(config):
+    config["extraction"] = {"device": "cuda", "gpus": 4, "device_map": "balanced", "max_memory": {"0": "60GiB", "1": "75GiB", "cpu": "200GiB"}}
+    assert validate_config(config)["extraction"]["gpus"] == 4

@@ -9,6 +9,7 @@ import pytest
 
 from workflow_scripts import resources
 
+from .plans import declared_model_rules, gpu_rules, planned_resources, readme_model_rules
 from .test_workflow import REPO, SNAKEMAKE
 
 
@@ -61,6 +62,13 @@ def test_runtime_scales_with_prompts_model_and_threads():
     assert resources.model_runtime_min(1, 10, 1, "cpu", attempt=2) == 2 * resources.model_runtime_min(1, 10, 1, "cpu")
 
 
+def test_slurm_job_gpus_reads_the_allocation():
+    assert resources.slurm_job_gpus({}) is None
+    assert resources.slurm_job_gpus({"SLURM_JOB_ID": "7"}) == 0
+    assert resources.slurm_job_gpus({"SLURM_JOB_ID": "7", "SLURM_GPUS_ON_NODE": "2", "SLURM_JOB_GPUS": "0,1"}) == 2
+    assert resources.slurm_job_gpus({"SLURM_JOB_ID": "7", "SLURM_JOB_GPUS": "3,5,6"}) == 3
+
+
 def test_table_rows_reads_the_footer(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -86,15 +94,6 @@ def paper_dry_run(tmp_path_factory) -> str:
     return done.stdout
 
 
-def planned_resources(dry_run: str) -> dict[str, list[dict[str, str]]]:
-    """Rule -> the resources of each job a dry run plans."""
-    jobs: dict[str, list[dict[str, str]]] = {}
-    # Jobs of a group are listed indented under "Group job <name>".
-    for rule, res in re.findall(r"^ *rule (\w+):\n(?: +.*\n)*? +resources: (.*)$", dry_run, flags=re.M):
-        jobs.setdefault(rule, []).append(dict(kv.split("=", 1) for kv in res.split(", ")))
-    return jobs
-
-
 def test_paper_study_plans_every_stage_for_both_models(paper_dry_run):
     jobs = planned_resources(paper_dry_run)
     seeds, tasks, models = 3, 6, 2
@@ -111,28 +110,6 @@ def test_paper_study_plans_every_stage_for_both_models(paper_dry_run):
     # The ~450 seconds-long jobs share 13 submissions, against the 182 extraction jobs.
     groups = re.findall(r"Group job (\w+)", paper_dry_run)
     assert len(groups) <= 15 and set(groups) == {"prep", "prompts", "analysis", "figures"}, groups
-
-
-def declared_model_rules() -> set[str]:
-    """The rules whose resources come from model_job_resources (rules/common.smk), read from the rule
-    files; tests/test_workflow.py checks these are exactly the rules whose jobs load the model."""
-    rules = set()
-    for smk in sorted((REPO / "rules").glob("*.smk")):
-        for name, body in re.findall(r"^rule (\w+):\n((?:[ \t]+.*\n|\n)*)", smk.read_text(), flags=re.M):
-            if "model_job_resources(" in body:
-                rules.add(name)
-    return rules
-
-
-def readme_model_rules() -> set[str]:
-    """The model rules the README's cluster section lists."""
-    found = re.search(r"The rules that load the studied model[^:]*:((?:\s*`\w+`,?)+)", (REPO / "README.md").read_text())
-    assert found, "README: no list of the rules that load the studied model"
-    return set(re.findall(r"`(\w+)`", found.group(1)))
-
-
-def gpu_rules(jobs: dict[str, list[dict[str, str]]]) -> set[str]:
-    return {rule for rule, planned in jobs.items() if any(int(job.get("gpu", 0)) for job in planned)}
 
 
 def test_gpu_profile_requests_a_gpu_for_every_job_that_loads_the_model(paper_dry_run):

@@ -19,7 +19,8 @@ import pytest
 from workflow_scripts import paths
 
 from .conftest import REPO, toy_sentiment_rows
-from .test_workflow import SNAKEMAKE, planned_jobs, tiny_config, write_config
+from .plans import declared_model_rules, first_outputs
+from .test_workflow import SNAKEMAKE, planned_jobs, snakemake, tiny_config, write_config
 
 pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
 
@@ -110,11 +111,18 @@ def test_tiny_study_runs_through_slurm_and_a_rerun_submits_nothing(slurm, tmp_pa
     assert "Nothing to be done" in again.stdout + again.stderr
     assert not SUBMITTED.search(again.stdout + again.stderr)
 
-    # The GPU profile, unedited: the jobs that load the model ask Slurm for a GPU (the test cluster
-    # has one pretend GPU); extraction.device auto still runs them on the CPU here.
-    targets = [paths.zero_shot("tiny", "toy"), paths.shard("tiny", "toy", 0, "random", "000")]
+    # The GPU profile, unedited: a job of every rule that loads the model, each asking Slurm for a GPU
+    # (the test cluster has one pretend GPU); extraction.device auto still runs them on the CPU here.
+    plan = snakemake(tmp_path, "--dry-run", "--forceall")
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    model_rules = declared_model_rules()
+    targets = [first_outputs(plan.stdout)[rule] for rule in sorted(model_rules)]
     gpu_run = submit(tmp_path, *targets, "--forcerun", *targets, profile="slurm")
     output = gpu_run.stdout + gpu_run.stderr
     assert gpu_run.returncode == 0, output[-6000:]
-    gpu_jobs = [job_id for job_id, _ in SUBMITTED.findall(output)]
-    assert len(gpu_jobs) == 2 and {tres_per_job(j) for j in gpu_jobs} == {"gres:gpu:1"}, gpu_jobs
+    tres = {}
+    for job_id, log in SUBMITTED.findall(output):
+        rule = re.search(r"slurm_logs/(?:rule_(\w+)|group_)", log).group(1) or "group"
+        tres.setdefault(rule, set()).add(tres_per_job(job_id))
+    assert {rule: tres[rule] for rule in model_rules if rule in tres} == {rule: {"gres:gpu:1"} for rule in model_rules}, tres
+    assert all(t == {""} for rule, t in tres.items() if rule not in model_rules), tres

@@ -20,9 +20,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from workflow_scripts import paths, schemas
+from workflow_scripts import models, paths, schemas
 
 from .conftest import REPO, toy_sentiment_rows
+from .plans import declared_model_rules, gpu_rules, planned_resources
 
 pytestmark = pytest.mark.workflow
 
@@ -167,6 +168,18 @@ def test_full_run_writes_every_stage(study):
     assert (workdir / paths.log("extract_shard", "tiny", "toy", "seed0", "random", "000")).is_file()
 
 
+def test_the_jobs_that_load_the_model_are_the_ones_that_ask_for_gpus(study):
+    """Which rules' jobs loaded the model (their logs say so) against which ask for a GPU when the
+    whole study is planned, and against the rules declaring model_job_resources."""
+    workdir, _ = study
+    loaded = {log.relative_to(workdir / paths.LOGS).parts[0] for log in (workdir / paths.LOGS).rglob("*.log")
+              if models.LOADING in log.read_text()}
+    done = snakemake(workdir, "--dry-run", "--forceall")
+    assert done.returncode == 0, done.stderr[-3000:]
+    asking = gpu_rules(planned_resources(done.stdout))
+    assert loaded and loaded == asking == declared_model_rules(), (loaded, asking)
+
+
 def test_rerun_with_nothing_changed_does_nothing_quickly(study):
     workdir, _ = study
     started = time.perf_counter()
@@ -262,6 +275,7 @@ CONTRACT = {
     "extraction.threads": ({"extraction": {"threads": 2}}, {}),
     "extraction.zero_shot_batch_size": ({"extraction": {"zero_shot_batch_size": 5}}, {}),
     "models.<name>.parameters": ({"models": {"tiny": {"parameters": 7.0}}}, {}),
+    "extraction.gpus, device_map, max_memory": ({"extraction": {"gpus": 2, "device_map": "auto", "max_memory": {"0": "1GiB"}}}, {}),
     "report.title": ({"report": {"title": "Another title"}}, REPORT),
     "analysis.top_head_fraction": ({"analysis": {"top_head_fraction": 0.5}}, {"report_heads": 1, **REPORT}),
     "report.dpi": (

@@ -247,7 +247,8 @@ def load_model(manifest: dict, device: str, dtype: str, attn_implementation: str
         **placement,
     )
     if device_map:
-        log.info("placement: %s", placement_summary(model.hf_device_map))
+        # accelerate records no map when everything fits the first device.
+        log.info("placement: %s", placement_summary(getattr(model, "hf_device_map", None) or {"model": device}))
         return model.eval()
     return model.to(device).eval()
 

@@ -76,6 +76,16 @@ def model_runtime_min(billions: float, n_prompts: float, threads: int, device: s
     return math.ceil((BASE_MINUTES + n_prompts * billions * seconds / 60) * 2 ** (attempt - 1))
 
 
+def slurm_job_gpus(env: dict[str, str]) -> int | None:
+    """GPUs of the Slurm job this process runs in (None outside one), from the variables Slurm sets
+    for an allocation with GPUs (none set: it has none)."""
+    if "SLURM_JOB_ID" not in env:
+        return None
+    if env.get("SLURM_GPUS_ON_NODE", "").isdigit():
+        return int(env["SLURM_GPUS_ON_NODE"])
+    return len([g for g in env.get("SLURM_JOB_GPUS", "").split(",") if g])
+
+
 def table_rows(path: str | Path, fallback: int) -> int:
     """Rows of a Parquet file from its footer, or `fallback` while it does not exist yet (or cannot be
     read: the job that reads it will say so)."""
