@@ -33,6 +33,8 @@ RANDOM_CONFIGS = {
     # A ~1.1B-parameter llama (TinyLlama-1.1B's shape).
     "llama-1b": dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
                      num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=4096),
+    # GPT-J-6B's architecture (28 layers x 16 heads; 12 GB in bf16): the paper's model.
+    "gptj-6b": dict(model_type="gptj", vocab_size=50400, n_embd=4096, n_layer=28, n_head=16, rotary_dim=64, n_positions=2048),
 }
 METHODS = ("plain", "eager", "engine", "engine_kv")
 
@@ -45,9 +47,12 @@ def load(model_arg: str, device: str, dtype: str, attn: str):
 
     if model_arg.startswith("random:"):
         torch.manual_seed(0)
-        config = transformers.LlamaConfig(**RANDOM_CONFIGS[model_arg.split(":", 1)[1]])
-        model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=getattr(torch, dtype))
-        return model.to(device).eval()
+        shape = dict(RANDOM_CONFIGS[model_arg.split(":", 1)[1]])
+        config = transformers.AutoConfig.for_model(shape.pop("model_type", "llama"), **shape)
+        # Initialized where it runs: a 6B model's random init on the host takes minutes.
+        with torch.device(device):
+            model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=getattr(torch, dtype))
+        return model.eval()
     return models.load_model(models.read_manifest(model_arg), device, dtype, attn_implementation=attn)
 
 

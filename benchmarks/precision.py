@@ -133,7 +133,8 @@ def main() -> None:
     print(f"same ICL prediction in {args.dtype} as in float32: {same:.1%}")
     print(f"attention rows: max |diff| {numbers['attention_max_abs_diff']:.2e}, mean |diff| {numbers['attention_mean_abs_diff']:.2e}")
     print(f"label logits: max |diff| {numbers['label_logit_max_abs_diff']:.3f}; float32 margin of the two best label words: "
-          f"median {numbers['float32_margin_median']:.3f} over all prompts, at most {numbers['changed_float32_margin_max']} on those whose prediction changed")
+          f"median {numbers['float32_margin_median']:.3f} over all prompts, at most {numbers['changed_float32_margin_max'] or 0:.3f} "
+          "on those whose prediction changed")
     for kernel in heads["float32"]:
         a, b = heads["float32"][kernel], heads[args.dtype][kernel]
         print(f"kernel {kernel:>10}: float32 {a['head']} (held-out {a['heldout']:.3f}), {args.dtype} {b['head']} (held-out {b['heldout']:.3f})")

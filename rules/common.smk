@@ -225,10 +225,10 @@ def over_seeds_outputs(name):
 # Cluster resources. Snakemake evaluates these again when a job's inputs exist, so the jobs that
 # load the model are sized from its measured weights (the manifest); profiles size the others.
 def model_job_resources(n_prompts):
-    """The resources of a rule that loads the studied model, from `n_prompts(wildcards, input)`
-    prompt-sized forwards: its GPUs, model-sized memory and run time. Every such rule takes these
-    and no other rule does: the GPU requests, the README's list of model rules and the tests all
-    follow from it."""
+    """The resources of a job that loads the studied model, from `n_prompts(wildcards, input)`
+    prompt-sized forwards: its GPUs, model-sized memory and run time. The model rules take these
+    and only they do, so the GPU requests, the README's list of model rules and the tests all
+    follow from this one place."""
     return dict(gpu=model_gpus, mem_mb=model_mem_mb, runtime=model_runtime(n_prompts),
                 # Not a Slurm request: a dry run prints it, and benchmarks/gpu_hours.py sums it.
                 forward_passes=lambda wildcards, input: math.ceil(n_prompts(wildcards, input)))

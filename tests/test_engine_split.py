@@ -2,8 +2,11 @@
 device: attention rows, keys and values, the peak-attention keys, hidden states, head outputs and
 the causal check's edits. This machine has one device, so the split runs through accelerate's
 dispatch with weights offloaded to disk and CPU memory (parameters on the meta device, moved in by
-hooks at each layer), as layers on other GPUs would be."""
+hooks at each layer), as layers on other GPUs would be. ENGINE_TEST_DEVICE=cuda runs the model on the
+GPU, with half its layers resident there and the rest offloaded (benchmarks/gpu_check.sh)."""
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -15,6 +18,7 @@ from workflow_scripts.engine import Request
 from workflow_scripts.engine_edits import Edit
 
 N_LAYERS = 4
+DEVICE = os.environ.get("ENGINE_TEST_DEVICE", "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -32,18 +36,20 @@ def manifest(model_dir) -> dict:
 
 
 def single(model_dir):
-    return engine.prepare(models.load_model(manifest(model_dir), "cpu", "float32", attn_implementation="sdpa"))
+    return engine.prepare(models.load_model(manifest(model_dir), DEVICE, "float32", attn_implementation="sdpa"))
 
 
 def offloaded(model_dir, offload_dir):
-    """Embedding and two layers on disk, the rest in CPU memory: every weight reaches the forward
-    through accelerate's hooks, and the parameters the model reports sit on the meta device."""
+    """Embedding and two layers on disk, the rest in CPU memory (on a GPU: resident there): every
+    offloaded weight reaches the forward through accelerate's hooks, and its parameters sit on the
+    meta device."""
     from accelerate import dispatch_model
 
     model = models.load_model(manifest(model_dir), "cpu", "float32", attn_implementation="sdpa")
-    device_map = {"model.embed_tokens": "disk", "model.rotary_emb": "cpu", "model.norm": "cpu", "lm_head": "cpu",
-                  **{f"model.layers.{i}": "disk" if i % 2 else "cpu" for i in range(N_LAYERS)}}
-    model = dispatch_model(model, device_map=device_map, main_device="cpu", offload_dir=str(offload_dir))
+    resident = 0 if DEVICE == "cuda" else "cpu"
+    device_map = {"model.embed_tokens": "disk", "model.rotary_emb": resident, "model.norm": resident, "lm_head": resident,
+                  **{f"model.layers.{i}": "disk" if i % 2 else resident for i in range(N_LAYERS)}}
+    model = dispatch_model(model, device_map=device_map, main_device=DEVICE, offload_dir=str(offload_dir))
     assert any(p.device.type == "meta" for p in model.parameters())
     return engine.prepare(model)
 
@@ -79,16 +85,17 @@ def assert_same(got: list[dict], expected: list[dict]) -> None:
 def test_offloaded_model_captures_what_one_device_captures(model_dir, tmp_path):
     expected, expected_edits = captures(single(model_dir)), edits(single(model_dir))
     split = offloaded(model_dir, tmp_path)
-    assert engine.input_device(split) == torch.device("cpu")
+    assert engine.input_device(split).type == DEVICE
     assert_same(captures(split), expected)
     np.testing.assert_allclose(edits(split), expected_edits, rtol=1e-5, atol=1e-6)
 
 
 def test_device_map_config_loads_through_accelerate(model_dir):
     """extraction.device_map and max_memory as the model stages pass them (here all on the CPU)."""
-    cfg = {"threads": 1, "device": "auto", "dtype": "float32", "device_map": "auto", "max_memory": {"cpu": "2GiB"}}
+    caps = {"0": "2GiB"} if DEVICE == "cuda" else {"cpu": "2GiB"}
+    cfg = {"threads": 1, "device": "auto", "dtype": "float32", "device_map": "auto", "max_memory": caps}
     model, device, dtype = extract.prepared_model(manifest(model_dir), cfg)
-    assert (device, dtype) == ("cpu", "float32")
+    assert (device, dtype) == (DEVICE, "float32")
     assert_same(captures(model), captures(single(model_dir)))
 
 
