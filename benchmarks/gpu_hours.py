@@ -32,19 +32,24 @@ sys.path.insert(0, str(REPO))
 JOB = re.compile(r"^ *rule (\w+):\n(?: +.*\n)*? +wildcards: (.*)\n(?: +.*\n)*? +resources: (.*)$", re.M)
 
 
-def planned_forwards(configfiles: list[str]) -> dict[tuple[str, str], tuple[int, int]]:
-    """(model, rule) -> (jobs, forward passes) of the study's dry run through profiles/slurm."""
+def dry_run(configfiles: list[str]) -> str:
+    """The study's dry run through profiles/slurm, in an empty folder (every job planned)."""
     with tempfile.TemporaryDirectory() as workdir:
         done = subprocess.run(
             [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", workdir,
              "--profile", str(REPO / "profiles" / "slurm"), "--configfile", str(REPO / "config.yaml"), *configfiles,
-             "--dry-run", "--forceall"],
+             "--dry-run"],
             capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
         )
     if done.returncode:
         raise SystemExit(done.stderr[-3000:])
+    return done.stdout
+
+
+def planned_forwards(plan: str) -> dict[tuple[str, str], tuple[int, int]]:
+    """(model, rule) -> (jobs, forward passes) of the model jobs a dry run plans."""
     totals: dict[tuple[str, str], tuple[int, int]] = {}
-    for rule, wildcards, res in JOB.findall(done.stdout):
+    for rule, wildcards, res in JOB.findall(plan):
         resources = dict(kv.split("=", 1) for kv in res.split(", "))
         if "forward_passes" not in resources:
             continue
@@ -93,7 +98,7 @@ def main() -> None:
 
     import yaml
 
-    totals = planned_forwards([str(REPO / f) for f in args.configfile])
+    totals = planned_forwards(dry_run([str(REPO / f) for f in args.configfile]))
     seconds, tokens, cpu_flops = measured_cpu_rate(args.prompts, args.threads)
     tokens_per_prompt = args.tokens or tokens
     config = {}

@@ -129,6 +129,29 @@ def test_gpu_profile_requests_a_gpu_for_every_job_that_loads_the_model(paper_dry
             assert any(weights_mb < int(job["mem_mb"]) < 2 * weights_mb for job in jobs[rule]), (rule, billions)
 
 
+def test_the_plan_counts_the_paper_studys_forward_passes(paper_dry_run):
+    """benchmarks/gpu_hours.py sums the model jobs' forward_passes; here against the paper config's
+    own numbers."""
+    import importlib.util
+
+    import yaml
+
+    spec = importlib.util.spec_from_file_location("gpu_hours", REPO / "benchmarks" / "gpu_hours.py")
+    gpu_hours = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_hours)
+    totals = gpu_hours.planned_forwards(paper_dry_run)
+    paper = yaml.safe_load((REPO / "config" / "paper_gptj.yaml").read_text())
+    sets = len(paper["study"]["tasks"]) * len(paper["study"]["seeds"])
+    n_eval, heldout = paper["prompts"]["n_eval"], paper["analysis"]["n_heldout"]
+    # Retrieval's 4 settings on every task, 13 more settings (labels 4, typos 3, k 4, order 2) on sst2.
+    ablation_sets = 4 * len(paper["study"]["tasks"]) + 13
+    for model in paper["study"]["models"]:
+        assert totals[(model, "extract_shard")][1] == sets * n_eval + sets * heldout + ablation_sets * heldout
+        assert totals[(model, "calibrate")] == (sets, sets * heldout)
+        assert totals[(model, "interventions")] == (sets, 2 * sets * heldout)
+    assert {rule for _, rule in totals} == declared_model_rules()
+
+
 def test_readme_lists_the_model_rules():
     assert readme_model_rules() == declared_model_rules()
 
