@@ -1,14 +1,16 @@
 # Shared setup: config validation, the path builder and input functions of every stage.
+import json
 import math
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, workflow.basedir)
 
-from workflow_scripts import paths, resources
-from workflow_scripts.config import ConfigError, validate_config
+from workflow_scripts import models, paths, resources, run_warnings
+from workflow_scripts.config import ConfigError, model_problems, validate_config
 
 try:
     validate_config(config)
@@ -16,6 +18,32 @@ except ConfigError as err:
     raise WorkflowError(f"invalid config:\n{err}")
 
 STUDY = config["study"]
+
+
+def known_model_config(name):
+    """A study model's config.json where it is known before any job runs: a local model, or one
+    prepared by an earlier run (else prepare_model checks it)."""
+    model = config["models"][name]
+    manifest = Path(paths.model_manifest(name))
+    if manifest.is_file():
+        folder = Path(models.read_manifest(manifest)["path"])
+    elif model["source"] == "local":
+        folder = Path(model["path"])
+    else:
+        return None
+    file = folder / "config.json"
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
+# Settings a model cannot serve (interventions.top_m beyond its heads, layers it lacks) stop the run
+# now, not after the extraction.
+_known = {name: known_model_config(name) for name in STUDY["models"]}
+_problems = [p for name, found in _known.items() if found is not None for p in model_problems(config, name, found)]
+if _problems:
+    raise WorkflowError("invalid config for the study's models:\n" + "\n".join(_problems))
+
+# Logs written from here on are this run's (print_run_warnings).
+RUN_STARTED = time.time()
 # The dispatcher every rule runs; it calls the rule's stage function in workflow_scripts.
 STEP = str(Path(workflow.basedir) / "workflow_scripts" / "step.py")
 
@@ -27,6 +55,12 @@ wildcard_constraints:
     ablation="|".join(map(re.escape, config["ablations"])) or "$^",
     seed=r"\d+",
     shard=r"\d{3}",
+
+
+def print_run_warnings():
+    text = run_warnings.console_text(run_warnings.study_warnings(paths.LOGS, since=RUN_STARTED))
+    if text:
+        print(text, file=sys.stderr)
 
 
 def prompt_sets():

@@ -184,7 +184,7 @@ rule report:
         ablations=list(config["ablations"]),
         title=config["report"]["title"],
         study={
-            **STUDY,
+            **{key: STUDY[key] for key in ("models", "tasks", "seeds", "settings")},
             **{key: config["prompts"][key] for key in ("n_eval", "k", "prepend_bos")},
             **analysis_params("n_select", "n_heldout"),
         },
@@ -235,3 +235,12 @@ rule report_models:
         "../envs/cpu.yaml"
     script:
         STEP
+
+
+# The stages' warnings end up in their job logs; say them on the console too, when the run ends.
+onsuccess:
+    print_run_warnings()
+
+
+onerror:
+    print_run_warnings()

@@ -452,3 +452,19 @@ def test_bad_model_placement_is_named(config, extraction, message):
 def test_a_split_model_config_is_accepted(config):
     config["extraction"] = {"device": "cuda", "gpus": 4, "device_map": "balanced", "max_memory": {"0": "60GiB", "1": "75GiB", "cpu": "200GiB"}}
     assert validate_config(config)["extraction"]["gpus"] == 4
+
+
+def test_study_ablations_picks_which_ablations_run():
+    """An overlay's `ablations: {}` merges into nothing; study.ablations is the switch."""
+    default = yaml.safe_load((REPO / "config.yaml").read_text())
+    assert set(validate_config(copy.deepcopy(default))["ablations"]) == {"retrieval", "labels", "typos", "k", "order"}
+    none = copy.deepcopy(default)
+    none["study"]["ablations"] = []
+    assert validate_config(none)["ablations"] == {}
+    some = copy.deepcopy(default)
+    some["study"]["ablations"] = ["labels"]
+    assert list(validate_config(some)["ablations"]) == ["labels"]
+    wrong = copy.deepcopy(default)
+    wrong["study"]["ablations"] = ["label"]
+    with pytest.raises(ConfigError, match=r"'study.ablations': \['label'\] are not defined under 'ablations' \(defined: \['k', 'labels'"):
+        validate_config(wrong)

@@ -300,6 +300,7 @@ CONTRACT = {
         {"calibration": {"enabled": False}}, {"heldout": 1, "table2": 1, "report_table2": 1, "ablation": 3, "report_ablation": 3, **REPORT},
     ),
     "interventions.enabled": ({"interventions": {"enabled": False}}, REPORT),
+    "study.ablations": ({"study": {"ablations": []}}, REPORT),
     "extraction.head_outputs": (
         {"extraction": {"head_outputs": False}, "interventions": {"knockout": "zero"}}, {**EVERY_SET, "build_prompts": 0},
     ),

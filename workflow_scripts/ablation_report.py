@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from . import schemas  # noqa: E402
+from . import schemas, stats  # noqa: E402
 from .report_files import Outputs, link, outputs_of, write_piece, write_table  # noqa: E402
 
 METRIC_TEXT = {
@@ -76,6 +76,8 @@ def number(metric: str, value: float) -> str:
 def conclusion(kind: str, summary: pd.DataFrame, baseline: str) -> str:
     """Whether the kernel view's prediction held, in one sentence, judged by paired 95% CIs of the
     difference to the baseline (every setting shows the same test inputs)."""
+    if stats.too_few(summary.n_prompts.min()):
+        return stats.too_few_text(summary.n_prompts.min(), "held-out inputs per setting", "analysis.ablation_prompts, analysis.n_heldout")
     if kind == "order":
         icl = summary[summary.metric == "icl_changed"]["mean"].mean()
         return (f"Where the explanation stops: the ICL prediction depends on order for {icl:.0%} of prompts, "

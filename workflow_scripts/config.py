@@ -129,6 +129,7 @@ def _check_references(config: dict) -> None:
     problems += _intervention_problems(config)
     problems += _label_format_problems(config)
     problems += _placement_problems(config["extraction"])
+    problems += probe_problems(config)
     encoder = config["encoder"]
     needs = {"registry": ["package", "sha256", "member"], "local": ["path"]}[encoder["source"]]
     problems += [f"config key 'encoder.{key}': required when source is {encoder['source']!r}" for key in needs if key not in encoder]
@@ -152,9 +153,16 @@ def _placement_problems(extraction: dict) -> list[str]:
 
 
 def _ablation_problems(config: dict) -> list[str]:
-    """Fill each ablation's default tasks and seeds and check they lie inside the study."""
+    """Keep the ablations study.ablations names, fill each one's default tasks and seeds and check
+    they lie inside the study."""
     problems = []
     study = config["study"]
+    if study["ablations"] is not None:
+        unknown = [name for name in study["ablations"] if name not in config["ablations"]]
+        if unknown:
+            return [f"config key 'study.ablations': {unknown} are not defined under 'ablations' (defined: {sorted(config['ablations'])})"]
+        # Only the chosen ones exist from here on: every rule, input and report reads config["ablations"].
+        config["ablations"] = {name: config["ablations"][name] for name in study["ablations"]}
     for name, ablation in config["ablations"].items():
         where = f"ablations.{name}"
         ablation.setdefault("tasks", list(study["tasks"]))
@@ -299,3 +307,64 @@ def label_words(task: dict) -> dict[str, str]:
     """Class name -> label word, in class order (the class name where no word is configured)."""
     words = task.get("label_words", {})
     return {c: words.get(c, c) for c in task["classes"]}
+
+
+def model_shape(model_config: dict) -> tuple[int | None, int | None]:
+    """(layers, attention heads per layer) from a model's config.json, None where it does not say
+    (the names differ across architectures: llama's num_hidden_layers, GPT-2's n_layer, ...)."""
+    text = model_config.get("text_config") or {}
+    def first(*keys):
+        return next((c[k] for c in (model_config, text) for k in keys if isinstance(c.get(k), int)), None)
+    return first("num_hidden_layers", "n_layer", "num_layers"), first("num_attention_heads", "n_head", "num_heads")
+
+
+def model_problems(config: dict, name: str, model_config: dict) -> list[str]:
+    """What the config asks of a model that this one cannot give, from its config.json: checked as
+    soon as the model is known (at parse time for a local or prepared model, else by prepare_model),
+    so that nothing fails after the extraction has run."""
+    from .layers import LayerError, resolve_all
+
+    n_layers, n_heads = model_shape(model_config)
+    problems = []
+    if n_layers is not None:
+        keys = [(f"extraction.{key}", config["extraction"][key]) for key in ("kv_layers", "hidden_layers")]
+        keys += [(f"settings.{s}.hidden_layer", [config["settings"][s]["hidden_layer"]]) for s in config["study"]["settings"]
+                 if config["settings"][s].get("similarity") == "hidden" and config["settings"][s].get("hidden_layer") is not None]
+        for key, specs in keys:
+            try:
+                resolve_all(specs, n_layers, key)
+            except LayerError as err:
+                problems.append(f"model {name!r}: {err}")
+    interventions = config["interventions"]
+    if interventions["enabled"] and n_layers is not None and n_heads is not None:
+        total = n_layers * n_heads
+        if 2 * max(interventions["top_m"]) > total:
+            problems.append(
+                f"config key 'interventions.top_m': {max(interventions['top_m'])} heads and as many controls need "
+                f"{2 * max(interventions['top_m'])} heads, but model {name!r} has {n_layers} layers x {n_heads} heads = {total}; "
+                f"use top_m of at most {total // 2}"
+            )
+    return problems
+
+
+def probe_problems(config: dict) -> list[str]:
+    """analysis.probe_folds against the most demonstrations the probes can get: the first
+    extraction.kv_max_prompts prompts of a set keep theirs, k each (fewer distinct ones if the pool
+    is smaller)."""
+    extraction, analysis, prompts = config["extraction"], config["analysis"], config["prompts"]
+    if not extraction["kv_layers"]:
+        return []
+    problems = []
+    for setting in config["study"]["settings"]:
+        k = config["settings"][setting].get("k") or prompts["k"]
+        n_prompts = prompts["n_eval"] if config["settings"][setting]["queries"] == "all" else analysis["n_heldout"]
+        kept = min(extraction["kv_max_prompts"], n_prompts) * k
+        if prompts["pool_size"]:
+            kept = min(kept, prompts["pool_size"])
+        if analysis["probe_folds"] > kept:
+            problems.append(
+                f"config key 'analysis.probe_folds': {analysis['probe_folds']} folds, but setting {setting!r} keeps at most "
+                f"{kept} distinct demonstrations for the probes (extraction.kv_max_prompts x k, capped by prompts.pool_size); "
+                "lower probe_folds or raise extraction.kv_max_prompts"
+            )
+    return problems

@@ -168,6 +168,8 @@ def verdict(summary: pd.DataFrame, family: str) -> str:
     tops = summary[(summary.family == family) & (summary.target == "top") & (summary.measure == MAIN[family])]
     if tops.empty:
         return f"{FAMILY_TEXT[family].capitalize()}: no prompt could be edited."
+    if stats.too_few(tops.n_prompts.min()):
+        return f"{FAMILY_TEXT[family].capitalize()}: " + stats.too_few_text(tops.n_prompts.min(), "edited held-out prompts", "interventions.prompts, analysis.n_heldout")
     ms = sorted(int(m) for m in tops.m)
     clauses = "; ".join(clause(summary, family, m) for m in ms)
     return f"{FAMILY_TEXT[family].capitalize()} in the top-m kernel heads: {clauses}. {mass_line(summary, family, ms)}."

@@ -64,7 +64,7 @@ KERNEL_READING = ("the best head (max kernel) beats the strongest query-free rea
 def holds(table: pd.DataFrame, finding: Finding) -> bool | None:
     """None where the table lacks either number (e.g. calibration off)."""
     first, second = number(table, *finding.first), number(table, *finding.second)
-    if first is None or second is None:
+    if first is None or second is None or table2.too_few_heldout(table):
         return None
     return bool(first.ci_low > second["mean"])
 

@@ -15,7 +15,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import PowerNorm  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from . import ablation_report, interventions_report, schemas, stats  # noqa: E402
+from . import ablation_report, interventions_report, paths, run_warnings, schemas, stats  # noqa: E402
 from .kernels import ATTENTION_KERNELS  # noqa: E402
 from .report_files import Outputs, link, outputs_of, read_piece, write_piece, write_table  # noqa: E402
 from . import table2  # noqa: E402
@@ -584,10 +584,23 @@ def header_lines(title: str, study: dict) -> list[str]:
         "query-free readings (recency, the uniform kernel, a positional and a slot x label-word kernel, fitted",
         "on the select split) are what a head must beat before it reads like a kernel.",
         "",
-        "## Table 2 (Section 5.5): one head, chosen on the select split, on held-out prompts",
-        "",
-        *paper_table(),
+        *small_sample_lines(study),
     ]
+
+
+def small_sample_lines(study: dict) -> list[str]:
+    """A warning at the top when Table 2's splits are too small to read (stats.MIN_EXAMPLES)."""
+    few = [f"{key} = {study[key]}" for key in ("n_select", "n_heldout") if stats.too_few(study[key])]
+    if not few:
+        return []
+    return [f"**Too few examples to read:** analysis.{', analysis.'.join(few)}, fewer than {stats.MIN_EXAMPLES}. Table 2, "
+            "the causal check and the ablations all rest on the held-out prompts; their intervals are marked † or replaced "
+            "by a 'too few to read' note, and no verdict is drawn from them. Raise prompts.n_eval and analysis.n_select / "
+            "n_heldout for numbers to report.", ""]
+
+
+def table2_heading() -> list[str]:
+    return ["## Table 2 (Section 5.5): one head, chosen on the select split, on held-out prompts", "", *paper_table()]
 
 
 def set_heading(title: str, summaries: list[pd.DataFrame]) -> list[str]:
@@ -608,12 +621,12 @@ def set_heading(title: str, summaries: list[pd.DataFrame]) -> list[str]:
 
 def assemble(
     title: str, study: dict, tables2: list[list[str]], sets: list[tuple[str, list[pd.DataFrame], list[list[str]]]],
-    ablations: list[str], interventions: list[str], theory: list[str],
+    ablations: list[str], interventions: list[str], theory: list[str], warnings: list[str] = (),
 ) -> str:
-    """results/report.md: Table 2 first (the paper's headline), then Sections 5.1-5.4 per model x task x
-    setting (title, its summaries over seeds, its pieces), the Section 4.2 ablations, the causal check
-    and the theorem check."""
-    lines = header_lines(title, study)
+    """results/report.md: the run's warnings, Table 2 (the paper's headline), then Sections 5.1-5.4 per
+    model x task x setting (title, its summaries over seeds, its pieces), the Section 4.2 ablations,
+    the causal check and the theorem check."""
+    lines = header_lines(title, study) + list(warnings) + table2_heading()
     for piece in tables2:
         lines += piece
     for set_name, summaries, pieces in sets:
@@ -645,8 +658,9 @@ def assemble_from_snakemake(smk) -> None:
     tables2 = [verdicts, *(read_piece(p) for p in [*smk.input.table2, *smk.input.models])]
     pieces = [line for p in smk.input.interventions for line in read_piece(p)]
     interventions = interventions_report.heading() + pieces if pieces else []
+    warnings = run_warnings.warning_lines(run_warnings.study_warnings(paths.LOGS))
     Path(smk.output[0]).write_text(
-        assemble(smk.params.title, study, tables2, sets, ablations, interventions, read_piece(smk.input.theory)))
+        assemble(smk.params.title, study, tables2, sets, ablations, interventions, read_piece(smk.input.theory), warnings))
 
 
 def title_of(smk) -> str:

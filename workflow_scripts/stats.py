@@ -18,6 +18,22 @@ _CHUNK_ELEMENTS = 2**22
 _ZERO_VARIANCE_RTOL = 1e-10
 
 
+# A percentile bootstrap over fewer examples than this can collapse to a point (one held-out prompt
+# gives 1.000 [1.000, 1.000]) or swing with a single example: the report marks such intervals and
+# draws no verdict from them.
+MIN_EXAMPLES = 20
+
+
+def too_few(n_examples: float) -> bool:
+    return n_examples < MIN_EXAMPLES
+
+
+def too_few_text(n_examples: float, what: str, key: str) -> str:
+    """The sentence that stands where a verdict would."""
+    return (f"**Too few to read:** {int(n_examples)} {what} ({key}), fewer than {MIN_EXAMPLES}; an interval over so few "
+            "examples can collapse to a point, so no verdict is drawn. Raise the key for numbers to read.")
+
+
 def bootstrap_ci(values: np.ndarray, n_resamples: int, seed: int, level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval for the mean of per-example values, resampling examples.
 

@@ -237,7 +237,13 @@ def gain_interval(table: pd.DataFrame, method: str) -> tuple[float, float, float
     return float(r["mean"]), float(low), float(high), str(r.reference)
 
 
+def too_few_heldout(table: pd.DataFrame) -> bool:
+    """Whether the held-out prompts per seed are too few for an interval to be read (stats.MIN_EXAMPLES)."""
+    return "n_heldout" in table and stats.too_few(int(table.n_heldout.iloc[0]))
+
+
 def reads_like_kernel(table: pd.DataFrame, method: str) -> bool | None:
-    """A head reads like a kernel only where its gain over every query-free reading excludes 0."""
+    """A head reads like a kernel only where its gain over every query-free reading excludes 0; None
+    where that is not measured, or rests on too few held-out prompts."""
     gain = gain_interval(table, method)
-    return None if gain is None else gain[1] > 0
+    return None if gain is None or too_few_heldout(table) else gain[1] > 0

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import schemas, table2
+from . import schemas, stats, table2
 from .baselines import BASELINES
 from .report_files import Outputs, outputs_of, write_piece, write_table
 
@@ -98,6 +98,8 @@ def verdict_sentence(table: pd.DataFrame, method: str = "head_max") -> str:
     gain = table2.gain_interval(table, method)
     if gain is None:
         return ""
+    if table2.too_few_heldout(table):
+        return stats.too_few_text(table.n_heldout.iloc[0], "held-out prompts per seed", "analysis.n_heldout")
     measured = (f"{SHORT[method][0].upper()}{SHORT[method][1:]} agrees with ICL {gain_text(gain)} more often than the strongest query-free reading, "
                 f"{SHORT[gain[3]]} (paired per held-out prompt; 95% CI, seeds then examples)")
     if gain[1] > 0:
@@ -114,8 +116,10 @@ def seeds_line(first: pd.Series, per_seed_split: bool) -> str:
               "The seeds share their held-out test examples (prompts.split_seed fixes the split; "
               "analysis.heldout_per_seed: true draws it per seed), so ± sd over seeds is over demonstration draws only.")
     seeds = f"{int(first.n_seeds)} seed{'s' if first.n_seeds != 1 else ''}"
+    few = (f" † Fewer than {stats.MIN_EXAMPLES} held-out prompts per seed: the intervals are not to be read, and no "
+           "verdict is drawn from them (raise analysis.n_heldout)." if stats.too_few(first.n_heldout) else "")
     return (f"Held out: {int(first.n_heldout)} test prompts per seed, {seeds}. {shared} Cells: mean ± sd "
-            "over seeds [bootstrap 95% CI over held-out examples; seeds: the CI that resamples seeds, then examples].")
+            f"over seeds [bootstrap 95% CI over held-out examples; seeds: the CI that resamples seeds, then examples].{few}")
 
 
 def interval_cell(r: pd.Series | None) -> str:
@@ -123,7 +127,8 @@ def interval_cell(r: pd.Series | None) -> str:
         return "—"
     sd = "" if np.isnan(r["sd"]) else f" ± {r['sd']:.3f}"
     seeds = "" if r.n_seeds < 2 else f"; seeds {r.seeds_ci_low:.3f}, {r.seeds_ci_high:.3f}"
-    return f"{r['mean']:.3f}{sd} [{r.ci_low:.3f}, {r.ci_high:.3f}{seeds}]"
+    few = " †" if stats.too_few(r.n_heldout) else ""
+    return f"{r['mean']:.3f}{sd} [{r.ci_low:.3f}, {r.ci_high:.3f}{seeds}]{few}"
 
 
 def head_cell(table: pd.DataFrame, method: str) -> str:
@@ -200,6 +205,7 @@ def gain_lines(table: pd.DataFrame) -> list[str]:
         gain = table2.gain_interval(gains, method)
         if gain is not None:
             verdict = "yes" if gain[1] > 0 else ("no: the query-free reading is better" if gain[2] < 0 else "not separated (CI includes 0)")
+            verdict = "too few held-out prompts to read" if table2.too_few_heldout(table) else verdict
             lines.append(f"| {METHOD_TEXT[method].removeprefix('best head, ')} | {gain_text(gain)} | {verdict} |")
     return lines + ["", verdict_sentence(table), ""]
 
@@ -284,6 +290,9 @@ def table2_verdicts(tables: dict[str, pd.DataFrame]) -> list[str]:
     lines = ["**Kernel or query-free reading?** The paper's head (max kernel) reads like a kernel only where it beats "
              f"every query-free reading ({', '.join(BASELINES)}; fitted on the select split) with a paired 95% CI above 0."]
     lines.append(f"It does in: {', '.join(passing) if passing else 'none'}. It does not in: {', '.join(failing) if failing else 'none'}.")
+    few = [title for title, t in tables.items() if table2.too_few_heldout(t)]
+    if few:
+        lines.append(f"Too few held-out prompts to read (fewer than {stats.MIN_EXAMPLES} per seed, analysis.n_heldout): {', '.join(few)}.")
     return [*lines, ""]
 
 
