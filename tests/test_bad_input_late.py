@@ -89,3 +89,29 @@ def test_probe_folds_beyond_the_kept_demonstrations_fail_at_parse_time():
         validate_config(copy.deepcopy(config))
     config["extraction"]["kv_layers"] = []  # no probes
     validate_config(config)
+
+
+def test_a_shard_that_lacks_rows_is_named_with_its_rebuild_command(tmp_path):
+    """A valid Parquet shard with rows gone: the error names that shard and the command that rebuilds it."""
+    import pyarrow as pa
+
+    from workflow_scripts import readers, schemas
+
+    def shard(ids):
+        rows = {name: [None] * len(ids) for name in schemas.SHARD.names}
+        rows.update(prompt_id=ids, n_tokens=[3] * len(ids), n_layers=[1] * len(ids), n_heads=[1] * len(ids),
+                    prediction=[0] * len(ids), attention=[[0.1, 0.2, 0.7]] * len(ids), label_logits=[[0.0, 1.0]] * len(ids))
+        return rows
+
+    files = [tmp_path / f"{i:03d}.parquet" for i in range(3)]
+    for file, ids in zip(files, ([0, 1, 2, 3], [4, 5], [8, 9, 10, 11])):  # shard 001 lost prompts 6 and 7
+        schemas.write_table(pa.Table.from_pydict(shard(ids), schema=schemas.SHARD), schemas.SHARD, file)
+    prompts = pa.table({"prompt_id": list(range(12))})
+    rows = readers.read_attention_rows(files)
+    with pytest.raises(ValueError) as err:
+        next(readers.iter_prompts(prompts, rows))
+    message = str(err.value)
+    assert message.startswith(f"2 prompts have no extraction row (e.g. prompt 6): {files[1]} or {files[2]} lacks them.")
+    assert f"snakemake --cores 1 --forcerun {files[1]} {files[2]}" in message and str(files[0]) not in message
+    # The last shard cut short: only it is named.
+    assert readers.lacking_files({12}, readers.read_attention_rows(files[:1] + files[2:])) == [str(files[2])]

@@ -82,12 +82,44 @@ def read_attention_rows(paths: list[str | Path]) -> pa.Table:
     return schemas.read_tables(paths, schemas.SHARD, ATTENTION_ROWS)
 
 
+def lacking_files(missing: set[int], shards: pa.Table) -> list[str]:
+    """The shard files that should hold the missing prompt ids. Each file holds a run of consecutive
+    prompts, so a file's own ids lie between its neighbours' last and first: a missing id there is
+    its (in a gap between two files, either may have lost it; both are named)."""
+    ids = shards.column("prompt_id").to_pylist()
+    ranges, start = [], 0
+    for path, rows in schemas.sources_of(shards):
+        part = ids[start : start + rows]
+        start += rows
+        ranges.append((path, min(part, default=None), max(part, default=None)))
+    lacking = []
+    for i, (path, _, _) in enumerate(ranges):
+        before = next((r[2] for r in reversed(ranges[:i]) if r[2] is not None), None)
+        after = next((r[1] for r in ranges[i + 1 :] if r[1] is not None), None)
+        lo = float("-inf") if before is None else before + 1
+        hi = float("inf") if after is None else after - 1
+        if any(lo <= m <= hi for m in missing):
+            lacking.append(path)
+    return lacking
+
+
+def missing_rows_message(missing: set[int], shards: pa.Table) -> str:
+    files = lacking_files(missing, shards)
+    where = f" {' or '.join(files)} lacks them" if files else ""
+    text = f"{len(missing)} prompts have no extraction row (e.g. prompt {min(missing)}):{where}."
+    if not files:
+        return text
+    return (f"{text} Rebuild {'it' if len(files) == 1 else 'them'}, and what was computed from "
+            f"{'it' if len(files) == 1 else 'them'}, with:\n    snakemake --cores 1 --forcerun {' '.join(files)}\n"
+            "(add the study's --configfile / --profile options).")
+
+
 def iter_prompts(prompts: pa.Table, shards: pa.Table) -> Iterator[dict]:
     """Join prompts with their extraction rows; yields the attention row as (layers, heads, tokens)."""
     by_id = {pid: i for i, pid in enumerate(shards.column("prompt_id").to_pylist())}
     missing = set(prompts.column("prompt_id").to_pylist()) - set(by_id)
     if missing:
-        raise ValueError(f"{len(missing)} prompts have no extraction row (e.g. prompt {min(missing)})")
+        raise ValueError(missing_rows_message(missing, shards))
     meta = shards.select(["n_layers", "n_heads", "n_tokens", "prediction"]).to_pylist()
     attention = shards.column("attention")
     fields = ["prompt_id", "example_id", "label", "demo_ids", "demo_labels", "x_start", "y_pos", "query_start", "input_ids"]

@@ -5,6 +5,8 @@ read time instead of silently computing on the wrong field.
 """
 from __future__ import annotations
 
+import json
+
 import os
 import tempfile
 from pathlib import Path
@@ -424,6 +426,20 @@ def read_table(path: str | Path, schema: pa.Schema, columns: list[str] | None = 
     return table.select(schema.names)
 
 
+SOURCES = b"icl_sources"
+
+
 def read_tables(paths: list[str | Path], schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
-    """Read and concatenate several files of one schema (e.g. the shards of one prompt set)."""
-    return pa.concat_tables([read_table(p, schema, columns) for p in paths])
+    """Read and concatenate several files of one schema (e.g. the shards of one prompt set). The
+    table's metadata names each file and its row count (sources_of), so a reader that finds rows
+    missing can say which file lacks them."""
+    tables = [read_table(p, schema, columns) for p in paths]
+    sources = json.dumps([[str(p), t.num_rows] for p, t in zip(paths, tables)]).encode()
+    table = pa.concat_tables(tables)
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), SOURCES: sources})
+
+
+def sources_of(table: pa.Table) -> list[tuple[str, int]]:
+    """(file, rows) of each file read_tables concatenated into `table`, in order ([] if not read so)."""
+    raw = (table.schema.metadata or {}).get(SOURCES)
+    return [tuple(source) for source in json.loads(raw)] if raw else []
