@@ -214,6 +214,14 @@ def split_config():
 # zero-shot pass, never the download, the normalized table or the embeddings.
 TASK_SOURCE_KEYS = ("source", "package", "sdist", "sha256", "member", "member_sha256", "path", "name", "split")
 TASK_TABLE_KEYS = (*TASK_SOURCE_KEYS, "format", "encoding", "column_names", "query", "columns", "classes", "label_map")
+# Keys that only decide whether prepare_task stops (undecodable bytes, labels outside label_map),
+# never what it writes: no stage takes them as params, so setting one re-runs nothing.
+TASK_GATE_KEYS = ("encoding_errors", "max_unmapped_share")
+
+
+def task_entry(wildcards):
+    """The wildcard task's config entry, as the stages that read all of it take it (without the gate keys)."""
+    return {key: value for key, value in config["tasks"][wildcards.task].items() if key not in TASK_GATE_KEYS}
 
 
 def task_params(*keys):

@@ -27,7 +27,7 @@ rule zero_shot:
     output:
         paths.zero_shot(),
     params:
-        task=lambda wc: config["tasks"][wc.task],
+        task=task_entry,
         # The examples alone are tokenized like the prompts, BOS included.
         prompts={**split_config(), "prepend_bos": config["prompts"]["prepend_bos"]},
         extraction=extraction_params("device", "dtype", "zero_shot_top_k"),
@@ -54,7 +54,7 @@ rule calibrate:
     output:
         paths.analysis("calibration.parquet"),
     params:
-        task=lambda wc: config["tasks"][wc.task],
+        task=task_entry,
         prompts=config["prompts"],
         setting=lambda wc: config["settings"][wc.setting],
         heldout=heldout_params,

@@ -7,7 +7,7 @@ rule build_prompts:
     output:
         paths.prompts(),
     params:
-        task=lambda wc: config["tasks"][wc.task],
+        task=task_entry,
         prompts=config["prompts"],
         setting=lambda wc: config["settings"][wc.setting],
         heldout=heldout_params,

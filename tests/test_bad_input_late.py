@@ -115,3 +115,20 @@ def test_a_shard_that_lacks_rows_is_named_with_its_rebuild_command(tmp_path):
     assert f"snakemake --cores 1 --forcerun {files[1]} {files[2]}" in message and str(files[0]) not in message
     # The last shard cut short: only it is named.
     assert readers.lacking_files({12}, readers.read_attention_rows(files[:1] + files[2:])) == [str(files[2])]
+
+
+def test_prepare_model_stops_a_study_the_prepared_model_cannot_serve(tmp_path, tiny_llama_dir):
+    """A hub or registry model is known only once prepared: prepare_model checks it then, before any extraction."""
+    import json
+
+    from workflow_scripts import models
+
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"name": "tiny", "path": str(tiny_llama_dir), "revision": None}))
+    config = default_config()
+    config["interventions"]["top_m"] = [1, 8]
+    with pytest.raises(models.ModelError, match=r"'interventions.top_m': 8 heads and as many controls need 16 heads, "
+                                                r"but model 'tiny' has 2 layers x 4 heads = 8; use top_m of at most 4"):
+        models.check_study_fits(validate_config(config), "tiny", manifest)
+    config["interventions"]["top_m"] = [1, 4]
+    models.check_study_fits(validate_config(default_config() | {"interventions": config["interventions"]}), "tiny", manifest)

@@ -20,6 +20,9 @@ def config(tmp_path) -> dict:
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     (model_dir / "config.json").write_text("{}")
+    # config validation looks for tokenizer files and weights (their contents are not read)
+    for name in ("tokenizer.json", "model.safetensors"):
+        (model_dir / name).write_text("")
     data = tmp_path / "reviews.csv"
     data.write_text("text,label\ngood film,1\nbad film,0\n")
     return {

@@ -68,8 +68,10 @@ def test_headerless_csv_label_column_with_blank_reads_as_float(tmp_path):
     assert out["label"].tolist() == [1, 0]
 
 
-def test_invalid_utf8_is_replaced(tmp_path):
-    out = prepare(tmp_path, "bad.csv", b"text,label\ncaf\xe9 good,pos\nbad \xff\xfe one,neg\n", task_cfg())
+def test_invalid_utf8_is_replaced_when_the_task_allows_it(tmp_path):
+    # Without encoding_errors: replace the read stops (tests/test_bad_input_data.py).
+    cfg = task_cfg(encoding_errors="replace")
+    out = prepare(tmp_path, "bad.csv", b"text,label\ncaf\xe9 good,pos\nbad \xff\xfe one,neg\n", cfg)
     assert out["text"].tolist() == ["caf\ufffd good", "bad \ufffd\ufffd one"]
     assert out["label"].tolist() == [1, 0]
 
@@ -83,7 +85,7 @@ def test_tsv(tmp_path):
 def test_jsonl(tmp_path):
     lines = [{"text": "great", "label": 1}, {"text": "awful", "label": 0}, {"text": "meh", "label": 2}]
     content = "\n".join(json.dumps(r) for r in lines).encode()
-    cfg = task_cfg(label_map={"0": "negative", "1": "positive"})
+    cfg = task_cfg(label_map={"0": "negative", "1": "positive"}, max_unmapped_share=0.5)
     out = prepare(tmp_path, "d.jsonl", content, cfg)
     assert out["text"].tolist() == ["great", "awful"]
     assert out["label"].tolist() == [1, 0]
@@ -142,7 +144,7 @@ def test_unmapped_empty_and_duplicate_rows_dropped():
         ("keep two", "neg"),      # 6 exact duplicate
         (" pos label ", " pos "),  # 7 raw label with surrounding spaces still maps
     ]
-    out = data.normalize(frame(rows), "t", task_cfg())
+    out = data.normalize(frame(rows), "t", task_cfg(max_unmapped_share=0.2))
     assert out["example_id"].tolist() == ["t-0", "t-5", "t-7"]
     assert out["text"].tolist() == ["keep one", "keep two", "pos label"]
     assert out["label"].tolist() == [1, 0, 1]

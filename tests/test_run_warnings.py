@@ -23,6 +23,9 @@ def test_only_the_workflows_own_warnings_are_gathered(tmp_path):
     write(logs / "report" / "report.log", ["2026-12-02 01:02:04,000 workflow_scripts.report WARNING not listed"])
     found = run_warnings.study_warnings(logs)
     assert found == [(str(logs / "prepare_task" / "toy.log"), "task toy: dropped 6 rows ('Pos': 6)")]
+    for name in ("a", "b"):  # the same warning from more jobs: one line
+        write(logs / "zero_shot" / f"{name}.log", ["2026-12-02 01:02:05,000 workflow_scripts.split WARNING pool of 4"])
+    assert run_warnings.study_warnings(logs)[1] == (f"{logs / 'zero_shot' / 'a.log'} (and 1 more)", "pool of 4")
     section = run_warnings.warning_lines(found)
     assert section[0] == "## Warnings from the run" and "- `" + str(logs / "prepare_task" / "toy.log") + "`: task toy: dropped 6 rows ('Pos': 6)" in section
     assert run_warnings.console_text(found).startswith("1 warning from this run's jobs")

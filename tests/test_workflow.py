@@ -102,12 +102,14 @@ def mtimes(workdir: Path, pattern: str) -> dict[str, float]:
 def study(tmp_path_factory, tiny_llama_dir, tiny_bert_dir) -> tuple[Path, dict]:
     workdir = tmp_path_factory.mktemp("study")
     data_file = workdir / "toy.csv"
-    pd.DataFrame(toy_sentiment_rows()).to_csv(data_file, index=False)
+    # One row without a label: dropped with a warning, which the console and the report must show.
+    pd.DataFrame([*toy_sentiment_rows(), {"text": "the film is", "label": None}]).to_csv(data_file, index=False)
     config = tiny_config(tiny_llama_dir, data_file, tiny_bert_dir)
     write_config(workdir, config)
     started = time.perf_counter()
     done = snakemake(workdir)
     assert done.returncode == 0, done.stderr[-5000:]
+    (workdir / "first_run.stderr").write_text(done.stderr)
     print(f"tiny study: {time.perf_counter() - started:.1f} s")
     return workdir, config
 
@@ -162,6 +164,12 @@ def test_full_run_writes_every_stage(study):
     assert "## tiny / toy / random" in report and "Theorem 1" in report
     assert "## Table 2" in report and "kernel regression on tiny-bert" in report and "**5.4" in report
     assert "**Kernel or query-free reading?**" in report and "Prediction health" in report and "Query dependence" in report
+    # The dropped row's warning, atop the report and on the console at the end of the run.
+    warning = "task toy: dropping 1 rows without a label"
+    assert "## Warnings from the run" in report and warning in report.split("## Table 2")[0]
+    assert "warning from this run's jobs" in (workdir / "first_run.stderr").read_text() and warning in (workdir / "first_run.stderr").read_text()
+    # Four held-out prompts per seed: too few to read, said at the top instead of a verdict.
+    assert "**Too few examples to read:**" in report and "Too few held-out prompts to read" in report
     figures = [f"tiny__toy__random__{name}.png" for name in ("attention", "heads", "similarity", "probes")]
     for figure in figures + [f"tiny__ablation__{name}.png" for name in ("retrieval", "labels", "order")]:
         assert (workdir / paths.report_figure(figure)).stat().st_size > 1000
@@ -301,6 +309,7 @@ CONTRACT = {
     ),
     "interventions.enabled": ({"interventions": {"enabled": False}}, REPORT),
     "study.ablations": ({"study": {"ablations": []}}, REPORT),
+    "tasks.<name>.encoding_errors, max_unmapped_share": ({"tasks": {"toy": {"encoding_errors": "replace", "max_unmapped_share": 0.2}}}, {}),
     "extraction.head_outputs": (
         {"extraction": {"head_outputs": False}, "interventions": {"knockout": "zero"}}, {**EVERY_SET, "build_prompts": 0},
     ),

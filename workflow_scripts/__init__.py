@@ -2,7 +2,8 @@
 fails on a cycle, on a sibling import hidden inside a function, and on torch loaded outside the model stages):
 
   core        paths, schemas (every Parquet file's columns), config (validation, in one place), layers,
-              stats, registry, hub, perturb, resources, report_files
+              stats, registry, hub, perturb, resources, report_files, model_check (what a studied
+              model's folder must hold)
   library     split     which examples are test queries, dev queries, the demonstration pool; the
                         select / held-out prompts of Table 2 and those the ablations read
               render    a prompt's text and the token position of every span

@@ -10,6 +10,9 @@ from typing import Any
 import jsonschema
 import yaml
 
+from . import model_check
+from .layers import LayerError, resolve_all
+
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 
 
@@ -110,6 +113,7 @@ def _check_references(config: dict) -> None:
                 )
     for name, task in config["tasks"].items():
         problems += _task_problems(name, task)
+        problems += _encoding_problems(name, task)
     for name, model in config["models"].items():
         if model["source"] == "local" and name in config["study"]["models"]:
             if not (Path(model["path"]) / "config.json").is_file():
@@ -117,6 +121,8 @@ def _check_references(config: dict) -> None:
                     f"config key 'models.{name}.path': {model['path']!r} is not a model directory "
                     "(expected a folder holding config.json, weights and tokenizer files)"
                 )
+            else:
+                problems += _local_model_problems(name, model["path"])
     analysis, n_eval = config["analysis"], config["prompts"]["n_eval"]
     if analysis["n_select"] + analysis["n_heldout"] > n_eval:
         problems.append(
@@ -135,6 +141,12 @@ def _check_references(config: dict) -> None:
     problems += [f"config key 'encoder.{key}': required when source is {encoder['source']!r}" for key in needs if key not in encoder]
     if problems:
         raise ConfigError("\n".join(problems))
+
+
+def _local_model_problems(name: str, path: str) -> list[str]:
+    """A local model folder that cannot be the studied model (an encoder, or no tokenizer files or
+    weights), found from its files before any job runs; prepare_model checks every source again."""
+    return model_check.model_dir_problems(Path(path), f"models.{name}.path")
 
 
 def _placement_problems(extraction: dict) -> list[str]:
@@ -297,6 +309,17 @@ def _task_problems(name: str, task: dict) -> list[str]:
     return problems
 
 
+def _encoding_problems(name: str, task: dict) -> list[str]:
+    """An encoding Python has no codec for would only fail inside the data job."""
+    import codecs
+
+    try:
+        codecs.lookup(task.get("encoding", "utf-8-sig"))
+    except LookupError:
+        return [f"config key 'tasks.{name}.encoding': {task['encoding']!r} is not a Python codec name (e.g. utf-8, cp1252, latin-1)"]
+    return []
+
+
 def _fields(template: str) -> set[str]:
     import string
 
@@ -322,8 +345,6 @@ def model_problems(config: dict, name: str, model_config: dict) -> list[str]:
     """What the config asks of a model that this one cannot give, from its config.json: checked as
     soon as the model is known (at parse time for a local or prepared model, else by prepare_model),
     so that nothing fails after the extraction has run."""
-    from .layers import LayerError, resolve_all
-
     n_layers, n_heads = model_shape(model_config)
     problems = []
     if n_layers is not None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import registry, schemas
+from . import paths, registry, schemas
 from .split import task_examples
 
 log = logging.getLogger(__name__)
@@ -106,10 +106,55 @@ def _pool(hidden, mask, mode: str):
     return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
 
 
-def embed(texts: list[str], model_dir: str | Path, batch_size: int = 64, max_length: int = 256) -> np.ndarray:
+# Tokens an encoder reads of a text at most (all-MiniLM-L6-v2's own max_seq_length); encoders
+# with fewer positions are truncated at their own limit (truncation_length).
+MAX_LENGTH = 256
+SENTENCE_CONFIG = "sentence_bert_config.json"
+# Position embeddings that start after the padding index (fairseq's layout): a model with N of them
+# reads at most N - pad_token_id - 1 tokens.
+OFFSET_POSITIONS = frozenset({
+    "camembert", "data2vec-text", "longformer", "mpnet", "roberta", "roberta-prelayernorm", "xlm-roberta",
+    "xlm-roberta-xl", "xmod",
+})
+# Above this, a tokenizer's model_max_length is transformers' stand-in for "not set" (int(1e30)).
+NO_LIMIT = 1_000_000
+
+
+def sentence_max_length(model_dir: str | Path) -> int | None:
+    """max_seq_length of the sentence-transformers config, which sentence-transformers truncates at."""
+    path = Path(model_dir) / SENTENCE_CONFIG
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text()).get("max_seq_length")
+    except (OSError, ValueError, AttributeError) as err:
+        raise EncoderError(f"{path}: cannot read the sentence-transformers config: {err}") from err
+    return int(value) if value else None
+
+
+def truncation_length(model_config, tokenizer_max: int | None, sentence_max: int | None,
+                      max_length: int = MAX_LENGTH) -> int:
+    """Tokens per text: `max_length`, lowered to what the encoder can read (its position embeddings,
+    its tokenizer's model_max_length) and to sentence-transformers' max_seq_length. Longer input to
+    a model with fewer positions fails with a tensor size mismatch."""
+    limits = [max_length]
+    positions = getattr(model_config, "max_position_embeddings", None)
+    if positions:
+        if getattr(model_config, "model_type", None) in OFFSET_POSITIONS:
+            positions -= (getattr(model_config, "pad_token_id", None) or 0) + 1
+        limits.append(positions)
+    if tokenizer_max and tokenizer_max < NO_LIMIT:
+        limits.append(tokenizer_max)
+    if sentence_max:
+        limits.append(sentence_max)
+    return min(limits)
+
+
+def embed(texts: list[str], model_dir: str | Path, batch_size: int = 64, max_length: int = MAX_LENGTH) -> np.ndarray:
     """L2-normalised float32 sentence embeddings, one row per text, in the order of `texts`.
 
-    Rows have unit length, so the dot product of two rows is their cosine similarity.
+    Rows have unit length, so the dot product of two rows is their cosine similarity. Texts are
+    truncated at `max_length` tokens or the encoder's own limit, whichever is lower.
     """
     import torch
     from transformers import AutoModel, AutoTokenizer
@@ -119,6 +164,9 @@ def embed(texts: list[str], model_dir: str | Path, batch_size: int = 64, max_len
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     model = AutoModel.from_pretrained(model_dir, local_files_only=True).to("cpu").eval()
     dim = int(model.config.hidden_size)
+    limit = truncation_length(model.config, getattr(tokenizer, "model_max_length", None), sentence_max_length(model_dir), max_length)
+    if limit < max_length:
+        log.info("encoder %s: texts truncated at %d tokens, its own limit", model_dir, limit)
     if not texts:
         return np.zeros((0, dim), dtype=np.float32)
 
@@ -129,7 +177,7 @@ def embed(texts: list[str], model_dir: str | Path, batch_size: int = 64, max_len
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             batch = tokenizer(
-                [texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt",
+                [texts[i] for i in idx], padding=True, truncation=True, max_length=limit, return_tensors="pt",
             )
             hidden = model(**batch).last_hidden_state.float()
             pooled = _pool(hidden, batch["attention_mask"], mode)
@@ -142,7 +190,22 @@ def write_manifest(cfg: dict, manifest: str | Path, cache: str | Path) -> None:
     """resources/encoder/manifest.json: where the encoder's model directory is, as prompts' models do."""
     manifest = Path(manifest)
     model_dir = prepare_encoder(cfg, manifest.parent / "model", cache)
-    manifest.write_text(json.dumps({"name": cfg["name"], "path": str(model_dir.resolve())}, indent=2) + "\n")
+    # Relative inside the study folder, so a moved study still finds it (paths.portable).
+    manifest.write_text(json.dumps({"name": cfg["name"], "path": paths.portable(model_dir)}, indent=2) + "\n")
+
+
+def read_manifest(path: str | Path) -> dict:
+    """The encoder manifest with its model folder resolved from where the study is now (old
+    manifests hold absolute paths, found again after a move by paths.resolve_stored)."""
+    manifest = json.loads(Path(path).read_text())
+    manifest["path"] = paths.resolve_stored(manifest["path"], path)
+    if not Path(manifest["path"]).is_dir():
+        raise EncoderError(
+            f"{path}: the encoder folder {manifest['path']!r} does not exist (moved or deleted since the encoder "
+            f"was prepared?); prepare it again with `snakemake --cores 1 --forcerun {path}`, which also re-runs "
+            "the embeddings"
+        )
+    return manifest
 
 
 def input_text(row) -> str:
@@ -157,7 +220,7 @@ def write_embeddings(data_path: str | Path, manifest: str | Path, task: str, tas
 
     torch.set_num_threads(1)
     rows = task_examples(schemas.read_table(data_path, schemas.TASK_DATA).to_pandas(), task_cfg, prompt_cfg, task)
-    model_dir = json.loads(Path(manifest).read_text())["path"]
+    model_dir = read_manifest(manifest)["path"]
     vectors = embed([input_text(r) for r in rows.itertuples()], model_dir)
     log.info("task %s: %d examples embedded (%d dimensions)", task, *vectors.shape)
     columns = {"example_id": rows.example_id.tolist(), "part": rows.part.tolist(), "embedding": list(vectors)}

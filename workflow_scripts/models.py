@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import hub, paths, registry
+from . import hub, model_check, paths, registry
+from .config import model_problems
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +70,10 @@ def fast_backend(tokenizer, where: str):
 # sentencepiece .model, tiktoken, jinja chat templates) and, for trust_remote_code, the repository's
 # own Python.
 HUB_FILES = ["*.json", "*.txt", "*.model", "*.tiktoken", "*.jinja", "*.py"]
-WEIGHTS = "*.safetensors"
+WEIGHTS = model_check.WEIGHTS
 # Only for repositories without safetensors: many large ones ship both formats, and fetching both
 # would double a multi-gigabyte download.
-LEGACY_WEIGHTS = "*.bin"
+LEGACY_WEIGHTS = model_check.LEGACY_WEIGHTS
 
 
 def has_weights(folder: Path, pattern: str) -> bool:
@@ -148,17 +149,49 @@ def prepare_model(name: str, cfg: dict, manifest: str | Path, cache: str | Path)
     elif cfg["source"] == "hub":
         where = hub_snapshot(name, cfg["id"], cfg.get("revision", "main"))
     else:
+        check_model_dir(Path(cfg["path"]), f"models.{name}.path")
         where = {"path": str(Path(cfg["path"]).resolve()), "revision": None}
+    if cfg["source"] != "local":
+        check_model_dir(Path(where["path"]), f"models.{name}.{SOURCE_KEYS[cfg['source']]}")
     trust = cfg.get("trust_remote_code", False)
     manifest.parent.mkdir(parents=True, exist_ok=True)
     tokenizer = manifest.parent / "tokenizer.json"
     save_tokenizer(name, where, trust, tokenizer)
-    body = {"name": name, "source": cfg["source"], "trust_remote_code": trust, **where, "tokenizer": str(tokenizer.resolve())}
+    body = {"name": name, "source": cfg["source"], "trust_remote_code": trust, **where,
+            "path": paths.portable(where["path"]), "tokenizer": paths.portable(tokenizer)}
     manifest.write_text(json.dumps(body, indent=2) + "\n")
 
 
+# The config key that says where each source's model comes from, for errors about its folder.
+SOURCE_KEYS = {"registry_gguf": "package", "hub": "id", "local": "path"}
+
+
+def check_model_dir(folder: Path, key: str) -> None:
+    """Stop before anything loads `folder` unless it holds a causal LM with tokenizer and weights."""
+    problems = model_check.model_dir_problems(folder, key)
+    if problems:
+        raise ModelError("\n".join(problems))
+
+
+# The manifest entries that are paths (the tokenizer is absent from manifests of older versions).
+MANIFEST_PATHS = {"path": "model folder", "tokenizer": "tokenizer file"}
+
+
 def read_manifest(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text())
+    """A model manifest with its paths resolved: relative ones (inside the study) from where the
+    study is now, absolute ones of an older version's moved study to where they are now."""
+    manifest = json.loads(Path(path).read_text())
+    for key, what in MANIFEST_PATHS.items():
+        if key not in manifest:
+            continue
+        manifest[key] = paths.resolve_stored(manifest[key], path)
+        if not Path(manifest[key]).exists():
+            raise ModelError(
+                f"{path}: the {what} {manifest[key]!r} does not exist (moved or deleted since the model was "
+                f"prepared?); prepare it again with `snakemake --cores 1 --forcerun {path}`, which also "
+                "re-runs the jobs that read it"
+            )
+    return manifest
 
 
 class Tokenizer:
@@ -262,5 +295,16 @@ def placement_summary(device_map: dict) -> str:
     return ", ".join(f"{where}: {n} modules" for where, n in counts.items())
 
 
+def check_study_fits(config: dict, name: str, manifest: str | Path) -> None:
+    """Stop before any model job when the study asks what the prepared model cannot give (its heads
+    for interventions.top_m, its layers): the parse-time check (rules/common.smk) cannot see a hub or
+    registry model before it is prepared."""
+    folder = Path(read_manifest(manifest)["path"])
+    problems = model_problems(config, name, json.loads((folder / "config.json").read_text()))
+    if problems:
+        raise ModelError("\n".join(problems))
+
+
 def from_snakemake(smk) -> None:
     prepare_model(smk.wildcards.model, smk.params.model, smk.output.manifest, smk.params.cache)
+    check_study_fits(smk.config, smk.wildcards.model, smk.output.manifest)

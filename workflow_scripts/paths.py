@@ -6,6 +6,7 @@ values, the concrete path. Rules and tests use the same functions, so the layout
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 RESOURCES = "resources"
 RESULTS = "results"
@@ -103,3 +104,49 @@ def shard_ids(n_prompts: int, shard_size: int) -> list[str]:
 def log(rule: str, *parts) -> str:
     """Log of one job: logs/{rule}/{part}/.../log (parts may be wildcard patterns)."""
     return "/".join([LOGS, rule, *map(str, parts)]) + ".log"
+
+
+# Manifests (resources/models/{model}/manifest.json, resources/encoder/manifest.json) store where
+# their files are. Jobs run in the study folder, so a path inside it is stored relative to it: a
+# moved or copied study still finds its own files.
+
+
+def portable(path: str | Path) -> str:
+    """`path` as a manifest stores it: relative to the working directory (the study folder) when it
+    lies inside it, else absolute (a model folder the config names elsewhere, a hub cache snapshot)."""
+    resolved = Path(path).resolve()
+    try:
+        return str(resolved.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(resolved)
+
+
+def study_root(manifest: str | Path) -> Path:
+    """The study folder a manifest lies in: the folder holding its resources/ folder."""
+    parts = Path(manifest).resolve().parts
+    if RESOURCES not in parts:
+        return Path(manifest).resolve().parent
+    last = len(parts) - 1 - parts[::-1].index(RESOURCES)
+    return Path(*parts[:last])
+
+
+def resolve_stored(stored: str, manifest: str | Path) -> str:
+    """A path a manifest stored, as an absolute path that exists where one can be found, else `stored`.
+
+    A relative path is looked for in the study the manifest lies in (the working directory of a
+    job; a benchmark run elsewhere may read another study's manifest), then in the working
+    directory. An absolute path that no longer exists was written by an older version in a study
+    since moved: its part from resources/ on is looked for in the same places."""
+    path = Path(stored)
+    if path.is_absolute():
+        if path.exists():
+            return stored
+        starts = [i for i, part in enumerate(path.parts) if part == RESOURCES]
+        relative = [Path(*path.parts[i:]) for i in starts[::-1]]
+    else:
+        relative = [path]
+    for root in dict.fromkeys([study_root(manifest), Path.cwd().resolve()]):
+        for candidate in relative:
+            if (root / candidate).exists():
+                return str((root / candidate).resolve())
+    return stored

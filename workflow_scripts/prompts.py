@@ -12,9 +12,10 @@ import pandas as pd
 
 from . import models, perturb, readers, retrieval, schemas
 from .config import label_words
+from .data import describe_source
 from .kernels import unit_rows
 from .render import PromptError, fields, label_token_ids, perturbed, render, tokenize
-from .split import SplitError, heldout_prompt_ids, sample_balanced, task_split
+from .split import SplitError, check_pool_choice, heldout_prompt_ids, sample_balanced, task_split
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,11 @@ def build_prompts(
     n_classes = len(task_cfg["classes"])
     labels = data.label.to_numpy()
     k = setting.get("k") or prompt_cfg["k"]
+    k_key = "the setting's k" if setting.get("k") else "prompts.k"
     if k > len(split.pool):
-        key = "the setting's k" if setting.get("k") else "prompts.k"
-        raise PromptError(f"{key}={k} is larger than the demonstration pool of task {task!r} ({len(split.pool)} examples)")
+        raise PromptError(f"{k_key}={k} is larger than the demonstration pool of task {task!r} ({len(split.pool)} examples)")
+    balanced = setting["selection"] == "random" or setting.get("balanced", True)
+    check_pool_choice(labels, split, task_cfg["classes"], k, k_key, balanced, task, describe_source(task, task_cfg), prompt_cfg)
     words = perturb.label_words(
         setting["labels"], list(label_words(task_cfg).values()), setting["label_symbols"], setting["label_pool"]
     )

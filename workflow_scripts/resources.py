@@ -12,6 +12,8 @@ import math
 import struct
 from pathlib import Path
 
+from . import paths
+
 # A model whose size is neither measured nor configured is sized as a 1B model.
 DEFAULT_BILLIONS = 1.0
 # torch, transformers and the Python process before any weights are loaded.
@@ -45,7 +47,7 @@ def model_billions(manifest: str | Path | None, configured: float | None) -> flo
     """The model's size in billions of parameters: measured from its prepared weights when the
     manifest exists, else the configured value, else DEFAULT_BILLIONS."""
     if manifest is not None and Path(manifest).is_file():
-        measured = safetensors_billions(json.loads(Path(manifest).read_text())["path"])
+        measured = safetensors_billions(paths.resolve_stored(json.loads(Path(manifest).read_text())["path"], manifest))
         if measured is not None:
             return measured
     return configured if configured is not None else DEFAULT_BILLIONS

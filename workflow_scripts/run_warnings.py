@@ -25,12 +25,15 @@ def study_warnings(logs: str | Path, since: float | None = None, skip: tuple[str
     """(log path, message) of every warning in the logs under `logs` (only logs written at or after
     `since`, a time.time(), when given), skipping the logs of the rules in `skip`."""
     root = Path(logs)
-    found = []
+    by_message: dict[str, list[str]] = {}
     for log in sorted(root.rglob("*.log")) if root.is_dir() else []:
         if log.relative_to(root).parts[0] in skip or (since is not None and log.stat().st_mtime < since):
             continue
-        found += [(str(log), message) for message in log_warnings(log)]
-    return found
+        for message in log_warnings(log):
+            by_message.setdefault(message, []).append(str(log))
+    # Several jobs read the same data (a shrunken pool is seen by every prompt job): one line each.
+    return [(logs[0] + (f" (and {len(logs) - 1} more)" if len(logs) > 1 else ""), message)
+            for message, logs in by_message.items()]
 
 
 def warning_lines(warnings: list[tuple[str, str]]) -> list[str]:
