@@ -177,9 +177,6 @@ def ablation_inputs(wildcards):
     }
 
 
-def ablation_outputs(name):
-    return [paths.ablation(name, m, a) for m in STUDY["models"] for a in config["ablations"]]
-
 
 def intervention_params():
     """The interventions keys that change its numbers (batch_size is speed only: read from the config)."""
@@ -250,9 +247,6 @@ def task_source_file(wildcards):
     task = config["tasks"][wildcards.task]
     return task["path"] if task["source"] == "local" else paths.task_source(wildcards.task)
 
-
-def analysis_outputs(name):
-    return [paths.analysis(name, **s) for s in prompt_sets()]
 
 
 def over_seeds_keys():

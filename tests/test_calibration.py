@@ -44,8 +44,9 @@ def test_prompts_with_other_demonstrations_are_refused(both):
 
 
 def test_content_free_probs_are_the_models_label_softmax_averaged_over_inputs(tiny_llama_dir, tokenizer):
+    import torch
+
     from workflow_scripts import engine, extract, models
-    from workflow_scripts.zero_shot import softmax
 
     manifest = {"path": str(tiny_llama_dir), "revision": None, "trust_remote_code": False}
     model = engine.prepare(models.load_model(manifest, "cpu", "float32", attn_implementation="sdpa"))
@@ -57,7 +58,7 @@ def test_content_free_probs_are_the_models_label_softmax_averaged_over_inputs(ti
     assert got.shape == (4, 2)
     for n, i in enumerate(rows):
         expected = np.mean([
-            softmax(extract.eager_outputs(eager, s["input_ids"][i], s["label_token_ids"][i])[0].astype(np.float64))
+            torch.softmax(torch.from_numpy(extract.eager_outputs(eager, s["input_ids"][i], s["label_token_ids"][i])[0]).double(), -1).numpy()
             for s in sets
         ], axis=0)
         np.testing.assert_allclose(got[n], expected, atol=1e-5)

@@ -252,3 +252,12 @@ def test_on_a_skewed_target_noise_probes_reach_the_majority_share_but_not_balanc
     assert np.all(scores["accuracy"] > 0.8)
     assert np.all(np.abs(scores["balanced_accuracy"] - 1 / 3) < 0.06)
     assert np.all(np.abs(scores["shuffled_balanced_accuracy"] - 1 / 3) < 0.06)
+
+
+def test_softmax_matches_a_direct_computation_and_does_not_overflow():
+    logits = np.array([[1.0, 2.0, 3.0], [1000.0, 1000.0, 999.0]])
+    expected = np.exp(logits[0]) / np.exp(logits[0]).sum()
+    got = stats.softmax(logits)
+    np.testing.assert_allclose(got[0], expected, rtol=1e-12)
+    np.testing.assert_allclose(got[1], [np.e / (2 * np.e + 1)] * 2 + [1 / (2 * np.e + 1)], rtol=1e-12)
+    np.testing.assert_allclose(stats.softmax(logits.T, axis=0), got.T, rtol=1e-12)

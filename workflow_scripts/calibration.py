@@ -11,9 +11,8 @@ import logging
 import numpy as np
 import pyarrow as pa
 
-from . import engine, extract, models, prompts, schemas
+from . import engine, extract, models, prompts, schemas, stats
 from .split import select_heldout
-from .zero_shot import softmax
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +24,7 @@ class CalibrationError(ValueError):
 def calibrate(icl_logits: np.ndarray, content_free_probs: np.ndarray) -> np.ndarray:
     """argmax_c p(c | prompt) / p(c | content-free prompt), per prompt: (n, C), (n, C) -> (n,).
     Zhao et al.'s W = diag(p_cf)^-1 with b = 0; renormalizing would not change the argmax."""
-    return np.argmax(softmax(icl_logits.astype(np.float64)) / content_free_probs.astype(np.float64), axis=1)
+    return np.argmax(stats.softmax(icl_logits.astype(np.float64)) / content_free_probs.astype(np.float64), axis=1)
 
 
 def check_same_prompts(stored: pa.Table, content_free: dict, text: str) -> None:
@@ -55,7 +54,7 @@ def content_free_probs(model, content_free_sets: list[dict], rows: np.ndarray, b
         requests = [engine.Request(input_ids=columns["input_ids"][i], label_token_ids=columns["label_token_ids"][i])
                     for i in rows]
         logits = np.stack([r["label_logits"] for r in engine.run(model, requests, batch_size)])
-        per_input.append(softmax(logits.astype(np.float64)))
+        per_input.append(stats.softmax(logits.astype(np.float64)))
     return np.mean(per_input, axis=0)
 
 

@@ -34,6 +34,12 @@ def too_few_text(n_examples: float, what: str, key: str) -> str:
             "examples can collapse to a point, so no verdict is drawn. Raise the key for numbers to read.")
 
 
+def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Probabilities from logits along `axis`, shifted by the maximum so no exp overflows."""
+    shifted = np.exp(logits - logits.max(axis=axis, keepdims=True))
+    return shifted / shifted.sum(axis=axis, keepdims=True)
+
+
 def bootstrap_ci(values: np.ndarray, n_resamples: int, seed: int, level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval for the mean of per-example values, resampling examples.
 

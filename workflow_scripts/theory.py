@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from . import schemas
+from . import schemas, stats
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +291,7 @@ def advance_forward(
 
 def predict_label(mixture: HmmMixture, alpha: np.ndarray, log_weight: np.ndarray) -> np.ndarray:
     """P(next label | tokens so far) under the mixture: task posterior times each task's prediction."""
-    task_posterior = _softmax(log_weight, axis=-1)
+    task_posterior = stats.softmax(log_weight, axis=-1)
     per_task = (alpha @ mixture.transition) @ mixture.emission[:, mixture.label_ids]
     return np.einsum("...t,...tl->...l", task_posterior, per_task)
 
@@ -301,11 +301,6 @@ def prompt_label_posterior(mixture: HmmMixture, token_ids: np.ndarray) -> np.nda
     alpha, log_weight = start_forward(mixture, token_ids.shape[:-1])
     alpha, log_weight = advance_forward(mixture, alpha, log_weight, token_ids)
     return predict_label(mixture, alpha, log_weight)
-
-
-def _softmax(logits: np.ndarray, axis: int) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=axis, keepdims=True))
-    return shifted / shifted.sum(axis=axis, keepdims=True)
 
 
 def posteriors_over_n(
@@ -335,7 +330,7 @@ def posteriors_over_n(
         done = n
         test_alpha, test_log_weight = advance_forward(mixture, alpha, log_weight, prompts.x_test)
         label_posterior[:, column] = predict_label(mixture, test_alpha, test_log_weight)
-        true_task_mass[:, column] = _softmax(test_log_weight, axis=-1)[np.arange(n_prompts), prompts.tasks]
+        true_task_mass[:, column] = stats.softmax(test_log_weight, axis=-1)[np.arange(n_prompts), prompts.tasks]
     return label_posterior, true_task_mass
 
 

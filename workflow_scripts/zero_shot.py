@@ -13,17 +13,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import engine, extract, models, schemas
+from . import engine, extract, models, schemas, stats
 from .config import label_words
 from .render import fields, label_token_ids, render
 from .split import task_examples
 
 log = logging.getLogger(__name__)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
 def requests_for(rows: pd.DataFrame, task_cfg: dict, tokenizer) -> list:
@@ -43,7 +38,7 @@ def requests_for(rows: pd.DataFrame, task_cfg: dict, tokenizer) -> list:
 def zero_shot_columns(rows: pd.DataFrame, results: list[dict]) -> dict:
     """Columns of the ZERO_SHOT schema; hidden is (layers, hidden_size) at the last input token."""
     logits = np.stack([r["label_logits"] for r in results])
-    probs = softmax(logits.astype(np.float64)).astype(np.float32)
+    probs = stats.softmax(logits.astype(np.float64)).astype(np.float32)
     hidden = [r["hidden"][:, 0] for r in results]
     next_probs = [r["next_probs"].astype(np.float32) for r in results]
     return {
