@@ -1,5 +1,4 @@
 # Shared setup: config validation, the path builder and input functions of every stage.
-import json
 import math
 import os
 import re
@@ -10,7 +9,7 @@ from pathlib import Path
 sys.path.insert(0, workflow.basedir)
 
 from workflow_scripts import models, paths, resources, run_warnings
-from workflow_scripts.config import ConfigError, model_problems, validate_config
+from workflow_scripts.config import TASK_GATE_KEYS, ConfigError, validate_config
 
 try:
     validate_config(config)
@@ -20,25 +19,20 @@ except ConfigError as err:
 STUDY = config["study"]
 
 
-def known_model_config(name):
-    """A study model's config.json where it is known before any job runs: a local model, or one
-    prepared by an earlier run (else prepare_model checks it)."""
-    model = config["models"][name]
+def known_model_folder(name):
+    """A study model's folder where it is known before any job runs: a local model, or one prepared
+    by an earlier run (else prepare_model checks it)."""
     manifest = Path(paths.model_manifest(name))
     if manifest.is_file():
-        folder = Path(models.read_manifest(manifest)["path"])
-    elif model["source"] == "local":
-        folder = Path(model["path"])
-    else:
-        return None
-    file = folder / "config.json"
-    return json.loads(file.read_text()) if file.is_file() else None
+        return Path(models.read_manifest(manifest)["path"])
+    model = config["models"][name]
+    return Path(model["path"]) if model["source"] == "local" else None
 
 
 # Settings a model cannot serve (interventions.top_m beyond its heads, layers it lacks) stop the run
 # now, not after the extraction.
-_known = {name: known_model_config(name) for name in STUDY["models"]}
-_problems = [p for name, found in _known.items() if found is not None for p in model_problems(config, name, found)]
+_known = {name: known_model_folder(name) for name in STUDY["models"]}
+_problems = [p for name, folder in _known.items() if folder is not None for p in models.fit_problems(config, name, folder)]
 if _problems:
     raise WorkflowError("invalid config for the study's models:\n" + "\n".join(_problems))
 
@@ -177,7 +171,6 @@ def ablation_inputs(wildcards):
     }
 
 
-
 def intervention_params():
     """The interventions keys that change its numbers (batch_size is speed only: read from the config)."""
     return {key: value for key, value in config["interventions"].items() if key not in ("enabled", "batch_size", "setting")}
@@ -211,11 +204,6 @@ def split_config():
 # zero-shot pass, never the download, the normalized table or the embeddings.
 TASK_SOURCE_KEYS = ("source", "package", "sdist", "sha256", "member", "member_sha256", "path", "name", "split")
 TASK_TABLE_KEYS = (*TASK_SOURCE_KEYS, "format", "encoding", "column_names", "query", "columns", "classes", "label_map")
-# Keys that only decide whether prepare_task stops (undecodable bytes, labels outside label_map),
-# never what it writes: no stage takes them as params, so setting one re-runs nothing.
-TASK_GATE_KEYS = ("encoding_errors", "max_unmapped_share")
-
-
 def task_entry(wildcards):
     """The wildcard task's config entry, as the stages that read all of it take it (without the gate keys)."""
     return {key: value for key, value in config["tasks"][wildcards.task].items() if key not in TASK_GATE_KEYS}
@@ -246,7 +234,6 @@ def task_source_file(wildcards):
     """Local tasks are read in place (so Snakemake tracks the file); others are fetched first."""
     task = config["tasks"][wildcards.task]
     return task["path"] if task["source"] == "local" else paths.task_source(wildcards.task)
-
 
 
 def over_seeds_keys():

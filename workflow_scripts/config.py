@@ -309,6 +309,11 @@ def _task_problems(name: str, task: dict) -> list[str]:
     return problems
 
 
+# Task keys that only decide whether prepare_task stops (undecodable bytes, labels outside
+# label_map), never what it writes: no stage takes them as params, so setting one re-runs nothing.
+TASK_GATE_KEYS = ("encoding_errors", "max_unmapped_share")
+
+
 def _encoding_problems(name: str, task: dict) -> list[str]:
     """An encoding Python has no codec for would only fail inside the data job."""
     import codecs

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import hub, paths, registry, schemas
+from .config import TASK_GATE_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -346,8 +347,8 @@ def from_snakemake(smk) -> None:
     if smk.rule == "fetch_task_source":
         fetch_task_source(smk.wildcards.task, smk.params.task, smk.output[0], smk.params.cache)
     else:
-        # The gate keys (rules/common.smk TASK_GATE_KEYS) come from the config, not params: they decide
-        # whether the table is written, never what it holds, so setting one re-runs nothing.
+        # The gate keys come from the config, not params: they decide whether the table is written,
+        # never what it holds, so setting one re-runs nothing.
         task = smk.config["tasks"][smk.wildcards.task]
-        gates = {key: task[key] for key in ("encoding_errors", "max_unmapped_share") if key in task}
+        gates = {key: task[key] for key in TASK_GATE_KEYS if key in task}
         prepare_task(smk.wildcards.task, {**smk.params.task, **gates}, smk.input.source, smk.output[0])

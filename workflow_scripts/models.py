@@ -295,12 +295,18 @@ def placement_summary(device_map: dict) -> str:
     return ", ".join(f"{where}: {n} modules" for where, n in counts.items())
 
 
+def fit_problems(config: dict, name: str, folder: Path) -> list[str]:
+    """What the study asks of the model in `folder` that it cannot give (config.model_problems);
+    none when the folder has no config.json (model_check names that)."""
+    file = Path(folder) / "config.json"
+    return model_problems(config, name, json.loads(file.read_text())) if file.is_file() else []
+
+
 def check_study_fits(config: dict, name: str, manifest: str | Path) -> None:
     """Stop before any model job when the study asks what the prepared model cannot give (its heads
     for interventions.top_m, its layers): the parse-time check (rules/common.smk) cannot see a hub or
     registry model before it is prepared."""
-    folder = Path(read_manifest(manifest)["path"])
-    problems = model_problems(config, name, json.loads((folder / "config.json").read_text()))
+    problems = fit_problems(config, name, Path(read_manifest(manifest)["path"]))
     if problems:
         raise ModelError("\n".join(problems))
 
