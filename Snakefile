@@ -24,16 +24,9 @@ include: "rules/theory.smk"
 include: "rules/report.smk"
 
 
-# On a cluster these run where snakemake itself runs: the downloads need the network that compute
-# nodes often lack, and the report is a light aggregation the user wants at once.
-localrules:
-    all,
-    fetch_task_source,
-    prepare_model,
-    prepare_encoder,
-    report,
-
-
+# Rules marked `localrule: True` (the downloads, which need the network that compute nodes often
+# lack, and the light report) run where snakemake itself runs on a cluster.
 rule all:
+    localrule: True
     input:
         paths.report(),

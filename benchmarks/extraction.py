@@ -43,7 +43,8 @@ def load(model_arg: str, device: str, dtype: str, attn: str):
     import torch
     import transformers
 
-    from workflow_scripts import models
+    from workflow_scripts.model import loading
+    from workflow_scripts.sources import manifests
 
     if model_arg.startswith("random:"):
         torch.manual_seed(0)
@@ -53,7 +54,7 @@ def load(model_arg: str, device: str, dtype: str, attn: str):
         with torch.device(device):
             model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=getattr(torch, dtype))
         return model.eval()
-    return models.load_model(models.read_manifest(model_arg), device, dtype, attn_implementation=attn)
+    return loading.load_model(manifests.read_manifest(model_arg), device, dtype, attn_implementation=attn)
 
 
 def _status_kib(field: str) -> int:
@@ -73,7 +74,7 @@ def method_call(model, method: str, T: int, batch: int, device: str):
     """Switch `model` to `method` and return a function that runs one forward of it."""
     import torch
 
-    from workflow_scripts import engine
+    from workflow_scripts.model import engine
 
     model.set_attn_implementation("eager" if method == "eager" else "sdpa")
     if method.startswith("engine"):

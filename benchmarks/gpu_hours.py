@@ -65,17 +65,20 @@ def measured_cpu_rate(n_prompts: int, threads: int) -> tuple[float, float, float
     import torch
     import yaml
 
-    from workflow_scripts import engine, extract, models, paths, resources, schemas
-    from workflow_scripts.config import validate_config
+    from workflow_scripts.model import engine, extract
+    from workflow_scripts.model import loading
+    from workflow_scripts.sources import manifests
+    from workflow_scripts.core import paths, resources, table_io, tables
+    from workflow_scripts.core.config import validate_config
 
     config = validate_config(yaml.safe_load((REPO / "config.yaml").read_text()))
     model_name, task = config["study"]["models"][0], config["study"]["tasks"][0]
-    prompts = schemas.read_table(REPO / paths.prompts(model_name, task, config["study"]["seeds"][0], "random"), schemas.PROMPTS)
+    prompts = table_io.read_table(REPO / paths.prompts(model_name, task, config["study"]["seeds"][0], "random"), tables.PROMPTS)
     rows = prompts.slice(0, n_prompts).select(["prompt_id", "input_ids", "label_token_ids", "x_start", "y_pos", "query_start"]).to_pylist()
     requests = extract.requests_for(rows, {**config["extraction"], "kv_layers": [], "hidden_layers": []}, "prompts", None)
     manifest_path = REPO / paths.model_manifest(model_name)
     torch.set_num_threads(threads)
-    model = engine.prepare(models.load_model(models.read_manifest(manifest_path), "cpu", "float32", attn_implementation="sdpa"))
+    model = engine.prepare(loading.load_model(manifests.read_manifest(manifest_path), "cpu", "float32", attn_implementation="sdpa"))
     engine.run(model, requests[:1], 1)  # warm-up
     began = time.perf_counter()
     engine.run(model, requests, 1)

@@ -28,7 +28,7 @@ def twenty_edits(config, n_tokens: int, seed: int) -> list:
     """Knockouts, label-attention knockouts and steering moves in 1, 4 and 16 heads."""
     import numpy as np
 
-    from workflow_scripts.engine_edits import Edit, head_dim
+    from workflow_scripts.causal.edits import Edit, head_dim
 
     rng = np.random.default_rng(seed)
     every = [(layer, head) for layer in range(config.num_hidden_layers) for head in range(config.num_attention_heads)]
@@ -56,8 +56,8 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from workflow_scripts import engine
-    from workflow_scripts.engine_edits import intervene
+    from workflow_scripts.model import engine
+    from workflow_scripts.causal.edits import intervene
 
     torch.set_num_threads(args.threads)
     model = engine.prepare(load(args.model, "cpu", "float32", "sdpa"))

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def study_config(study: Path) -> dict:
     import yaml
 
-    from workflow_scripts.config import validate_config
+    from workflow_scripts.core.config import validate_config
 
     return validate_config(yaml.safe_load((study / "config.yaml").read_text()))
 
@@ -36,18 +36,20 @@ def chosen_heads(prompts, results: list[dict], rows: list[dict], cfg: dict, n_cl
     select and held-out agreement with the ICL prediction of the same precision."""
     import pyarrow as pa
 
-    from workflow_scripts import extract, heldout, kernels, reconstruction, schemas
+    from workflow_scripts.model import extract
+    from workflow_scripts.analysis import head_choice, reconstruction
+    from workflow_scripts.core import kernels, tables
 
     requests = extract.requests_for(rows, {**cfg, "kv_layers": [], "hidden_layers": []}, "prompts", None)
     shards = pa.Table.from_pydict(extract.shard_columns(rows, results, requests, {**cfg, "kv_layers": [], "hidden_layers": []}),
-                                  schema=schemas.SHARD)
+                                  schema=tables.SHARD)
     recon, _, _ = reconstruction.score_set(prompts, shards, n_classes)
     chosen = {}
     for kernel in kernels.ATTENTION_KERNELS:
-        split = heldout.head_split(recon, kernel, analysis["n_select"], analysis["n_heldout"], split_seed)
+        split = head_choice.head_split(recon, kernel, analysis["n_select"], analysis["n_heldout"], split_seed)
         scores = split.select_agreement()
         layer, head = (int(i) for i in divmod(int(scores.argmax()), scores.shape[1]))
-        held = heldout.agreement(split.grid[split.heldout, layer, head], split.icl[split.heldout])
+        held = head_choice.agreement(split.grid[split.heldout, layer, head], split.icl[split.heldout])
         chosen[kernel] = {"head": f"L{layer} H{head}", "select": float(scores[layer, head]), "heldout": float(held.mean())}
     return chosen
 
@@ -70,7 +72,10 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from workflow_scripts import engine, extract, models, paths, schemas
+    from workflow_scripts.model import engine, extract
+    from workflow_scripts.model import loading
+    from workflow_scripts.sources import manifests
+    from workflow_scripts.core import paths, table_io, tables
 
     config = study_config(args.study)
     model_name = args.model or config["study"]["models"][0]
@@ -78,15 +83,15 @@ def main() -> None:
     seed = config["study"]["seeds"][0] if args.seed is None else args.seed
     if args.threads:
         torch.set_num_threads(args.threads)
-    prompts = schemas.read_table(args.study / paths.prompts(model_name, task, seed, args.setting), schemas.PROMPTS)
-    manifest = models.read_manifest(args.study / paths.model_manifest(model_name))
+    prompts = table_io.read_table(args.study / paths.prompts(model_name, task, seed, args.setting), tables.PROMPTS)
+    manifest = manifests.read_manifest(args.study / paths.model_manifest(model_name))
     cfg = {**config["extraction"], "batch_size": args.batch_size}
     if args.limit:
         prompts = prompts.slice(0, args.limit)
     rows = prompts.select(["prompt_id", "input_ids", "label_token_ids", "x_start", "y_pos", "query_start"]).to_pylist()
     requests = extract.requests_for(rows, {**cfg, "kv_layers": [], "hidden_layers": []}, "prompts", None)
     dtypes = ("float32", args.dtype)
-    loaded = {d: engine.prepare(models.load_model(manifest, args.device, d, attn_implementation="sdpa")) for d in dtypes}
+    loaded = {d: engine.prepare(loading.load_model(manifest, args.device, d, attn_implementation="sdpa")) for d in dtypes}
     results: dict[str, list[dict]] = {d: [] for d in dtypes}
     seconds = {d: 0.0 for d in dtypes}
     for start in range(0, len(requests), args.batch_size):
@@ -101,7 +106,7 @@ def main() -> None:
     full, reduced = results["float32"], results[args.dtype]
     # The float32 run should reproduce the study's own shards (written in float32 on the CPU).
     shard_files = sorted((args.study / paths.prompt_set(model_name, task, seed, args.setting) / "shards").glob("*.parquet"))
-    stored = dict(zip(*schemas.read_tables(shard_files, schemas.SHARD, ["prompt_id", "prediction"]).to_pydict().values()))
+    stored = dict(zip(*table_io.read_tables(shard_files, tables.SHARD, ["prompt_id", "prediction"]).to_pydict().values()))
     reproduced = np.mean([stored[r["prompt_id"]] == int(np.argmax(f["label_logits"])) for r, f in zip(rows, full)])
     same = np.mean([np.argmax(a["label_logits"]) == np.argmax(b["label_logits"]) for a, b in zip(full, reduced)])
     # The float32 margin between the two best label words: are the changed predictions near-ties?

@@ -24,8 +24,8 @@ from types import SimpleNamespace
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from workflow_scripts import theory  # noqa: E402
-from workflow_scripts.config import theory_defaults  # noqa: E402
+from workflow_scripts.theory import study as theory  # noqa: E402
+from workflow_scripts.core.config import theory_defaults  # noqa: E402
 
 SWEEP_SIZES = dict(hmm_seeds=[0, 1, 2], n_prompts=100, bootstrap_resamples=50)
 SWEEP_CONCENTRATIONS = (0.03, 0.1, 0.3, 1.0)

@@ -22,4 +22,4 @@ rule ablation:
     conda:
         "../envs/cpu.yaml"
     script:
-        STEP
+        stage("analysis.ablation:from_snakemake")

@@ -18,7 +18,7 @@ rule reconstruct:
     conda:
         "../envs/cpu.yaml"
     script:
-        STEP
+        stage("analysis.reconstruction:from_snakemake")
 
 
 rule attention_map:
@@ -37,7 +37,7 @@ rule attention_map:
     conda:
         "../envs/cpu.yaml"
     script:
-        STEP
+        stage("analysis.attention_map:from_snakemake")
 
 
 rule similarity:
@@ -54,7 +54,7 @@ rule similarity:
     conda:
         "../envs/cpu.yaml"
     script:
-        STEP
+        stage("analysis.similarity:from_snakemake")
 
 
 rule probes:
@@ -74,7 +74,7 @@ rule probes:
     conda:
         "../envs/cpu.yaml"
     script:
-        STEP
+        stage("analysis.probes:from_snakemake")
 
 
 # Beside Fig. 3: the same demonstrations with another held-out query (analysis.query_swap_setting).
@@ -94,7 +94,7 @@ rule query_swap:
     conda:
         "../envs/cpu.yaml"
     script:
-        STEP
+        stage("analysis.query_swap:from_snakemake")
 
 
 rule heldout:
@@ -119,7 +119,7 @@ rule heldout:
     conda:
         "../envs/cpu.yaml"
     script:
-        STEP
+        stage("analysis.heldout:from_snakemake")
 
 
 rule table2:
@@ -141,4 +141,4 @@ rule table2:
     conda:
         "../envs/cpu.yaml"
     script:
-        STEP
+        stage("analysis.table2:from_snakemake")

@@ -6,10 +6,14 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, workflow.basedir)
+# This repository, also when another workflow uses it as a module (whose workflow.basedir is that
+# workflow's own folder).
+ICL_ROOT = str(Path(workflow.current_basedir).parent)
+sys.path.insert(0, ICL_ROOT)
 
-from workflow_scripts import models, paths, resources, run_warnings
-from workflow_scripts.config import TASK_GATE_KEYS, ConfigError, validate_config
+from workflow_scripts.core import code, paper, paths, resources, run_warnings
+from workflow_scripts.sources import manifests
+from workflow_scripts.core.config import TASK_GATE_KEYS, ConfigError, validate_config
 
 try:
     validate_config(config)
@@ -24,7 +28,7 @@ def known_model_folder(name):
     by an earlier run (else prepare_model checks it)."""
     manifest = Path(paths.model_manifest(name))
     if manifest.is_file():
-        return Path(models.read_manifest(manifest)["path"])
+        return Path(manifests.read_manifest(manifest)["path"])
     model = config["models"][name]
     return Path(model["path"]) if model["source"] == "local" else None
 
@@ -32,14 +36,19 @@ def known_model_folder(name):
 # Settings a model cannot serve (interventions.top_m beyond its heads, layers it lacks) stop the run
 # now, not after the extraction.
 _known = {name: known_model_folder(name) for name in STUDY["models"]}
-_problems = [p for name, folder in _known.items() if folder is not None for p in models.fit_problems(config, name, folder)]
+_problems = [p for name, folder in _known.items() if folder is not None for p in manifests.fit_problems(config, name, folder)]
 if _problems:
     raise WorkflowError("invalid config for the study's models:\n" + "\n".join(_problems))
 
 # Logs written from here on are this run's (print_run_warnings).
 RUN_STARTED = time.time()
-# The dispatcher every rule runs; it calls the rule's stage function in workflow_scripts.
-STEP = str(Path(workflow.basedir) / "workflow_scripts" / "step.py")
+
+
+def stage(spec):
+    """The script that runs `spec` ("package.module:function" of workflow_scripts), dated by the last
+    change to that module or any project module it imports (workflow_scripts/core/code.py), so
+    Snakemake's code trigger re-runs exactly the jobs whose code changed."""
+    return code.entry_script(spec)
 
 
 wildcard_constraints:

@@ -2,6 +2,7 @@
 
 
 rule fetch_task_source:
+    localrule: True
     output:
         paths.task_source(),
     params:
@@ -12,7 +13,7 @@ rule fetch_task_source:
     conda:
         "../envs/cpu.yaml"
     script:
-        STEP
+        stage("sources.data:fetch_from_snakemake")
 
 
 rule prepare_task:
@@ -29,4 +30,4 @@ rule prepare_task:
     conda:
         "../envs/cpu.yaml"
     script:
-        STEP
+        stage("sources.data:prepare_from_snakemake")

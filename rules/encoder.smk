@@ -2,6 +2,7 @@
 
 
 rule prepare_encoder:
+    localrule: True
     output:
         paths.encoder_manifest(),
     params:
@@ -12,7 +13,7 @@ rule prepare_encoder:
     conda:
         "../envs/cpu.yaml"
     script:
-        STEP
+        stage("sources.encoder:from_snakemake")
 
 
 rule embed_task:
@@ -34,4 +35,4 @@ rule embed_task:
     conda:
         "../envs/cpu.yaml"
     script:
-        STEP
+        stage("model.embedding:from_snakemake")

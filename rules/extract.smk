@@ -17,7 +17,7 @@ rule extract_shard:
     conda:
         "../envs/gpu.yaml"
     script:
-        STEP
+        stage("model.extract:from_snakemake")
 
 
 rule zero_shot:
@@ -41,7 +41,7 @@ rule zero_shot:
     conda:
         "../envs/gpu.yaml"
     script:
-        STEP
+        stage("model.zero_shot:from_snakemake")
 
 
 # Contextual calibration of Table 2's held-out prompts: each again with a content-free query (one
@@ -70,4 +70,4 @@ rule calibrate:
     conda:
         "../envs/gpu.yaml"
     script:
-        STEP
+        stage("model.calibration:from_snakemake")

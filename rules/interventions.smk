@@ -23,7 +23,7 @@ rule interventions:
     conda:
         "../envs/gpu.yaml"
     script:
-        STEP
+        stage("causal.interventions:from_snakemake")
 
 
 rule report_interventions:
@@ -45,4 +45,4 @@ rule report_interventions:
     conda:
         "../envs/cpu.yaml"
     script:
-        STEP
+        stage("report.interventions:from_snakemake")

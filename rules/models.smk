@@ -2,6 +2,7 @@
 
 
 rule prepare_model:
+    localrule: True
     output:
         manifest=paths.model_manifest(),
     params:
@@ -12,4 +13,4 @@ rule prepare_model:
     conda:
         "../envs/cpu.yaml"
     script:
-        STEP
+        stage("sources.models:from_snakemake")

@@ -18,4 +18,4 @@ rule build_prompts:
     conda:
         "../envs/cpu.yaml"
     script:
-        STEP
+        stage("prompts.build:from_snakemake")

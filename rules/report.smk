@@ -13,6 +13,7 @@ rule report_table2:
         csv=paths.report_set("table2.csv"),
         piece=paths.report_set("table2.md"),
     params:
+        paper=paper.for_captions,  # the captions' numbers (not recorded: see core/paper.py)
         encoder=config["encoder"]["name"],
         per_seed_split=config["analysis"]["heldout_per_seed"],
     group:
@@ -22,7 +23,7 @@ rule report_table2:
     conda:
         "../envs/cpu.yaml"
     script:
-        STEP
+        stage("report.table2:from_snakemake")
 
 
 rule report_attention:
@@ -43,7 +44,7 @@ rule report_attention:
     conda:
         "../envs/cpu.yaml"
     script:
-        STEP
+        stage("report.attention:from_snakemake")
 
 
 rule report_heads:
@@ -56,6 +57,7 @@ rule report_heads:
         csv=paths.report_set("top_heads.csv"),
         piece=paths.report_set("heads.md"),
     params:
+        paper=paper.for_captions,  # the captions' numbers (not recorded: see core/paper.py)
         seeds=STUDY["seeds"],
         dpi=config["report"]["dpi"],
         top_head_fraction=config["analysis"]["top_head_fraction"],
@@ -66,7 +68,7 @@ rule report_heads:
     conda:
         "../envs/cpu.yaml"
     script:
-        STEP
+        stage("report.heads:from_snakemake")
 
 
 rule report_similarity:
@@ -87,7 +89,7 @@ rule report_similarity:
     conda:
         "../envs/cpu.yaml"
     script:
-        STEP
+        stage("report.similarity:from_snakemake")
 
 
 rule report_probes:
@@ -107,7 +109,7 @@ rule report_probes:
     conda:
         "../envs/cpu.yaml"
     script:
-        STEP
+        stage("report.probes:from_snakemake")
 
 
 rule report_ablation:
@@ -129,7 +131,7 @@ rule report_ablation:
     conda:
         "../envs/cpu.yaml"
     script:
-        STEP
+        stage("report.ablations:from_snakemake")
 
 
 rule report_theory:
@@ -156,15 +158,18 @@ rule report_theory:
         piece=paths.report_figure("theory.md"),
     group:
         "figures"
+    params:
+        paper=paper.for_captions,  # the captions' numbers (not recorded: see core/paper.py)
     log:
         paths.log("report_theory"),
     conda:
         "../envs/cpu.yaml"
     script:
-        STEP
+        stage("report.theory:from_snakemake")
 
 
 rule report:
+    localrule: True
     input:
         table2=report_sets("table2.md"),
         table2_tables=over_seeds_outputs("table2.parquet"),
@@ -193,7 +198,7 @@ rule report:
     conda:
         "../envs/cpu.yaml"
     script:
-        STEP
+        stage("report.assemble:from_snakemake")
 
 
 # Beyond the paper: every model's Table 2 and the depth of its top heads side by side, and which
@@ -221,6 +226,7 @@ rule report_models:
         csv=paths.report_figure("models.csv"),
         piece=paths.report_figure("models.md"),
     params:
+        paper=paper.for_captions,  # the captions' numbers (not recorded: see core/paper.py)
         sets=over_seeds_keys(),
         seeds=STUDY["seeds"],
         models=STUDY["models"],
@@ -234,7 +240,7 @@ rule report_models:
     conda:
         "../envs/cpu.yaml"
     script:
-        STEP
+        stage("report.models:from_snakemake")
 
 
 # The stages' warnings end up in their job logs; say them on the console too, when the run ends.

@@ -6,6 +6,7 @@ rule theory:
         figure=paths.theory("convergence.png"),
         summary=paths.theory("summary.md"),
     params:
+        paper=paper.for_captions,  # the captions' numbers (not recorded: see core/paper.py)
         theory=config["theory"],
     group:
         "analysis"
@@ -14,4 +15,4 @@ rule theory:
     conda:
         "../envs/cpu.yaml"
     script:
-        STEP
+        stage("theory.study:from_snakemake")

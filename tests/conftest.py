@@ -73,7 +73,7 @@ def toy_sentiment_rows() -> list[dict]:
 @pytest.fixture(scope="session")
 def smollm2_dir(tmp_path_factory) -> Path:
     """The real SmolLM2-135M-Instruct, converted from the GGUF its package ships (about a minute)."""
-    from workflow_scripts import models
+    from workflow_scripts.sources import models
 
     out = tmp_path_factory.mktemp("smollm2") / "hf"
     models.convert_gguf(smollm2_gguf(), out)

@@ -5,8 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workflow_scripts import ablation, ablation_report, stats
-from workflow_scripts.kernels import attention_weights, kernel_vote, normalized_entropy
+from workflow_scripts.analysis import ablation
+from workflow_scripts.report import ablations as ablation_report
+from workflow_scripts.core import stats
+from workflow_scripts.core.kernels import attention_weights, kernel_vote, normalized_entropy
 
 from .test_reconstruction import C, synthetic_set
 
@@ -49,7 +51,7 @@ def test_summarize_means_and_intervals():
                 label = e % 2
                 rows.append(("t", seed, setting, f"e{e}", label, int(rng.integers(2)), int(rng.integers(2)), rng.random(), rng.random(), 8))
     data = frame(rows)
-    out = pd.DataFrame(ablation.summarize(data, "order", "random", 300, 0))
+    out = pd.DataFrame(ablation.ablation_summary(data, "order", "random", 300, 0))
     got = out[(out.setting == "random") & (out.metric == "icl_accuracy")].iloc[0]
     part = data[data.setting == "random"]
     per_prompt = (part.icl_prediction == part.label).groupby(part.example_id).mean()
@@ -80,7 +82,7 @@ def test_a_paired_difference_finds_what_separate_intervals_miss():
         for e in range(30):
             icl = int(e < 15 or (setting == "k16" and e < 21))
             rows.append(("t", 0, setting, f"e{e}", 1, icl, icl if setting != "k2" else 0, 0.5, 0.1, k))
-    out = pd.DataFrame(ablation.summarize(frame(rows), "k", "random", 1000, 0))
+    out = pd.DataFrame(ablation.ablation_summary(frame(rows), "k", "random", 1000, 0))
     acc = out[out.metric == "icl_accuracy"].set_index("setting")
     assert acc.loc["k16", "ci_low"] < acc.loc["random", "ci_high"]
     shift = out[(out.setting == "k16") & (out.metric == "icl_accuracy_shift")].iloc[0]

@@ -4,10 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workflow_scripts import perturb, prompts, retrieval
-from workflow_scripts.config import setting_defaults
-from workflow_scripts.readers import MissingExamplesError
-from workflow_scripts.split import task_split
+from workflow_scripts.prompts import perturb, retrieval
+from workflow_scripts.prompts import sets
+from workflow_scripts.core.config import setting_defaults
+from workflow_scripts.core.readers import MissingExamplesError
+from workflow_scripts.core.split import task_split
 
 from .test_prompts_tokenize import PROMPT_CFG, TASK, toy_data
 
@@ -70,20 +71,20 @@ def test_apply_typos_hand_computed():
 
 def test_label_formats():
     words = ["bad", "okay", "good"]
-    assert perturb.label_words("configured", words, ["A", "B", "C"], ["apple", "river", "chair"]) == words
-    permuted = perturb.label_words("permuted", words, [], [])
+    assert perturb.shown_label_words("configured", words, ["A", "B", "C"], ["apple", "river", "chair"]) == words
+    permuted = perturb.shown_label_words("permuted", words, [], [])
     assert sorted(permuted) == sorted(words) and all(p != w for p, w in zip(permuted, words))
-    assert perturb.label_words("symbols", words, ["A", "B", "C", "D"], []) == ["A", "B", "C"]
-    assert perturb.label_words("words", words[:2], [], ["apple", "river", "chair"]) == ["apple", "river"]
+    assert perturb.shown_label_words("symbols", words, ["A", "B", "C", "D"], []) == ["A", "B", "C"]
+    assert perturb.shown_label_words("words", words[:2], [], ["apple", "river", "chair"]) == ["apple", "river"]
     with pytest.raises(ValueError, match="needs 3 words"):
-        perturb.label_words("symbols", words, ["A", "B"], [])
+        perturb.shown_label_words("symbols", words, ["A", "B"], [])
 
 
 # --- settings through build_prompts (SmolLM2's real tokenizer, toy reviews) ---------------------------
 
 
 def build_with(tokenizer, setting: dict, **kwargs) -> dict:
-    return prompts.build_prompts(toy_data(), TASK, PROMPT_CFG, setting_defaults(setting), 7, tokenizer, "toy", **kwargs)
+    return sets.build_prompts(toy_data(), TASK, PROMPT_CFG, setting_defaults(setting), 7, tokenizer, "toy", **kwargs)
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from workflow_scripts import attention_map as am
-from workflow_scripts import schemas
+from workflow_scripts.analysis import attention_map as am
+from workflow_scripts.core import table_io
+from workflow_scripts.core import tables
 
 
 def test_resample_upsample_hand_computed():
@@ -77,9 +78,9 @@ def head_values(values) -> np.ndarray:
     return np.stack([v, 2 * v + 1])[None]
 
 
-def tables(*specs):
-    prompts = {name: [] for name in schemas.PROMPTS.names}
-    shards = {name: [] for name in schemas.SHARD.names}
+def tables_of(*specs):
+    prompts = {name: [] for name in tables.PROMPTS.names}
+    shards = {name: [] for name in tables.SHARD.names}
     for pid, spec in enumerate(specs):
         T = len(spec["values"])
         att = head_values(spec["values"])
@@ -95,12 +96,12 @@ def tables(*specs):
             prompts[name].append(row[name])
         for name in shards:
             shards[name].append(shard.get(name))  # optional captures stay null
-    return (pa.Table.from_pydict(prompts, schema=schemas.PROMPTS),
-            pa.Table.from_pydict(shards, schema=schemas.SHARD))
+    return (pa.Table.from_pydict(prompts, schema=tables.PROMPTS),
+            pa.Table.from_pydict(shards, schema=tables.SHARD))
 
 
 def test_average_map_hand_computed():
-    mean, names = am.average_map(*tables(A, B), resample_length=3)
+    mean, names = am.average_map(*tables_of(A, B), resample_length=3)
     assert mean.shape == (1, 2, len(MEAN))
     assert names == NAMES
     np.testing.assert_allclose(mean[0, 0], MEAN)
@@ -108,7 +109,7 @@ def test_average_map_hand_computed():
 
 
 def test_average_map_single_prompt_is_its_alignment():
-    mean, _ = am.average_map(*tables(B), resample_length=3)
+    mean, _ = am.average_map(*tables_of(B), resample_length=3)
     np.testing.assert_allclose(mean[0, 0], [3, 0, 2, 4, 1, 2, 8, 8, 8, 9, 4, 0, 4.5, 9])
 
 
@@ -117,18 +118,18 @@ def test_average_map_ignores_empty_spans():
     # C: prefix [0], x1 1-2, y1 3, sep1 4, x2 -, y2 5, sep2 6, query 7-8
     C = dict(x_start=[1, 5], y_pos=[3, 5], query_start=7, values=[5, 4, 6, 9, 0, 1, 2, 4, 8])
     # aligned C: 5 | 4 5 6 | 9 | 0 | nan nan nan | 1 | 2 | 4 6 8
-    mean, _ = am.average_map(*tables(A, C), resample_length=3)
+    mean, _ = am.average_map(*tables_of(A, C), resample_length=3)
     np.testing.assert_allclose(mean[0, 0], [3, 3, 4, 5, 7, 3, 0, 3, 6, 4, 5, 7, 10.5, 14])
 
 
 def test_write_map_schema(tmp_path):
-    prompts, shards = tables(A, B)
-    schemas.write_table(prompts, schemas.PROMPTS, tmp_path / "prompts.parquet")
-    schemas.write_table(shards, schemas.SHARD, tmp_path / "shards" / "0.parquet")
+    prompts, shards = tables_of(A, B)
+    table_io.write_table(prompts, tables.PROMPTS, tmp_path / "prompts.parquet")
+    table_io.write_table(shards, tables.SHARD, tmp_path / "shards" / "0.parquet")
     out = tmp_path / "attention_map.parquet"
     am.write_map(tmp_path / "prompts.parquet", [str(tmp_path / "shards" / "0.parquet")], 3, out, tmp_path / "mass.parquet")
-    assert schemas.read_table(tmp_path / "mass.parquet", schemas.LABEL_MASS).num_rows == 1
-    table = schemas.read_table(out, schemas.ATTENTION_MAP).to_pandas()
+    assert table_io.read_table(tmp_path / "mass.parquet", tables.LABEL_MASS).num_rows == 1
+    table = table_io.read_table(out, tables.ATTENTION_MAP).to_pandas()
     assert len(table) == 2 * len(MEAN)
     head1 = table[table["head"] == 1].sort_values("column")
     assert head1["column"].tolist() == list(range(len(MEAN)))
@@ -140,7 +141,7 @@ def test_write_map_schema(tmp_path):
 def test_label_mass_hand_computed():
     # A: label tokens 3 and 8 hold 5 + 7 of head 0's 72 and 11 + 15 of head 1's 156 (2v+1 over 12 tokens);
     # B: tokens 4 and 7 hold 1 + 9 of 51 and 3 + 19 of 115. Label tokens are 2/12 and 2/13 of positions.
-    mass = am.label_mass(*tables(A, B))
+    mass = am.label_mass(*tables_of(A, B))
     a = (12 / 72 + 26 / 156) / 2
     b = (10 / 51 + 22 / 115) / 2
     share = (2 / 12 + 2 / 13) / 2

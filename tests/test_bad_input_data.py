@@ -11,11 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workflow_scripts import data, prompts, schemas
-from workflow_scripts import split as sp
-from workflow_scripts.config import ConfigError, setting_defaults, validate_config
-from workflow_scripts.data import DataError
-from workflow_scripts.split import SplitError
+from workflow_scripts.sources import data
+from workflow_scripts.core import table_io
+from workflow_scripts.prompts import sets
+from workflow_scripts.core import tables
+from workflow_scripts.core import split as sp
+from workflow_scripts.core.config import ConfigError, setting_defaults, validate_config
+from workflow_scripts.sources.data import DataError
+from workflow_scripts.core.split import SplitError
 
 TEMPLATE = {"prefix": "", "input": "{text}", "output": " {label}", "separator": "\n\n"}
 
@@ -39,7 +42,7 @@ def prepare(tmp_path: Path, name: str, content: bytes, task: str = "toy", **extr
     src.write_bytes(content)
     out = tmp_path / f"{task}.parquet"
     data.prepare_task(task, task_cfg(src, **extra), src, out)
-    return schemas.read_table(out, schemas.TASK_DATA).to_pandas()
+    return table_io.read_table(out, tables.TASK_DATA).to_pandas()
 
 
 def csv_bytes(rows: list[tuple[str, str]]) -> bytes:
@@ -87,7 +90,7 @@ def test_a_full_pool_does_not_warn(caplog):
 
 def build(table: pd.DataFrame, setting: dict, prompt_cfg: dict = PROMPT_CFG) -> dict:
     # The pool check comes before any tokenization, so no tokenizer is needed to reach it.
-    return prompts.build_prompts(table, task_cfg("/data/toy.csv"), prompt_cfg, setting_defaults(setting), 0, None, "toy")
+    return sets.build_prompts(table, task_cfg("/data/toy.csv"), prompt_cfg, setting_defaults(setting), 0, None, "toy")
 
 
 @pytest.mark.parametrize(

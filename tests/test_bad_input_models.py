@@ -16,8 +16,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from workflow_scripts import config as config_module
-from workflow_scripts import encoder, model_check, models, paths
+from workflow_scripts.core import config as config_module
+from workflow_scripts.model import embedding
+from workflow_scripts.sources import tokenizers
+from workflow_scripts.sources import manifests
+from workflow_scripts.sources import models
+from workflow_scripts.core import model_check, paths
 
 from .conftest import toy_sentiment_rows
 
@@ -98,7 +102,7 @@ ENCODER_MESSAGE = "a causal (decoder-only) language model is expected"
 
 def test_prepare_model_refuses_an_encoder_only_model(bert_masked_lm_dir, tmp_path):
     manifest = tmp_path / paths.model_manifest("bert")
-    with pytest.raises(models.ModelError) as caught:
+    with pytest.raises(manifests.ModelError) as caught:
         models.prepare_model("bert", {"source": "local", "path": str(bert_masked_lm_dir)}, manifest, tmp_path / "cache")
     message = str(caught.value)
     assert message.startswith("config key 'models.bert.path'") and str(bert_masked_lm_dir) in message
@@ -163,7 +167,7 @@ def test_missing_files_of_a_model_folder(tmp_path, files, missing):
 
 def test_prepare_model_names_what_a_config_only_folder_lacks(tmp_path):
     folder = write_model_config(tmp_path / "bare", LLAMA)
-    with pytest.raises(models.ModelError) as caught:
+    with pytest.raises(manifests.ModelError) as caught:
         models.prepare_model("bare", {"source": "local", "path": str(folder)}, tmp_path / "manifest.json", tmp_path / "cache")
     message = str(caught.value)
     assert message.startswith(f"config key 'models.bare.path': {str(folder)!r} holds config.json but no tokenizer files")
@@ -212,10 +216,10 @@ def test_a_moved_manifest_loads_from_the_study_or_from_outside_it(prepared_tiny,
     moved = tmp_path / "moved_study"
     shutil.copytree(prepared_tiny, moved)
     monkeypatch.chdir(moved if cwd == "study" else tmp_path)
-    manifest = models.read_manifest(moved / paths.model_manifest("tiny"))
+    manifest = manifests.read_manifest(moved / paths.model_manifest("tiny"))
     assert manifest["path"] == str((moved / "model").resolve())
     assert manifest["tokenizer"] == str((moved / "resources/models/tiny/tokenizer.json").resolve())
-    assert models.load_tokenizer(manifest)("Review: fine")["input_ids"]
+    assert tokenizers.load_tokenizer(manifest)("Review: fine")["input_ids"]
 
 
 def old_manifest(study: Path, root: Path) -> dict:
@@ -227,9 +231,9 @@ def old_manifest(study: Path, root: Path) -> dict:
 def test_an_old_absolute_manifest_still_loads(prepared_tiny, tmp_path):
     manifest = tmp_path / "manifest.json"
     manifest.write_text(json.dumps(old_manifest(prepared_tiny, prepared_tiny.resolve())))
-    loaded = models.read_manifest(manifest)
+    loaded = manifests.read_manifest(manifest)
     assert loaded["path"] == str(prepared_tiny.resolve() / "model")
-    assert models.load_tokenizer(loaded)("Review: fine")["input_ids"]
+    assert tokenizers.load_tokenizer(loaded)("Review: fine")["input_ids"]
 
 
 def test_an_old_absolute_manifest_of_a_moved_study_loads_from_where_it_is_now(prepared_tiny, tmp_path, monkeypatch):
@@ -241,14 +245,14 @@ def test_an_old_absolute_manifest_of_a_moved_study_loads_from_where_it_is_now(pr
     file = moved / paths.model_manifest("tiny")
     file.write_text(json.dumps({**old_manifest(prepared_tiny, before), "path": str(before / "resources/models/tiny/hf")}))
     monkeypatch.chdir(moved)
-    loaded = models.read_manifest(paths.model_manifest("tiny"))
+    loaded = manifests.read_manifest(paths.model_manifest("tiny"))
     assert loaded["path"] == str((moved / "resources/models/tiny/hf").resolve())
     assert loaded["tokenizer"] == str((moved / "resources/models/tiny/tokenizer.json").resolve())
-    assert models.load_tokenizer(loaded)("Review: fine")["input_ids"]
+    assert tokenizers.load_tokenizer(loaded)("Review: fine")["input_ids"]
     # The model folder was outside resources/ in the old study: nothing says where it is now.
     file.write_text(json.dumps({**old_manifest(prepared_tiny, tmp_path / "before"), "path": str(tmp_path / "gone")}))
-    with pytest.raises(models.ModelError) as caught:
-        models.read_manifest(paths.model_manifest("tiny"))
+    with pytest.raises(manifests.ModelError) as caught:
+        manifests.read_manifest(paths.model_manifest("tiny"))
     message = str(caught.value)
     assert message.startswith(f"{paths.model_manifest('tiny')}: the model folder {str(tmp_path / 'gone')!r} does not exist")
     assert f"--forcerun {paths.model_manifest('tiny')}" in message
@@ -260,10 +264,10 @@ def test_an_old_absolute_encoder_manifest_of_a_moved_study_loads(tmp_path, tiny_
     file = moved / paths.encoder_manifest()
     file.write_text(json.dumps({"name": "tiny-bert", "path": str(tmp_path / "before/resources/encoder/model")}))
     monkeypatch.chdir(moved)
-    assert encoder.read_manifest(paths.encoder_manifest())["path"] == str((moved / "resources/encoder/model").resolve())
+    assert manifests.read_encoder_manifest(paths.encoder_manifest())["path"] == str((moved / "resources/encoder/model").resolve())
     file.write_text(json.dumps({"name": "tiny-bert", "path": str(tmp_path / "gone")}))
-    with pytest.raises(encoder.EncoderError, match="the encoder folder .* does not exist"):
-        encoder.read_manifest(paths.encoder_manifest())
+    with pytest.raises(manifests.EncoderError, match="the encoder folder .* does not exist"):
+        manifests.read_encoder_manifest(paths.encoder_manifest())
 
 
 @pytest.mark.workflow
@@ -314,7 +318,7 @@ class Limits:
     ids=["minilm", "positions", "tokenizer", "mpnet", "roberta offset", "sentence-transformers", "unknown"],
 )
 def test_truncation_length_is_the_encoders_own_limit(model, tokenizer_max, sentence_max, expected):
-    assert encoder.truncation_length(Limits(**model), tokenizer_max, sentence_max) == expected
+    assert embedding.truncation_length(Limits(**model), tokenizer_max, sentence_max) == expected
 
 
 def test_embed_truncates_a_long_text_at_the_encoders_positions(tiny_bert_dir):
@@ -323,6 +327,6 @@ def test_embed_truncates_a_long_text_at_the_encoders_positions(tiny_bert_dir):
     assert AutoConfig.from_pretrained(tiny_bert_dir).max_position_embeddings == 64
     words = ["good", "bad", "film", "plot", "story"] * 40  # 200 words, one token each
     long, cut = " ".join(words), " ".join(words[:62])  # 64 positions: [CLS], 62 words, [SEP]
-    vectors = encoder.embed([long, cut, "a short one"], tiny_bert_dir)
+    vectors = embedding.embed([long, cut, "a short one"], tiny_bert_dir)
     assert vectors.shape == (3, 32)
     assert vectors[0] == pytest.approx(vectors[1], abs=1e-6)

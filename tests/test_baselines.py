@@ -7,7 +7,10 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from workflow_scripts import baselines, heldout, schemas, stats, table2, table2_report
+from workflow_scripts.analysis import baselines, heldout, table2
+from workflow_scripts.analysis import table2_rows
+from workflow_scripts.core import tables, stats
+from workflow_scripts.report import assemble, table2 as table2_report
 
 
 def test_recency_and_the_uniform_kernel_with_each_tie_rule():
@@ -84,7 +87,7 @@ def planted_set(world: str, seed: int):
         "prompt_id": np.tile(np.arange(N), 4), "example_id": list(prompts.example_id) * 4, "label": np.tile(gold, 4),
         "prediction": np.tile(icl, 4), "kernel": np.repeat(["max", "label", "mean", "max_nosink"], N),
         "n_layers": np.ones(4 * N, int), "n_heads": np.full(4 * N, 2), "head_predictions": [g.ravel() for g in grid] * 4,
-    }, schema=schemas.RECONSTRUCTION)
+    }, schema=tables.RECONSTRUCTION)
     ids = set(prompts.example_id) | {d for row in prompts.demo_ids for d in row}
     vectors = {i: rng.normal(size=4) for i in sorted(ids)}
     hidden = {i: rng.normal(size=(2, 4)) for i in sorted(ids)}
@@ -97,22 +100,22 @@ def test_a_planted_head_reads_like_a_kernel_only_when_its_weights_depend_on_the_
     frame = pd.concat([planted_set(world, s) for s in (0, 1)], ignore_index=True)
     heads = pd.DataFrame([{"seed": s, "kernel": k, "layer": 0, "head": h, "r2_slot": 0.1 * (h + 1) + 0.01 * s,
                            "r2_slot_label": 0.5} for s in (0, 1) for k in ("max", "label", "mean", "max_nosink") for h in (0, 1)])
-    table = pd.DataFrame(table2.summarize(frame, n_resamples=1000, seed=0, tables={"heads": heads}))
+    table = pd.DataFrame(table2.table2_columns(frame, n_resamples=1000, seed=0, by_name={"heads": heads}))
     assert set(table.n_heldout) == {N_HELDOUT} and set(table.n_seeds) == {2}
     r2 = table[(table.method == "head_max") & (table.metric == "r2_slot")].iloc[0]
     assert r2["mean"] == pytest.approx(0.105) and np.isnan(r2.ci_low)  # the planted head L0 H0, mean over seeds
     head = table[(table.method == "head_max") & (table.metric == "agreement")].iloc[0]
     assert head["mean"] == 1.0 and head.choices == "L0 H0 (every seed)"
-    assert table2.reads_like_kernel(table, "head_max") is kernel
+    assert table2_rows.reads_like_kernel(table, "head_max") is kernel
     verdict = table2_report.verdict_sentence(table)
     assert verdict.startswith("**Reads like a kernel:**" if kernel else "**Not separated from a query-free reading:**"), verdict
     lines = "\n".join(table2_report.table2_lines(table, "toy", "enc"))
     assert "| max kernel (paper) |" in lines and "span-mean kernel |" not in lines.split("reads like a kernel |")[-1]
     assert "same head in every seed, identical predictions" in lines
     title = {f"m / {world}": table}
-    assert table2_report.table2_verdicts(title)[1] == (f"It does in: m / {world}. It does not in: none." if kernel
-                                                        else f"It does in: none. It does not in: m / {world}.")
-    gain = table[(table.method == "head_max") & (table.metric == table2.GAIN)].iloc[0]
+    assert assemble.table2_verdicts(title)[1] == (f"It does in: m / {world}. It does not in: none." if kernel
+                                                   else f"It does in: none. It does not in: m / {world}.")
+    gain = table[(table.method == "head_max") & (table.metric == table2_rows.GAIN)].iloc[0]
     reference = gain.reference
     assert reference in baselines.BASELINES
     # the gain is the head's agreement minus the strongest reading's, paired on the same prompts
@@ -145,7 +148,7 @@ def test_seeds_that_hold_out_different_examples_get_per_seed_intervals():
                          "select_agreement": 1.0, "label": int(rng.integers(2)), "icl_prediction": int(rng.integers(2)),
                          "null_prediction": 0, "prediction": int(rng.integers(2)), "seed": seed})
     frame = pd.DataFrame(rows)
-    table = pd.DataFrame(table2.summarize(frame, 500, 0)).set_index(["method", "metric"])
+    table = pd.DataFrame(table2.table2_columns(frame, 500, 0)).set_index(["method", "metric"])
     got = table.loc[("head_max", "agreement")]
     v = (frame.prediction == frame.icl_prediction).astype(float)
     assert got["mean"] == pytest.approx(v.groupby(frame.seed).mean().mean())
@@ -167,7 +170,7 @@ def test_health_counts_predictions_per_class_and_flags_a_class_the_model_never_a
     assert not h.loc[("icl", "neutral")].under_predicted  # 3 of 6 predicted against a gold share of 2 of 6
     assert h.loc[("head_max", "neutral")].recall == pytest.approx(0.5)
     assert h.loc[("head_max", "positive")].recall == 1.0
-    table = pd.DataFrame(table2.summarize(frame, 100, 0))
+    table = pd.DataFrame(table2.table2_columns(frame, 100, 0))
     lines = "\n".join(table2_report.health_lines(pd.DataFrame(table2.health(frame, ["negative", "neutral", "positive"])), table))
     assert "**Under-predicted class:** ICL never predicts 'positive' (gold share 33%, recall 0.00)." in lines
     assert "agreement with a 2-class answer" in lines

@@ -6,7 +6,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from workflow_scripts import calibration, heldout, prompts, schemas
+from workflow_scripts.model import calibration
+from workflow_scripts.core import table_io
+from workflow_scripts.prompts import sets
+from workflow_scripts.model import loading
+from workflow_scripts.analysis import heldout
+from workflow_scripts.core import tables
 
 from .test_prompts_tokenize import PROMPT_CFG, RANDOM, TASK, toy_data
 
@@ -20,8 +25,8 @@ def test_calibrated_prediction_divides_by_the_content_free_distribution():
 
 @pytest.fixture(scope="module")
 def both(tokenizer) -> tuple[dict, dict]:
-    built = prompts.build_prompts(toy_data(), TASK, PROMPT_CFG, RANDOM, 7, tokenizer, "toy")
-    free = prompts.build_prompts(toy_data(), TASK, PROMPT_CFG, RANDOM, 7, tokenizer, "toy", content_free="N/A")
+    built = sets.build_prompts(toy_data(), TASK, PROMPT_CFG, RANDOM, 7, tokenizer, "toy")
+    free = sets.build_prompts(toy_data(), TASK, PROMPT_CFG, RANDOM, 7, tokenizer, "toy", content_free="N/A")
     return built, free
 
 
@@ -46,20 +51,20 @@ def test_prompts_with_other_demonstrations_are_refused(both):
 def test_content_free_probs_are_the_models_label_softmax_averaged_over_inputs(tiny_llama_dir, tokenizer):
     import torch
 
-    from workflow_scripts import engine, extract, models
+    from workflow_scripts.model import engine, extract
 
     manifest = {"path": str(tiny_llama_dir), "revision": None, "trust_remote_code": False}
-    model = engine.prepare(models.load_model(manifest, "cpu", "float32", attn_implementation="sdpa"))
-    eager = models.load_model(manifest, "cpu", "float32", attn_implementation="eager")
-    sets = [prompts.build_prompts(toy_data(), TASK, PROMPT_CFG, RANDOM, 7, tokenizer, "toy", content_free=text)
+    model = engine.prepare(loading.load_model(manifest, "cpu", "float32", attn_implementation="sdpa"))
+    eager = loading.load_model(manifest, "cpu", "float32", attn_implementation="eager")
+    free_sets = [sets.build_prompts(toy_data(), TASK, PROMPT_CFG, RANDOM, 7, tokenizer, "toy", content_free=text)
             for text in ("N/A", "")]
     rows = np.array([0, 2, 3, 5])
-    got = calibration.content_free_probs(model, sets, rows, batch_size=3)
+    got = calibration.content_free_probs(model, free_sets, rows, batch_size=3)
     assert got.shape == (4, 2)
     for n, i in enumerate(rows):
         expected = np.mean([
             torch.softmax(torch.from_numpy(extract.eager_outputs(eager, s["input_ids"][i], s["label_token_ids"][i])[0]).double(), -1).numpy()
-            for s in sets
+            for s in free_sets
         ], axis=0)
         np.testing.assert_allclose(got[n], expected, atol=1e-5)
 
@@ -70,16 +75,16 @@ def test_calibration_columns_read_the_shards_label_logits(tmp_path):
     columns = calibration.calibration_columns([0, 1, 2], shards, cf)
     assert columns["icl_prediction"] == [0, 0, 1]
     assert columns["calibrated_prediction"] == [0, 0, 1]
-    schemas.write_table(columns, schemas.CALIBRATION, tmp_path / "calibration.parquet")
-    assert schemas.read_table(tmp_path / "calibration.parquet", schemas.CALIBRATION).num_rows == 3
+    table_io.write_table(columns, tables.CALIBRATION, tmp_path / "calibration.parquet")
+    assert table_io.read_table(tmp_path / "calibration.parquet", tables.CALIBRATION).num_rows == 3
     with pytest.raises(calibration.CalibrationError, match="re-run extract_shard"):
         calibration.calibration_columns([0, 5], shards, cf[:2])
 
 
 def test_heldout_reads_the_calibrated_prediction_of_each_prompt(tmp_path):
     path = tmp_path / "calibration.parquet"
-    schemas.write_table({"prompt_id": [3, 1, 2], "content_free_probs": [[0.5, 0.5]] * 3, "icl_prediction": [0, 0, 0],
-                         "calibrated_prediction": [1, 0, 1]}, schemas.CALIBRATION, path)
+    table_io.write_table({"prompt_id": [3, 1, 2], "content_free_probs": [[0.5, 0.5]] * 3, "icl_prediction": [0, 0, 0],
+                         "calibrated_prediction": [1, 0, 1]}, tables.CALIBRATION, path)
     name, predictions = heldout.calibrated_predictions(path, np.array([0, 1, 2, 3]), ["N/A"])
     assert name == "content-free 'N/A'" and predictions.to_dict() == {3: 1, 1: 0, 2: 1}  # prompt 0: not held out
     with pytest.raises(heldout.HeldoutError, match="re-run calibrate"):
@@ -88,7 +93,7 @@ def test_heldout_reads_the_calibrated_prediction_of_each_prompt(tmp_path):
 
 def test_only_table_2s_held_out_prompts_are_calibrated(both):
     built, _ = both
-    from workflow_scripts.split import select_heldout
+    from workflow_scripts.core.split import select_heldout
 
     labels = np.array(built["label"])
     shuffled = np.random.default_rng(0).permutation(len(labels))  # a table in another row order

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workflow_scripts import config as cfg_mod
-from workflow_scripts.config import ConfigError, validate_config
+from workflow_scripts.core import config as cfg_mod
+from workflow_scripts.core.config import ConfigError, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 

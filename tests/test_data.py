@@ -11,9 +11,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from workflow_scripts import data, registry, schemas
-from workflow_scripts.data import DataError
-from workflow_scripts.registry import RegistryError
+from workflow_scripts.sources import data, registry
+from workflow_scripts.core import table_io
+from workflow_scripts.core import tables
+from workflow_scripts.sources.data import DataError
+from workflow_scripts.sources.registry import RegistryError
 
 
 def task_cfg(**extra) -> dict:
@@ -33,7 +35,7 @@ def prepare(tmp_path: Path, name: str, content: bytes, cfg: dict, task: str = "t
     src.write_bytes(content)
     out = tmp_path / f"{task}.parquet"
     data.prepare_task(task, cfg, src, out)
-    return schemas.read_table(out, schemas.TASK_DATA).to_pandas()
+    return table_io.read_table(out, tables.TASK_DATA).to_pandas()
 
 
 # --- reading sources --------------------------------------------------------------------------
@@ -148,7 +150,7 @@ def test_unmapped_empty_and_duplicate_rows_dropped():
     assert out["example_id"].tolist() == ["t-0", "t-5", "t-7"]
     assert out["text"].tolist() == ["keep one", "keep two", "pos label"]
     assert out["label"].tolist() == [1, 0, 1]
-    assert list(out.columns) == schemas.TASK_DATA.names
+    assert list(out.columns) == tables.TASK_DATA.names
 
 
 def test_query_filter_on_numeric_column():
@@ -216,8 +218,8 @@ def test_prepare_task_matches_schema(tmp_path):
     src.write_text("text,label\na,pos\nb,neg\n")
     out = tmp_path / "nested" / "t.parquet"
     data.prepare_task("t", task_cfg(), src, out)
-    table = schemas.read_table(out, schemas.TASK_DATA)
-    assert table.schema.equals(schemas.TASK_DATA)
+    table = table_io.read_table(out, tables.TASK_DATA)
+    assert table.schema.equals(tables.TASK_DATA)
     assert table.num_rows == 2
     assert [p.name for p in out.parent.iterdir()] == ["t.parquet"]  # no temp file left
 

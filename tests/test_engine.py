@@ -8,8 +8,9 @@ import pytest
 import torch
 import transformers
 
-from workflow_scripts import engine, schemas
-from workflow_scripts.engine import EngineError, Request
+from workflow_scripts.model import engine
+from workflow_scripts.core import tables
+from workflow_scripts.model.engine import EngineError, Request
 
 # ENGINE_TEST_DEVICE=cuda runs the same checks on a GPU (fp32).
 DEVICE = os.environ.get("ENGINE_TEST_DEVICE", "cpu")
@@ -75,7 +76,7 @@ def test_engine_matches_eager_oracle_alone_and_left_padded(arch):
                     for d, (s, y) in enumerate([(1, 4), (6, 9)]):
                         top = s + int(np.argmax(rows[layer, h, s : y + 1]))
                         assert res["top_positions"][j, h, d] == top
-                        around = np.clip(top + np.asarray(schemas.DEMO_OFFSETS), 0, len(p) - 1)
+                        around = np.clip(top + np.asarray(tables.DEMO_OFFSETS), 0, len(p) - 1)
                         kv = h // (n_heads // n_kv)
                         np.testing.assert_allclose(res["top_keys"][j, h, d], keys[layer][kv, around], atol=1e-5)
                         np.testing.assert_allclose(res["top_values"][j, h, d], values[layer][kv, around], atol=1e-5)

@@ -13,9 +13,11 @@ import pytest
 import torch
 import transformers
 
-from workflow_scripts import engine, engine_edits, extract, models
-from workflow_scripts.engine import Request
-from workflow_scripts.engine_edits import Edit
+from workflow_scripts.model import engine
+from workflow_scripts.model import loading
+from workflow_scripts.causal import edits as engine_edits
+from workflow_scripts.model.engine import Request
+from workflow_scripts.causal.edits import Edit
 
 N_LAYERS = 4
 DEVICE = os.environ.get("ENGINE_TEST_DEVICE", "cpu")
@@ -36,7 +38,7 @@ def manifest(model_dir) -> dict:
 
 
 def single(model_dir):
-    return engine.prepare(models.load_model(manifest(model_dir), DEVICE, "float32", attn_implementation="sdpa"))
+    return engine.prepare(loading.load_model(manifest(model_dir), DEVICE, "float32", attn_implementation="sdpa"))
 
 
 def offloaded(model_dir, offload_dir):
@@ -45,7 +47,7 @@ def offloaded(model_dir, offload_dir):
     meta device."""
     from accelerate import dispatch_model
 
-    model = models.load_model(manifest(model_dir), "cpu", "float32", attn_implementation="sdpa")
+    model = loading.load_model(manifest(model_dir), "cpu", "float32", attn_implementation="sdpa")
     resident = 0 if DEVICE == "cuda" else "cpu"
     device_map = {"model.embed_tokens": "disk", "model.rotary_emb": resident, "model.norm": resident, "lm_head": resident,
                   **{f"model.layers.{i}": "disk" if i % 2 else resident for i in range(N_LAYERS)}}
@@ -94,16 +96,16 @@ def test_device_map_config_loads_through_accelerate(model_dir):
     """extraction.device_map and max_memory as the model stages pass them (here all on the CPU)."""
     caps = {"0": "2GiB"} if DEVICE == "cuda" else {"cpu": "2GiB"}
     cfg = {"threads": 1, "device": "auto", "dtype": "float32", "device_map": "auto", "max_memory": caps}
-    model, device, dtype = extract.prepared_model(manifest(model_dir), cfg)
+    model, device, dtype = loading.prepared_model(manifest(model_dir), cfg)
     assert (device, dtype) == (DEVICE, "float32")
     assert_same(captures(model), captures(single(model_dir)))
 
 
 def test_max_memory_keys_become_gpu_indices():
-    assert extract.max_memory({"0": "70GiB", "1": "75GiB", "cpu": "200GiB"}) == {0: "70GiB", 1: "75GiB", "cpu": "200GiB"}
-    assert extract.max_memory(None) is None
+    assert loading.max_memory({"0": "70GiB", "1": "75GiB", "cpu": "200GiB"}) == {0: "70GiB", 1: "75GiB", "cpu": "200GiB"}
+    assert loading.max_memory(None) is None
 
 
 def test_placement_summary_counts_modules_per_device():
-    assert models.placement_summary({"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": 1, "lm_head": "cpu"}) == (
+    assert loading.placement_summary({"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": 1, "lm_head": "cpu"}) == (
         "cuda:0: 2 modules, cuda:1: 1 modules, cpu: 1 modules")

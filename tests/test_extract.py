@@ -6,9 +6,12 @@ import pyarrow as pa
 import pytest
 import torch
 
-from workflow_scripts import engine, extract, models, paths, schemas
-from workflow_scripts.extract import ExtractionError
-from workflow_scripts.layers import LayerError
+from workflow_scripts.model import engine, extract
+from workflow_scripts.core import table_io
+from workflow_scripts.model import loading
+from workflow_scripts.core import paths, tables
+from workflow_scripts.model.extract import ExtractionError
+from workflow_scripts.core.layers import LayerError
 
 CFG = {"batch_size": 2, "kv_layers": [], "kv_max_prompts": 200, "hidden_layers": [], "hidden_positions": ["last"],
        "head_outputs": False}
@@ -16,7 +19,7 @@ CFG = {"batch_size": 2, "kv_layers": [], "kv_max_prompts": 200, "hidden_layers":
 
 def load(tiny_llama_dir, attn: str):
     manifest = {"path": str(tiny_llama_dir), "revision": None, "trust_remote_code": False}
-    return models.load_model(manifest, "cpu", "float32", attn_implementation=attn)
+    return loading.load_model(manifest, "cpu", "float32", attn_implementation=attn)
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +60,8 @@ def test_keys_values_and_hidden_states_round_trip_through_the_schema(engine_mode
            "head_outputs": True}
     table = prompt_table(3)
     out = tmp_path / "000.parquet"
-    schemas.write_table(extract.extract_shard(table, engine_model, cfg), schemas.SHARD, out)
-    shard = schemas.read_table(out, schemas.SHARD).to_pylist()
+    table_io.write_table(extract.extract_shard(table, engine_model, cfg), tables.SHARD, out)
+    shard = table_io.read_table(out, tables.SHARD).to_pylist()
     assert [p.name for p in tmp_path.iterdir()] == ["000.parquet"]  # no temporary file left
     first, third = shard[0], shard[2]
     assert first["kv_layers"] == [1] and first["kv_positions"] == [4, 5, 6, 7, 8, 10, 11, 12, 13, 14]
@@ -114,12 +117,12 @@ def test_shard_bookkeeping():
 def test_cuda_requested_without_a_gpu_is_a_config_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ExtractionError, match="extraction.device"):
-        extract.resolve_device("cuda", "auto")
-    assert extract.resolve_device("auto", "auto") == ("cpu", "float32")
+        loading.resolve_device("cuda", "auto")
+    assert loading.resolve_device("auto", "auto") == ("cpu", "float32")
 
 
 def test_same_inputs_give_identical_shard_bytes(engine_model, tmp_path):
     cfg = {**CFG, "kv_layers": [0], "hidden_layers": [1]}
     for name in ("a", "b"):
-        schemas.write_table(extract.extract_shard(prompt_table(3), engine_model, cfg), schemas.SHARD, tmp_path / f"{name}.parquet")
+        table_io.write_table(extract.extract_shard(prompt_table(3), engine_model, cfg), tables.SHARD, tmp_path / f"{name}.parquet")
     assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()

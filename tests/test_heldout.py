@@ -6,10 +6,11 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from workflow_scripts import heldout, schemas, stats, table2
-from workflow_scripts import reconstruction as rc
-from workflow_scripts.readers import prediction_grid
-from workflow_scripts.split import select_heldout
+from workflow_scripts.analysis import heldout, table2
+from workflow_scripts.core import tables, stats
+from workflow_scripts.analysis import reconstruction as rc
+from workflow_scripts.core.readers import prediction_grid
+from workflow_scripts.core.split import select_heldout
 
 from .test_reconstruction import C, synthetic_set
 
@@ -17,7 +18,7 @@ from .test_reconstruction import C, synthetic_set
 def set_with_baselines(seed: int = 0):
     """Synthetic prompts and reconstructions plus random embeddings and 3-layer hidden states."""
     prompts, shards, _ = synthetic_set(n_prompts=30, seed=seed)
-    recon = pa.Table.from_pydict(rc.head_predictions(prompts, shards, C), schema=schemas.RECONSTRUCTION)
+    recon = pa.Table.from_pydict(rc.head_predictions(prompts, shards, C), schema=tables.RECONSTRUCTION)
     rng = np.random.default_rng(seed)
     frame = prompts.to_pandas()
     ids = set(frame.example_id) | {d for row in frame.demo_ids for d in row}
@@ -74,7 +75,7 @@ def test_table2_against_a_direct_computation():
                 "null_prediction": 1, "prediction": pred, "seed": seed,
             }))
     frame = pd.concat(frames, ignore_index=True)
-    table = pd.DataFrame(table2.summarize(frame, n_resamples=500, seed=0)).set_index(["method", "metric"])
+    table = pd.DataFrame(table2.table2_columns(frame, n_resamples=500, seed=0)).set_index(["method", "metric"])
     assert set(table.index) == {("icl", "accuracy"), ("null", "agreement"), ("null", "accuracy"),
                                 ("head_max", "agreement"), ("head_max", "accuracy"),
                                 ("kr_encoder", "agreement"), ("kr_encoder", "accuracy")}
@@ -115,7 +116,7 @@ def _unused_seeds_that_held_out_different_examples():
         "label": 0, "icl_prediction": 0, "null_prediction": 0, "prediction": 0, "seed": [0, 1],
     })
     with pytest.raises(ValueError, match="split_seed"):
-        table2.summarize(frame, 100, 0)
+        table2.table2_columns(frame, 100, 0)
 
 
 def test_the_calibrated_prediction_is_one_more_method_scored_on_the_same_split():

@@ -14,7 +14,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from workflow_scripts import models, paths, schemas
+from workflow_scripts.sources import models
+from workflow_scripts.core import table_io
+from workflow_scripts.model import loading
+from workflow_scripts.sources import tokenizers
+from workflow_scripts.sources import manifests
+from workflow_scripts.core import paths, tables
 
 from .conftest import HUB_COMMIT, HUB_TINY_LLAMA, REPO, toy_sentiment_rows
 
@@ -56,7 +61,7 @@ def call(module: str, function: str, args: list, error: str) -> subprocess.Compl
 
 def prepare(name: str, cfg: dict, workdir: Path) -> subprocess.CompletedProcess:
     args = [name, cfg, str(workdir / paths.model_manifest(name)), str(workdir / paths.downloads("models"))]
-    return call("models", "prepare_model", args, "ModelError")
+    return call("sources.models", "prepare_model", args, "ModelError")
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +71,7 @@ def prepared(tmp_path_factory, hub_home) -> dict:
         use_hub_cache(monkeypatch, hub_home)
         done = prepare("tiny", {"source": "hub", "id": HUB_TINY_LLAMA, "revision": "main"}, workdir)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
-    return models.read_manifest(workdir / paths.model_manifest("tiny"))
+    return manifests.read_manifest(workdir / paths.model_manifest("tiny"))
 
 
 def test_the_test_cache_is_a_valid_hub_cache(hub_home):
@@ -95,7 +100,7 @@ def test_model_from_the_manifest_gives_the_original_logits(prepared, tiny_llama_
 
     ids = torch.tensor([[1, 504, 2114, 314, 1090, 30, 2]])
     original = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
-    loaded = models.load_model(prepared, "cpu", "float32")
+    loaded = loading.load_model(prepared, "cpu", "float32")
     with torch.no_grad():
         assert torch.equal(loaded(ids).logits, original(ids).logits)
 
@@ -105,7 +110,7 @@ def test_tokenizer_json_encodes_like_the_original(prepared, tiny_llama_dir):
 
     text = "Review: the film is good\nSentiment: positive"
     expected = AutoTokenizer.from_pretrained(tiny_llama_dir)(text)["input_ids"]
-    assert models.load_tokenizer(prepared)(text)["input_ids"] == expected
+    assert tokenizers.load_tokenizer(prepared)(text)["input_ids"] == expected
 
 
 def test_model_neither_cached_nor_reachable_says_how_to_fill_the_cache(monkeypatch, tmp_path, hub_home):
@@ -168,13 +173,13 @@ def test_repo_without_weights_is_a_model_error(monkeypatch, tmp_path):
     import huggingface_hub
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download(["config.json"], tmp_path, []))
-    with pytest.raises(models.ModelError, match=r"models\.m\.id: 'org/m' \(revision 'main'\) has no"):
+    with pytest.raises(manifests.ModelError, match=r"models\.m\.id: 'org/m' \(revision 'main'\) has no"):
         models.hub_snapshot("m", "org/m", "main")
 
 
 def test_hub_dataset_neither_cached_nor_reachable_says_how_to_fill_the_cache(monkeypatch, tmp_path):
     use_hub_cache(monkeypatch, tmp_path / "empty_home")
-    done = call("data", "fetch_hub_dataset", ["sst", "nyu-mll/glue", "sst2", "train", str(tmp_path / "out")], "DataError")
+    done = call("sources.data", "fetch_hub_dataset", ["sst", "nyu-mll/glue", "sst2", "train", str(tmp_path / "out")], "DataError")
     assert done.returncode == 3, done.stdout + done.stderr[-3000:]
     message = done.stdout
     assert "tasks.sst.path" in message and "'nyu-mll/glue'" in message and "'sst2'" in message and "'train'" in message
@@ -194,6 +199,6 @@ def test_workflow_runs_a_hub_model_from_the_cache_offline(monkeypatch, tmp_path,
     heads = paths.analysis("heads.parquet", "tiny", "toy", 0, "random")
     done = snakemake(tmp_path, heads)
     assert done.returncode == 0, done.stderr[-5000:]
-    manifest = models.read_manifest(tmp_path / paths.model_manifest("tiny"))
+    manifest = manifests.read_manifest(tmp_path / paths.model_manifest("tiny"))
     assert Path(manifest["path"]).is_relative_to(hub_home.resolve()) and manifest["commit"] == HUB_COMMIT
-    assert schemas.read_table(tmp_path / heads, schemas.HEADS).num_rows == 2 * 4 * 4  # layers x heads x kernels
+    assert table_io.read_table(tmp_path / heads, tables.HEADS).num_rows == 2 * 4 * 4  # layers x heads x kernels

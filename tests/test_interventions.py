@@ -8,8 +8,12 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from workflow_scripts import heldout, interventions, interventions_report, schemas
-from workflow_scripts import reconstruction as rc
+from workflow_scripts.analysis import heldout
+from workflow_scripts.analysis import head_choice
+from workflow_scripts.causal import interventions
+from workflow_scripts.report import interventions as interventions_report
+from workflow_scripts.core import tables
+from workflow_scripts.analysis import reconstruction as rc
 
 from .test_reconstruction import SPECIAL, C, synthetic_set
 
@@ -41,8 +45,8 @@ def test_a_layer_full_of_top_heads_borrows_controls_from_other_layers():
 
 def test_the_top_head_is_table_2s_head():
     prompts, shards, _ = synthetic_set(n_prompts=30, seed=0)
-    recon = pa.Table.from_pydict(rc.head_predictions(prompts, shards, C), schema=schemas.RECONSTRUCTION)
-    split = heldout.head_split(recon, "max", 18, 12, 5)
+    recon = pa.Table.from_pydict(rc.head_predictions(prompts, shards, C), schema=tables.RECONSTRUCTION)
+    split = head_choice.head_split(recon, "max", 18, 12, 5)
     scores, held_ids, held_labels, select_ids = split.select_agreement(), split.ids[split.heldout], split.gold[split.heldout], split.ids[split.select]
     frame = prompts.to_pandas()
     rows = pd.DataFrame(heldout.heldout_rows(frame, recon, *embeddings_for(frame), "enc", C, 18, 12, seed=5))
@@ -73,8 +77,8 @@ TOP = {(0, 0), (1, 0)}
 def planted_set() -> tuple[pa.Table, pa.Table]:
     """Prompts 0 and 1 (the select split) carry DEMOS / PREDICTED, predicting class 0 and 1 and placing
     the mass at a span's first and last position in turn; prompt 2 puts everything on the demonstrations."""
-    prompts = {name: [] for name in schemas.PROMPTS.names}
-    shards = {name: [] for name in schemas.SHARD.names}
+    prompts = {name: [] for name in tables.PROMPTS.names}
+    shards = {name: [] for name in tables.SHARD.names}
     n_tokens = 12
     for pid, prediction in ((0, 0), (1, 1), (2, 0)):
         spans = {0: (1, 3), 1: (5, 7)}
@@ -105,7 +109,7 @@ def add_rows(prompts: dict, shards: dict, row: dict, shard: dict) -> None:
 
 
 def as_tables(prompts: dict, shards: dict) -> tuple[pa.Table, pa.Table]:
-    return pa.Table.from_pydict(prompts, schema=schemas.PROMPTS), pa.Table.from_pydict(shards, schema=schemas.SHARD)
+    return pa.Table.from_pydict(prompts, schema=tables.PROMPTS), pa.Table.from_pydict(shards, schema=tables.SHARD)
 
 
 def test_attention_masses_average_the_select_prompts_spans():
@@ -204,7 +208,7 @@ def hand_bootstrap(values: np.ndarray, n_resamples: int, seed: int) -> tuple[flo
 
 
 def test_summary_against_hand_counts():
-    summary = pd.DataFrame(interventions_report.summarize(edit_rows(), 200, 0))
+    summary = pd.DataFrame(interventions_report.effect_summary(edit_rows(), 200, 0))
 
     def value(target, measure):
         return interventions_report.cell(summary, "knockout", target, 1, measure)["mean"]
@@ -251,7 +255,7 @@ MASSES = {"top": 0.54, "random": 0.40, "matched": 0.53, "bottom": 0.1}
 
 
 def verdict_of(flips: dict[str, set[int]], family: str = "knockout") -> tuple[str, pd.DataFrame]:
-    summary = pd.DataFrame(interventions_report.summarize(flip_rows(flips, MASSES, family), 500, 0))
+    summary = pd.DataFrame(interventions_report.effect_summary(flip_rows(flips, MASSES, family), 500, 0))
     return interventions_report.verdict(summary, family), summary
 
 

@@ -11,10 +11,12 @@ import pyarrow as pa
 import pytest
 import torch
 
-from workflow_scripts import engine, interventions, schemas
-from workflow_scripts import reconstruction as rc
-from workflow_scripts.engine import Request
-from workflow_scripts.engine_edits import Edit, intervene
+from workflow_scripts.model import engine
+from workflow_scripts.causal import interventions
+from workflow_scripts.core import tables
+from workflow_scripts.analysis import reconstruction as rc
+from workflow_scripts.model.engine import Request
+from workflow_scripts.causal.edits import Edit, intervene
 
 from .test_engine import OUTPUT_PROJECTIONS, prompt
 from .test_interventions import add_rows, as_tables
@@ -97,8 +99,8 @@ def test_gpt_neox_edits_match_the_reference():
 def tiny_prompt_set(model, n_prompts: int = 10) -> tuple[pa.Table, pa.Table]:
     """Prompts of 4 demonstrations (2 classes, labels LABELS[:2]) and the shards the engine extracts from them."""
     rng = np.random.default_rng(0)
-    prompts = {name: [] for name in schemas.PROMPTS.names}
-    shards = {name: [] for name in schemas.SHARD.names}
+    prompts = {name: [] for name in tables.PROMPTS.names}
+    shards = {name: [] for name in tables.SHARD.names}
     for pid in range(n_prompts):
         demo_labels = [0, 1, int(rng.integers(2)), int(rng.integers(2))]
         ids, x_start, y_pos = [1], [], []
@@ -124,11 +126,11 @@ def tiny_prompt_set(model, n_prompts: int = 10) -> tuple[pa.Table, pa.Table]:
 def test_run_set_edits_every_family_in_the_matched_control_and_records_its_mass():
     model = engine.prepare(build("llama", "sdpa"))
     prompts, shards = tiny_prompt_set(model)
-    recon = pa.Table.from_pydict(rc.head_predictions(prompts, shards, 2), schema=schemas.RECONSTRUCTION)
+    recon = pa.Table.from_pydict(rc.head_predictions(prompts, shards, 2), schema=tables.RECONSTRUCTION)
     cfg = {"kernel": "max", "prompts": 0, "top_m": [1, 2], "random_draws": 2, "seed": 0, "knockout": "mean",
            "steer_fraction": 1.0, "batch_size": 16}
     columns = interventions.run_set(model, prompts, shards, recon, cfg, {"n_select": 6, "n_heldout": 4}, 0)
-    rows = pa.Table.from_pydict(columns, schema=schemas.INTERVENTIONS).to_pandas()
+    rows = pa.Table.from_pydict(columns, schema=tables.INTERVENTIONS).to_pandas()
     counts = rows.groupby(["family", "target"]).size()
     for family in interventions.FAMILIES:
         # per held-out prompt and m: top, bottom, 2 same-layer and 2 matched draws (every prompt shows both classes)

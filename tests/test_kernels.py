@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workflow_scripts import kernels
+from workflow_scripts.core import kernels
 
 from .test_reconstruction import loop_reconstruct, loop_weights, random_spans
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from workflow_scripts import layers
-from workflow_scripts.layers import LayerError
+from workflow_scripts.core import layers
+from workflow_scripts.core.layers import LayerError
 
 
 @pytest.mark.parametrize(

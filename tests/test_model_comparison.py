@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from workflow_scripts import model_comparison as mc
+from workflow_scripts.report import edit_families, models as mc
 
 
 def table2(**rows: tuple[float, float, float]) -> pd.DataFrame:
@@ -82,8 +82,8 @@ def test_the_view_puts_each_models_numbers_side_by_side_and_says_where_findings_
 
 def test_a_causal_finding_holds_where_the_paired_difference_is_above_zero_for_some_m():
     def summary(steer_low: float) -> pd.DataFrame:
-        rows = [{"family": f, "target": "top - random", "m": m, "measure": mc.interventions_report.MAIN[f],
-                 "mean": 0.1, "ci_low": -0.05, "ci_high": 0.2} for f in mc.interventions_report.MAIN for m in (1, 4)]
+        rows = [{"family": f, "target": "top - random", "m": m, "measure": edit_families.MAIN[f],
+                 "mean": 0.1, "ci_low": -0.05, "ci_high": 0.2} for f in edit_families.MAIN for m in (1, 4)]
         rows[-1]["ci_low"] = steer_low  # steer, m = 4
         return pd.DataFrame(rows)
 

@@ -9,14 +9,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from workflow_scripts import probes, report, schemas
-from workflow_scripts.report_files import Outputs
+from workflow_scripts.analysis import probes
+from workflow_scripts.core import table_io
+from workflow_scripts.report import probes as probes_report
+from workflow_scripts.core import tables
+from workflow_scripts.report.files import Outputs
 
 from .test_reconstruction import C, H, K, L, synthetic_set
 
 D = 8
-KEY_CELL = (1, 2, schemas.DEMO_OFFSETS.index(0))  # layer, head, offset index where keys encode the zero-shot answer
-VALUE_CELL = (0, 0, schemas.DEMO_OFFSETS.index(1))  # where values encode the demonstration's label
+KEY_CELL = (1, 2, tables.DEMO_OFFSETS.index(0))  # layer, head, offset index where keys encode the zero-shot answer
+VALUE_CELL = (0, 0, tables.DEMO_OFFSETS.index(1))  # where values encode the demonstration's label
 
 
 def with_vectors(n_prompts: int = 40, seed: int = 0, key_signal: float = 4.0, majority: float | None = None,
@@ -39,7 +42,7 @@ def with_vectors(n_prompts: int = 40, seed: int = 0, key_signal: float = 4.0, ma
         return 0 if majority is not None and rng.random() < majority else int(rng.integers(C))
     zero_shot = {d: answer() for ids in demo_ids.values() for d in ids}
     rows = shards.to_pylist()
-    shape = [L, H, K, len(schemas.DEMO_OFFSETS), D]
+    shape = [L, H, K, len(tables.DEMO_OFFSETS), D]
     for row in rows:
         keys = rng.normal(size=shape)
         values = rng.normal(size=shape)
@@ -51,7 +54,7 @@ def with_vectors(n_prompts: int = 40, seed: int = 0, key_signal: float = 4.0, ma
         row.update(kv_layers=[0, 1], top_shape=shape, top_keys=keys.ravel().tolist(), top_values=values.ravel().tolist(),
                    top_positions=peaks.ravel().tolist())
     rows[0].update(kv_layers=None, top_shape=None, top_keys=None, top_values=None, top_positions=None)  # beyond kv_max_prompts
-    return prompts, pa.Table.from_pylist(rows, schema=schemas.SHARD), zero_shot
+    return prompts, pa.Table.from_pylist(rows, schema=tables.SHARD), zero_shot
 
 
 def label_words_at_labels(prompts: pa.Table) -> pa.Table:
@@ -60,13 +63,13 @@ def label_words_at_labels(prompts: pa.Table) -> pa.Table:
     for row in rows:
         for y, pos in zip(row["demo_labels"], row["y_pos"]):
             row["input_ids"][pos] = row["label_token_ids"][y]
-    return pa.Table.from_pylist(rows, schema=schemas.PROMPTS)
+    return pa.Table.from_pylist(rows, schema=tables.PROMPTS)
 
 
 def test_probe_samples_align_vectors_with_their_demonstrations():
     prompts, shards, _ = with_vectors(n_prompts=4)
     samples = probes.probe_samples(prompts, shards)
-    assert samples["keys"].shape == (L, H, len(schemas.DEMO_OFFSETS), 3 * K, D)  # one prompt kept nothing
+    assert samples["keys"].shape == (L, H, len(tables.DEMO_OFFSETS), 3 * K, D)  # one prompt kept nothing
     kept = [r for r in shards.to_pylist() if r["top_keys"] is not None]
     by_id = {r["prompt_id"]: r for r in prompts.to_pylist()}
     first = np.asarray(kept[0]["top_keys"], dtype=np.float32).reshape(kept[0]["top_shape"])
@@ -82,7 +85,7 @@ def test_probe_samples_align_vectors_with_their_demonstrations():
 def test_tokens_after_peaks_before_labels_are_the_label_words():
     prompts, shards, _ = with_vectors(n_prompts=4, peaks_before_labels=True)
     samples = probes.probe_samples(prompts, shards)
-    after_peak = samples["tokens"][:, :, schemas.DEMO_OFFSETS.index(1)]  # (L, H, samples)
+    after_peak = samples["tokens"][:, :, tables.DEMO_OFFSETS.index(1)]  # (L, H, samples)
     assert (after_peak == np.asarray([11, 12, 13])[samples["labels"]]).all()
 
 
@@ -153,10 +156,10 @@ def probe_frame(**kwargs) -> pd.DataFrame:
 
 def test_probes_find_the_planted_cells_and_only_those_and_their_shuffled_control_does_not():
     table, samples, answers = probe_frame()
-    assert len(table) == 2 * L * H * len(schemas.DEMO_OFFSETS)
+    assert len(table) == 2 * L * H * len(tables.DEMO_OFFSETS)
     for vector, (layer, head, offset) in (("key", KEY_CELL), ("value", VALUE_CELL)):
         part = table[table.vector == vector].set_index(["layer", "head", "offset"])
-        cell = (layer, head, schemas.DEMO_OFFSETS[offset])
+        cell = (layer, head, tables.DEMO_OFFSETS[offset])
         for score in ("accuracy", "balanced_accuracy"):
             assert part[score].loc[cell] > 0.9
             assert part[score].drop(index=cell).max() < 0.6  # noise: chance is about 1/3
@@ -182,17 +185,17 @@ def test_probe_columns_round_trip_through_the_schema(tmp_path):
     samples = probes.probe_samples(prompts, shards)
     answers = np.array([zero_shot[d] for d in samples["example_ids"]])
     columns = probes.probe_table(samples, answers, C, ridge=0.01, folds=5, seed=0)
-    assert {"balanced_accuracy", "shuffled_balanced_accuracy", "chance"} <= set(schemas.PROBES.names)
-    schemas.write_table(columns, schemas.PROBES, tmp_path / "probes.parquet")
-    back = schemas.read_table(tmp_path / "probes.parquet", schemas.PROBES)
+    assert {"balanced_accuracy", "shuffled_balanced_accuracy", "chance"} <= set(tables.PROBES.names)
+    table_io.write_table(columns, tables.PROBES, tmp_path / "probes.parquet")
+    back = table_io.read_table(tmp_path / "probes.parquet", tables.PROBES)
     assert back.schema.field("balanced_accuracy").type == pa.float64()
     assert back.schema.field("shuffled_balanced_accuracy").type == pa.float64()
     assert back.to_pydict() == columns
     for control in ("shuffled_balanced_accuracy", "token_balanced_accuracy"):
         stale = pa.table({name: columns[name] for name in columns if name != control})
         pq.write_table(stale, tmp_path / "stale.parquet")  # a probes file from before the control
-        with pytest.raises(schemas.TableError, match=control):
-            schemas.read_table(tmp_path / "stale.parquet", schemas.PROBES)
+        with pytest.raises(table_io.TableError, match=control):
+            table_io.read_table(tmp_path / "stale.parquet", tables.PROBES)
 
 
 def two_seeds(**kwargs) -> pd.DataFrame:
@@ -200,10 +203,10 @@ def two_seeds(**kwargs) -> pd.DataFrame:
 
 
 def test_report_reads_the_best_probes_against_their_shuffled_control(tmp_path):
-    table = report.probes_table(report.mean_probes(two_seeds()))
+    table = probes_report.probes_table(probes_report.mean_probes(two_seeds()))
     for vector, (layer, head, offset) in (("key", KEY_CELL), ("value", VALUE_CELL)):
         row = table[table.vector == vector].iloc[0]
-        assert (row.layer, row["head"], row.offset) == (layer, head, schemas.DEMO_OFFSETS[offset])
+        assert (row.layer, row["head"], row.offset) == (layer, head, tables.DEMO_OFFSETS[offset])
         assert row.balanced_accuracy > 0.9 and row.beats_control
         assert row.difference == pytest.approx(row.balanced_accuracy - row.shuffled_balanced_accuracy)
         assert row.control_max < 0.5 and row.chance == pytest.approx(1 / C)
@@ -213,7 +216,7 @@ def test_report_reads_the_best_probes_against_their_shuffled_control(tmp_path):
         assert row.token_margin == pytest.approx(1 / np.sqrt(39 * K))
     out = Outputs(figure=str(tmp_path / "probes.png"), csv=str(tmp_path / "p.csv"), html=str(tmp_path / "p.html"),
                   piece=str(tmp_path / "p.md"))
-    report.render_probes(two_seeds(), "m / t / random", out, dpi=50)
+    probes_report.write_probes_section(two_seeds(), "m / t / random", out, dpi=50)
     text = (tmp_path / "p.md").read_text()
     assert text.count("**beats its shuffled control**") == 2 and "**does not beat" not in text
     assert text.count("**beats its token-identity control**") == 2
@@ -225,12 +228,12 @@ def test_report_does_not_credit_a_key_probe_at_the_majority_share():
     # Keys carry nothing and 80% of the zero-shot answers are one class: plain accuracy of the best key
     # probe sits near the majority share, its balanced accuracy does not beat the shuffled control.
     frame = two_seeds(key_signal=0.0, majority=0.8)
-    table = report.probes_table(report.mean_probes(frame)).set_index("vector")
+    table = probes_report.probes_table(probes_report.mean_probes(frame)).set_index("vector")
     key = table.loc["key"]
     assert key.majority > 0.75 and key.accuracy > key.majority - 0.1
     assert not key.beats_control and key.balanced_accuracy < 0.5
     assert table.loc["value"].beats_control
-    lines = "\n".join(report.probes_lines(table.reset_index(), "probes.png"))
+    lines = "\n".join(probes_report.probes_lines(table.reset_index(), "probes.png"))
     assert "Best key probe" in lines and "**does not beat its shuffled control**" in lines
     assert "Best value probe" in lines and "**beats its shuffled control**" in lines
     assert "majority share, which shows nothing by itself" in lines
@@ -242,12 +245,12 @@ def test_report_says_a_value_probe_at_the_label_word_reads_only_the_word():
     frame = pd.concat([probe_frame(seed=seed, peaks_before_labels=True)[0] for seed in (0, 1)])
     at_label = frame[(frame.vector == "value") & (frame.offset == 1)]
     assert (at_label.token_balanced_accuracy == 1.0).all()  # the same for every layer and head
-    table = report.probes_table(report.mean_probes(frame)).set_index("vector")
+    table = probes_report.probes_table(probes_report.mean_probes(frame)).set_index("vector")
     value, key = table.loc["value"], table.loc["key"]
     assert (value.layer, value["head"], value.offset) == (0, 0, 1) and value.balanced_accuracy > 0.9 and value.beats_control
     assert value.token_balanced_accuracy == 1.0 and not value.beats_token
     assert key.beats_token and key.token_balanced_accuracy < 0.5
-    lines = "\n".join(report.probes_lines(table.reset_index(), "probes.png"))
+    lines = "\n".join(probes_report.probes_lines(table.reset_index(), "probes.png"))
     assert lines.count("**does not beat its token-identity control**") == 1
     assert lines.count("**beats its token-identity control**") == 1
     assert "but the token at that position alone reaches 1.000" in lines
@@ -260,23 +263,23 @@ def planted_cells(cells: dict) -> pd.DataFrame:
     rows = [{"vector": vector, "layer": layer, "head": head, "offset": offset, "accuracy": 0.5, "majority": 0.5,
              "balanced_accuracy": cells.get((layer, head, offset), (0.5, 0.5))[0], "shuffled_balanced_accuracy": 0.5,
              "token_balanced_accuracy": cells.get((layer, head, offset), (0.5, 0.5))[1], "chance": 0.5, "n_samples": 400}
-            for vector in ("key", "value") for layer in (0, 1) for head in (0, 1) for offset in schemas.DEMO_OFFSETS]
+            for vector in ("key", "value") for layer in (0, 1) for head in (0, 1) for offset in tables.DEMO_OFFSETS]
     return pd.DataFrame(rows)
 
 
 def test_report_names_the_cell_that_reads_more_than_its_word():
     # The best value cell is the label word itself (1.0 against its token's 1.0); another cell reaches
     # 0.9 where its token gives 0.6: a gain of 0.3, over the clear margin 1 / sqrt(400) = 0.05.
-    table = report.probes_table(planted_cells({(1, 0, 0): (1.0, 1.0), (0, 1, 2): (0.9, 0.6)})).set_index("vector")
+    table = probes_report.probes_table(planted_cells({(1, 0, 0): (1.0, 1.0), (0, 1, 2): (0.9, 0.6)})).set_index("vector")
     value = table.loc["value"]
     assert (value.layer, value["head"], value.offset) == (1, 0, 0) and not value.beats_token
     assert (value.gain_layer, value.gain_head, value.gain_offset) == (0, 1, 2)
     assert value.gain_difference == pytest.approx(0.3) and value.token_margin == pytest.approx(0.05) and value.gain_beats_token
-    line = report.token_verdict(table.reset_index().iloc[1])
+    line = probes_report.token_verdict(table.reset_index().iloc[1])
     assert "**does not beat its token-identity control**" in line
     assert "The largest gain over the token is at L0 H1 offset +2: 0.900 against 0.600 (+0.300), a clear margin" in line
     # A gain within the margin is not credited: 0.54 against 0.5 on 400 demonstrations.
-    near = report.probes_table(planted_cells({(1, 0, 0): (1.0, 1.0), (0, 1, 2): (0.54, 0.5)})).set_index("vector")
+    near = probes_report.probes_table(planted_cells({(1, 0, 0): (1.0, 1.0), (0, 1, 2): (0.54, 0.5)})).set_index("vector")
     assert not near.loc["value"].gain_beats_token
 
 

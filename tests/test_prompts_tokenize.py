@@ -5,9 +5,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workflow_scripts import prompts, schemas
-from workflow_scripts.config import setting_defaults
-from workflow_scripts.render import PromptError
+from workflow_scripts.prompts import sets
+from workflow_scripts.core import table_io
+from workflow_scripts.sources import tokenizers
+from workflow_scripts.sources import manifests
+from workflow_scripts.core import tables
+from workflow_scripts.core.config import setting_defaults
+from workflow_scripts.prompts.text import PromptError
 
 from .conftest import toy_sentiment_rows
 
@@ -36,7 +40,7 @@ def toy_data() -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def built(tokenizer) -> dict:
-    return prompts.build_prompts(toy_data(), TASK, PROMPT_CFG, RANDOM, 7, tokenizer, "toy")
+    return sets.build_prompts(toy_data(), TASK, PROMPT_CFG, RANDOM, 7, tokenizer, "toy")
 
 
 def test_every_label_position_decodes_to_that_demos_label_word(built, tokenizer):
@@ -79,69 +83,68 @@ def test_label_token_ids_are_the_tokens_the_model_should_predict(built, tokenize
 def test_a_multi_token_label_word_is_rejected_with_its_tokens(tokenizer):
     task = {**TASK, "label_words": {"negative": "bad", "positive": "superlativeness"}}
     with pytest.raises(PromptError, match="'superlativeness' is not one token in context"):
-        prompts.build_prompts(toy_data(), task, PROMPT_CFG, RANDOM, 7, tokenizer, "toy")
+        sets.build_prompts(toy_data(), task, PROMPT_CFG, RANDOM, 7, tokenizer, "toy")
 
 
 def test_k_larger_than_the_pool_is_rejected(tokenizer):
     cfg = {**PROMPT_CFG, "k": 100}
     with pytest.raises(PromptError, match="prompts.k=100 is larger than the demonstration pool"):
-        prompts.build_prompts(toy_data(), TASK, cfg, RANDOM, 7, tokenizer, "toy")
+        sets.build_prompts(toy_data(), TASK, cfg, RANDOM, 7, tokenizer, "toy")
     with pytest.raises(PromptError, match="the setting's k=100 is larger than the demonstration pool"):
-        prompts.build_prompts(toy_data(), TASK, PROMPT_CFG, {**RANDOM, "k": 100}, 7, tokenizer, "toy")
+        sets.build_prompts(toy_data(), TASK, PROMPT_CFG, {**RANDOM, "k": 100}, 7, tokenizer, "toy")
 
 
 def test_same_seed_same_bytes_other_seed_other_demos(tokenizer, tmp_path):
     paths = []
     for name, seed in (("a", 7), ("b", 7), ("c", 8)):
-        columns = prompts.build_prompts(toy_data(), TASK, PROMPT_CFG, RANDOM, seed, tokenizer, "toy")
-        schemas.write_table(columns, schemas.PROMPTS, tmp_path / f"{name}.parquet")
+        columns = sets.build_prompts(toy_data(), TASK, PROMPT_CFG, RANDOM, seed, tokenizer, "toy")
+        table_io.write_table(columns, tables.PROMPTS, tmp_path / f"{name}.parquet")
         paths.append(tmp_path / f"{name}.parquet")
     assert paths[0].read_bytes() == paths[1].read_bytes()
-    a = schemas.read_table(paths[0], schemas.PROMPTS).column("demo_ids").to_pylist()
-    c = schemas.read_table(paths[2], schemas.PROMPTS).column("demo_ids").to_pylist()
+    a = table_io.read_table(paths[0], tables.PROMPTS).column("demo_ids").to_pylist()
+    c = table_io.read_table(paths[2], tables.PROMPTS).column("demo_ids").to_pylist()
     assert a != c
 
 
 def test_the_manifest_tokenizer_builds_the_same_prompts_as_transformers(tokenizer, tiny_llama_dir, tmp_path):
-    from workflow_scripts import models
+    from workflow_scripts.sources import models
 
     manifest = tmp_path / "manifest.json"
     models.prepare_model("tiny", {"source": "local", "path": str(tiny_llama_dir)}, manifest, tmp_path / "cache")
-    saved = models.read_manifest(manifest)
+    saved = manifests.read_manifest(manifest)
     assert saved["tokenizer"] == str((tmp_path / "tokenizer.json").resolve())
-    light = models.load_tokenizer(saved)
+    light = tokenizers.load_tokenizer(saved)
     settings = [RANDOM, setting_defaults({"selection": "random", "labels": "symbols", "typo_rate": 0.2})]
     for setting in settings:
-        ours = prompts.build_prompts(toy_data(), TASK, PROMPT_CFG, setting, 7, light, "toy")
-        theirs = prompts.build_prompts(toy_data(), TASK, PROMPT_CFG, setting, 7, tokenizer, "toy")
+        ours = sets.build_prompts(toy_data(), TASK, PROMPT_CFG, setting, 7, light, "toy")
+        theirs = sets.build_prompts(toy_data(), TASK, PROMPT_CFG, setting, 7, tokenizer, "toy")
         assert ours == theirs
     text = "Review: naïve, isn't it?\nSentiment: good"
     assert light(text, return_offsets_mapping=True)["offset_mapping"] == list(
         map(tuple, tokenizer(text, return_offsets_mapping=True)["offset_mapping"]))
     # An old manifest, without the saved tokenizer, falls back to transformers' with the same encoding.
     old = {k: v for k, v in saved.items() if k != "tokenizer"}
-    assert models.load_tokenizer(old)(text)["input_ids"] == light(text)["input_ids"]
+    assert tokenizers.load_tokenizer(old)(text)["input_ids"] == light(text)["input_ids"]
 
 
 @pytest.fixture(scope="module")
 def saved_manifest(tiny_llama_dir, tmp_path_factory) -> dict:
-    from workflow_scripts import models
+    from workflow_scripts.sources import models
 
     folder = tmp_path_factory.mktemp("tiny_manifest")
     models.prepare_model("tiny", {"source": "local", "path": str(tiny_llama_dir)}, folder / "manifest.json", folder / "cache")
-    return models.read_manifest(folder / "manifest.json")
+    return manifests.read_manifest(folder / "manifest.json")
 
 
 def test_prepend_bos_shifts_every_position_by_the_bos_token(saved_manifest, tiny_llama_dir):
     import json
 
-    from workflow_scripts import models
 
     bos = json.loads((tiny_llama_dir / "tokenizer_config.json").read_text())["bos_token"]
-    plain = prompts.build_prompts(toy_data(), TASK, PROMPT_CFG, RANDOM, 7, models.load_tokenizer(saved_manifest), "toy")
-    with_bos = models.load_tokenizer(saved_manifest, prepend_bos=True)
+    plain = sets.build_prompts(toy_data(), TASK, PROMPT_CFG, RANDOM, 7, tokenizers.load_tokenizer(saved_manifest), "toy")
+    with_bos = tokenizers.load_tokenizer(saved_manifest, prepend_bos=True)
     bos_id = with_bos.backend.token_to_id(bos)
-    built = prompts.build_prompts(toy_data(), TASK, PROMPT_CFG, RANDOM, 7, with_bos, "toy")
+    built = sets.build_prompts(toy_data(), TASK, PROMPT_CFG, RANDOM, 7, with_bos, "toy")
     assert built["demo_ids"] == plain["demo_ids"]
     for i in range(len(built["input_ids"])):
         assert built["input_ids"][i] == [bos_id, *plain["input_ids"][i]]
@@ -153,9 +156,8 @@ def test_prepend_bos_shifts_every_position_by_the_bos_token(saved_manifest, tiny
 def test_prepend_bos_never_doubles_a_bos_the_tokenizer_adds(saved_manifest):
     from tokenizers.processors import TemplateProcessing
 
-    from workflow_scripts import models
 
-    tokenizer = models.load_tokenizer(saved_manifest, prepend_bos=True)
+    tokenizer = tokenizers.load_tokenizer(saved_manifest, prepend_bos=True)
     bos_id = tokenizer.bos_id
     bos = tokenizer.backend.id_to_token(bos_id)
     tokenizer.backend.post_processor = TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, bos_id)])
@@ -166,15 +168,14 @@ def test_prepend_bos_never_doubles_a_bos_the_tokenizer_adds(saved_manifest):
 
 
 def test_a_model_without_bos_keeps_its_prompts_and_says_so(saved_manifest, tmp_path, caplog):
-    from workflow_scripts import models
 
     bare = tmp_path / "bare"
     bare.mkdir()
     (bare / "config.json").write_text("{}")
     manifest = {**saved_manifest, "path": str(bare)}
-    assert models.bos_token(bare) is None
+    assert tokenizers.bos_token(bare) is None
     with caplog.at_level("WARNING"):
-        tokenizer = models.load_tokenizer(manifest, prepend_bos=True)
+        tokenizer = tokenizers.load_tokenizer(manifest, prepend_bos=True)
     assert tokenizer.bos_id is None and "prompts.prepend_bos" in caplog.text
-    plain = models.load_tokenizer(saved_manifest)
+    plain = tokenizers.load_tokenizer(saved_manifest)
     assert tokenizer("a b c")["input_ids"] == plain("a b c")["input_ids"]

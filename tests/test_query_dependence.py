@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workflow_scripts import query_dependence as qd
-from workflow_scripts.prompts import swap_partners
+from workflow_scripts.analysis import query_dependence as qd
+from workflow_scripts.prompts.sets import swap_partners
 
 
 def hand_r2(w: np.ndarray, groups: np.ndarray) -> float:

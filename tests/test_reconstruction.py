@@ -7,10 +7,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from workflow_scripts import reconstruction as rc
-from workflow_scripts import schemas
-from workflow_scripts.kernels import ATTENTION_KERNELS
-from workflow_scripts.readers import iter_prompts
+from workflow_scripts.analysis import reconstruction as rc
+from workflow_scripts.core import table_io
+from workflow_scripts.core import tables
+from workflow_scripts.core.kernels import ATTENTION_KERNELS
+from workflow_scripts.core.readers import iter_prompts
 
 
 def random_spans(rng: np.random.Generator, k: int, prefix: int = 2):
@@ -66,8 +67,8 @@ SPECIAL = (1, 2)  # the head that attends only to demos of the predicted class
 
 def synthetic_set(n_prompts: int = 12, seed: int = 0):
     rng = np.random.default_rng(seed)
-    prompts = {name: [] for name in schemas.PROMPTS.names}
-    shards = {name: [] for name in schemas.SHARD.names}
+    prompts = {name: [] for name in tables.PROMPTS.names}
+    shards = {name: [] for name in tables.SHARD.names}
     truth = []
     for pid in range(n_prompts):
         x_start, y_pos, query_start = random_spans(rng, K)
@@ -99,8 +100,8 @@ def synthetic_set(n_prompts: int = 12, seed: int = 0):
             shards[name].append(shard.get(name))  # optional captures stay null
         truth.append({"att": att16.astype(np.float64), "x_start": x_start, "y_pos": y_pos,
                       "demo_labels": demo_labels, "label": label, "prediction": prediction})
-    prompts_t = pa.Table.from_pydict(prompts, schema=schemas.PROMPTS)
-    shards_t = pa.Table.from_pydict(shards, schema=schemas.SHARD)
+    prompts_t = pa.Table.from_pydict(prompts, schema=tables.PROMPTS)
+    shards_t = pa.Table.from_pydict(shards, schema=tables.SHARD)
     order = rng.permutation(n_prompts)  # shards need not be in prompt order
     return prompts_t, shards_t.take(pa.array(order)), truth
 
@@ -119,7 +120,7 @@ def test_score_heads_against_independent_computation():
             agree[k] += y_tilde == p["prediction"]
             correct[k] += y_tilde == p["label"]
 
-    assert set(heads) == set(schemas.HEADS.names)
+    assert set(heads) == set(tables.HEADS.names)
     sink = np.mean([p["att"][..., 0] for p in truth], axis=0)  # (L, H): attention on position 0
     got_sink = pd.DataFrame(heads).drop_duplicates(["layer", "head"]).set_index(["layer", "head"]).sink_attention
     for l in range(L):
@@ -152,18 +153,18 @@ def test_score_heads_against_independent_computation():
 def test_write_scores_files_match_schemas(tmp_path):
     prompts, shards, _ = synthetic_set(n_prompts=6, seed=4)
     prompts_path = tmp_path / "prompts.parquet"
-    schemas.write_table(prompts, schemas.PROMPTS, prompts_path)
+    table_io.write_table(prompts, tables.PROMPTS, prompts_path)
     shard_paths = []
     for i, part in enumerate((shards.slice(0, 3), shards.slice(3))):
         shard_paths.append(str(tmp_path / f"shards/{i}.parquet"))
-        schemas.write_table(part, schemas.SHARD, shard_paths[-1])
+        table_io.write_table(part, tables.SHARD, shard_paths[-1])
     rc.write_scores(prompts_path, shard_paths, C, tmp_path / "recon.parquet", tmp_path / "heads.parquet",
                     tmp_path / "summary.parquet")
-    recon = schemas.read_table(tmp_path / "recon.parquet", schemas.RECONSTRUCTION)
+    recon = table_io.read_table(tmp_path / "recon.parquet", tables.RECONSTRUCTION)
     assert recon.num_rows == 6 * len(ATTENTION_KERNELS)
     assert all(len(h) == L * H for h in recon.column("head_predictions").to_pylist())
-    heads = schemas.read_table(tmp_path / "heads.parquet", schemas.HEADS)
-    summary = schemas.read_table(tmp_path / "summary.parquet", schemas.SUMMARY)
+    heads = table_io.read_table(tmp_path / "heads.parquet", tables.HEADS)
+    summary = table_io.read_table(tmp_path / "summary.parquet", tables.SUMMARY)
     assert heads.num_rows == len(ATTENTION_KERNELS) * L * H
     assert summary.column("n_prompts").to_pylist() == [6]
 

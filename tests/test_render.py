@@ -1,7 +1,7 @@
 """Rendering a prompt from the template: the text and the character span of every part."""
 from __future__ import annotations
 
-from workflow_scripts import render as rd
+from workflow_scripts.prompts import text as rd
 
 TEMPLATE = {"prefix": "Classify.\n", "input": "Review: {text}\nSentiment:", "output": " {label}", "separator": "\n\n"}
 

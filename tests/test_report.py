@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from workflow_scripts import report, report_files, table2_report
-from workflow_scripts.report_files import Outputs
+from workflow_scripts.report import assemble, files as report_files, head_tables, similarity, table2 as table2_report, theory
+from workflow_scripts.report.files import Outputs
 
 
 def test_table_cells_keep_exact_values_for_sorting_and_escape_text():
@@ -42,7 +42,7 @@ def heads_frame() -> pd.DataFrame:
 
 
 def test_top_heads_lists_the_best_heads_per_kernel_with_sd_over_seeds():
-    table = report.top_heads(heads_frame(), 0.5)
+    table = head_tables.top_heads(heads_frame(), 0.5)
     assert table.groupby("kernel").size().to_dict() == {"label": 2, "max": 2, "mean": 2}
     best = table[table.kernel == "max"]
     assert best[["rank", "layer", "head", "depth"]].values.tolist() == [[1, 1, 0, 1.0], [2, 0, 1, 0.0]]
@@ -75,9 +75,9 @@ def test_report_md_puts_table_2_first_then_each_set_then_ablations_causal_check_
                                "recency_agreement": [0.7], "uniform_agreement": [0.5], "uniform_tie_rate": [1.0],
                                "positional_agreement": [0.75], "slot_label_agreement": [0.8]})
                  for a in (0.6, 0.8)]
-    text = report.assemble("Title", study, [["### m / t / random", ""]],
-                           [("m / t / random", summaries, [["5.1 piece"], [report.PROBES_OFF, ""]])],
-                           ["## Section 4.2 ablations: m"], ["## Causal check"], ["## Theorem 1"])
+    text = assemble.assemble("Title", study, [["### m / t / random", ""]],
+                             [("m / t / random", summaries, [["5.1 piece"], [assemble.PROBES_OFF, ""]])],
+                             ["## Section 4.2 ablations: m"], ["## Causal check"], ["## Theorem 1"])
     order = ["# Title", "BOS token (prompts.prepend_bos)", "## Table 2", "### m / t / random", "## m / t / random", "ICL accuracy 0.700 ± 0.141",
              "5.1 piece", "Probes are off", "## Section 4.2 ablations: m", "## Causal check", "## Theorem 1"]
     positions = [text.index(part) for part in order]
@@ -85,12 +85,12 @@ def test_report_md_puts_table_2_first_then_each_set_then_ablations_causal_check_
 
 
 def test_theory_frame_keeps_each_variant_and_only_the_pooled_rows():
-    from workflow_scripts import schemas
+    from workflow_scripts.core import tables
 
-    values = {name: [0.5, 0.5, 0.5] for name in schemas.THEORY.names}
+    values = {name: [0.5, 0.5, 0.5] for name in tables.THEORY.names}
     table = pd.DataFrame(values | {"variant": ["shared", "block", "block"], "kernel": ["constant"] * 3,
                                    "n_demos": [1, 1, 1], "hmm_seed": [None, None, 2]})
-    frame = report.theory_frame(table)
+    frame = theory.theory_frame(table)
     assert frame.columns[0] == "variant" and frame.variant.tolist() == ["shared", "block"]
 
 
@@ -99,11 +99,11 @@ def test_the_53_verdict_names_the_reading_that_tracks_fig_3_or_says_neither_does
         return pd.DataFrame([
             {"similarity": s, "kernel": k, "layer": 1, "head": 0, "pearson": 0.1, "share_positive": 0.5,
              "corr_with_agreement": {"label_words": label_words, "next_token": next_token}[s] if k == "max" else 0.9}
-            for s in report.SIMILARITY_TEXT for k in ("max", "label")
+            for s in similarity.SIMILARITY_TEXT for k in ("max", "label")
         ])
 
-    text = "\n".join(report.similarity_lines(table(-0.1, 0.4), 100, 0.001, "f.png"))
+    text = "\n".join(similarity.similarity_lines(table(-0.1, 0.4), 100, 0.001, "f.png"))
     assert "the next token reading tracks Fig. 3 more closely (next token 0.400, label words -0.100)" in text
-    text = "\n".join(report.similarity_lines(table(-0.1, -0.3), 100, 0.001, "f.png"))
+    text = "\n".join(similarity.similarity_lines(table(-0.1, -0.3), 100, 0.001, "f.png"))
     assert "neither reading tracks Fig. 3 (label words -0.100, next token -0.300)" in text
     assert "within 0.001 of the full-vocabulary one" in text

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from workflow_scripts import resources
+from workflow_scripts.core import resources
 
 from .plans import declared_model_rules, gpu_rules, planned_resources, readme_model_rules
 from .test_workflow import REPO, SNAKEMAKE

@@ -5,8 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workflow_scripts import similarity as sim
-from workflow_scripts.kernels import ATTENTION_KERNELS
+from workflow_scripts.analysis import similarity as sim
+from workflow_scripts.model import loading
+from workflow_scripts.core.kernels import ATTENTION_KERNELS
 
 from .test_reconstruction import C, H, L, loop_weights, synthetic_set
 
@@ -93,13 +94,13 @@ def test_the_zero_shot_pass_stores_the_models_full_next_token_distribution(tiny_
     """Against a direct softmax of the tiny model's own logits (eager, one example at a time)."""
     import torch
 
-    from workflow_scripts import engine, models, zero_shot
+    from workflow_scripts.model import engine, zero_shot
 
     from .test_prompts_tokenize import TASK, toy_data
 
     manifest = {"path": str(tiny_llama_dir), "revision": None, "trust_remote_code": False}
-    model = engine.prepare(models.load_model(manifest, "cpu", "float32", attn_implementation="sdpa"))
-    eager = models.load_model(manifest, "cpu", "float32", attn_implementation="eager")
+    model = engine.prepare(loading.load_model(manifest, "cpu", "float32", attn_implementation="sdpa"))
+    eager = loading.load_model(manifest, "cpu", "float32", attn_implementation="eager")
     rows = toy_data().head(5).assign(part="eval")
     requests = zero_shot.requests_for(rows, TASK, tokenizer)
     for k in (16, model.config.vocab_size):

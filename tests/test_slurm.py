@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from workflow_scripts import paths
+from workflow_scripts.core import paths
 
 from .conftest import REPO, toy_sentiment_rows
 from .plans import declared_model_rules, first_outputs

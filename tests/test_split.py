@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workflow_scripts import split as sp
-from workflow_scripts.split import SplitError
+from workflow_scripts.core import split as sp
+from workflow_scripts.core.split import SplitError
 
 
 @pytest.mark.parametrize("total,n_classes", [(10, 3), (2, 3), (9, 3), (0, 2), (7, 7), (101, 4)])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workflow_scripts import stats
+from workflow_scripts.core import stats
 
 # --- bootstrap_ci -------------------------------------------------------------------------------
 

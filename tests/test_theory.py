@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from workflow_scripts import theory as th
-from workflow_scripts.kernels import kernel_estimate
+from workflow_scripts.theory import study as th
+from workflow_scripts.core.kernels import kernel_estimate
 
 
 def tiny_mixture(seed: int = 3, n_inputs: int = 3, n_labels: int = 2, n_states: int = 3) -> th.HmmMixture:
@@ -369,7 +369,7 @@ def test_sparse_blocks_let_the_posterior_find_the_task():
 
 
 def test_bad_block_sizes_are_config_errors_naming_the_key():
-    from workflow_scripts.config import ConfigError, theory_defaults
+    from workflow_scripts.core.config import ConfigError, theory_defaults
 
     with pytest.raises(ConfigError, match=r"config key 'theory.variants.b.construction': block needs "
                                           r"'theory.n_states' \(10\) divisible by 'theory.n_tasks' \(3\)"):
@@ -454,7 +454,7 @@ def test_dropping_the_entries_no_input_reaches_leaves_every_kernel_value_unchang
 
 
 def test_default_variants_keep_their_order_and_start_with_the_shared_hmm():
-    from workflow_scripts.config import theory_defaults
+    from workflow_scripts.core.config import theory_defaults
 
     variants = theory_defaults({})["variants"]
     assert list(variants) == ["shared", "block", "block_sparse", "block_sparse_transitions"]  # not sorted by name

@@ -17,10 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from workflow_scripts import models, paths, schemas
+from workflow_scripts.model import loading
+from workflow_scripts.core import table_io
+from workflow_scripts.core import paths, tables
 
 from .conftest import REPO, toy_sentiment_rows
 from .plans import declared_model_rules, gpu_rules, planned_resources
@@ -116,46 +119,46 @@ def study(tmp_path_factory, tiny_llama_dir, tiny_bert_dir) -> tuple[Path, dict]:
 
 def test_full_run_writes_every_stage(study):
     workdir, _ = study
-    prompts = schemas.read_table(workdir / paths.prompts("tiny", "toy", 0, "random"), schemas.PROMPTS)
+    prompts = table_io.read_table(workdir / paths.prompts("tiny", "toy", 0, "random"), tables.PROMPTS)
     assert prompts.num_rows == 8
     shards = sorted((workdir / paths.prompt_set("tiny", "toy", 0, "random") / "shards").glob("*.parquet"))
     assert [p.name for p in shards] == ["000.parquet", "001.parquet"]
-    rows = schemas.read_tables(shards, schemas.SHARD)
+    rows = table_io.read_tables(shards, tables.SHARD)
     assert sorted(rows.column("prompt_id").to_pylist()) == list(range(8))
     assert set(rows.column("n_layers").to_pylist()) == {2} and set(rows.column("n_heads").to_pylist()) == {4}
-    heads = schemas.read_table(workdir / paths.analysis("heads.parquet", "tiny", "toy", 0, "random"), schemas.HEADS)
+    heads = table_io.read_table(workdir / paths.analysis("heads.parquet", "tiny", "toy", 0, "random"), tables.HEADS)
     assert heads.num_rows == 2 * 4 * 4  # layers x heads x kernels
-    zero_shot = schemas.read_table(workdir / paths.zero_shot("tiny", "toy"), schemas.ZERO_SHOT)
+    zero_shot = table_io.read_table(workdir / paths.zero_shot("tiny", "toy"), tables.ZERO_SHOT)
     assert zero_shot.num_rows == 8 + 40
-    assert schemas.read_table(workdir / paths.embeddings("toy"), schemas.EMBEDDINGS).num_rows == 8 + 40
-    similarity = schemas.read_table(workdir / paths.analysis("similarity.parquet", "tiny", "toy", 0, "random"), schemas.SIMILARITY)
+    assert table_io.read_table(workdir / paths.embeddings("toy"), tables.EMBEDDINGS).num_rows == 8 + 40
+    similarity = table_io.read_table(workdir / paths.analysis("similarity.parquet", "tiny", "toy", 0, "random"), tables.SIMILARITY)
     assert similarity.num_rows == 2 * 4 * 4 * 2  # layers x heads x kernels x (label words, next token)
-    probes = schemas.read_table(workdir / paths.analysis("probes.parquet", "tiny", "toy", 0, "random"), schemas.PROBES)
+    probes = table_io.read_table(workdir / paths.analysis("probes.parquet", "tiny", "toy", 0, "random"), tables.PROBES)
     assert probes.num_rows == 2 * 4 * 5 * 2  # layers x heads x offsets x (key, value)
-    held = schemas.read_table(workdir / paths.analysis("heldout.parquet", "tiny", "toy", 0, "random"), schemas.HELDOUT)
+    held = table_io.read_table(workdir / paths.analysis("heldout.parquet", "tiny", "toy", 0, "random"), tables.HELDOUT)
     assert held.num_rows == 4 * 11  # held-out prompts x methods (4 heads, 4 query-free readings, 2 cosine baselines, calibrated ICL)
-    calibrated = schemas.read_table(workdir / paths.analysis("calibration.parquet", "tiny", "toy", 0, "random"), schemas.CALIBRATION)
+    calibrated = table_io.read_table(workdir / paths.analysis("calibration.parquet", "tiny", "toy", 0, "random"), tables.CALIBRATION)
     assert set(calibrated.column("prompt_id").to_pylist()) == set(held.column("prompt_id").to_pylist())  # held out only
     icl = dict(zip(rows.column("prompt_id").to_pylist(), rows.column("prediction").to_pylist()))
     assert dict(zip(calibrated.column("prompt_id").to_pylist(), calibrated.column("icl_prediction").to_pylist())).items() <= icl.items()
-    table = schemas.read_table(workdir / paths.over_seeds("table2.parquet", "tiny", "toy", "random"), schemas.TABLE2)
+    table = table_io.read_table(workdir / paths.over_seeds("table2.parquet", "tiny", "toy", "random"), tables.TABLE2)
     assert set(table.column("method").to_pylist()) >= {"icl", "null", "head_max", "kr_encoder", "kr_hidden", "icl_calibrated"}
     assert {"recency", "uniform", "positional", "slot_label"} <= set(table.column("method").to_pylist())
     assert "agreement_gain" in table.column("metric").to_pylist()
     # the query swap keeps each held-out prompt's demonstrations and changes its query
-    swapped = schemas.read_table(workdir / paths.prompts("tiny", "toy", 0, "swap"), schemas.PROMPTS).to_pandas().set_index("prompt_id")
+    swapped = table_io.read_table(workdir / paths.prompts("tiny", "toy", 0, "swap"), tables.PROMPTS).to_pandas().set_index("prompt_id")
     original = prompts.to_pandas().set_index("prompt_id").loc[swapped.index]
     assert (swapped.demo_ids.map(list) == original.demo_ids.map(list)).all()
     assert (swapped.example_id != original.example_id).all()
-    shift = schemas.read_table(workdir / paths.analysis("query_swap.parquet", "tiny", "toy", 0, "random"), schemas.QUERY_SWAP)
+    shift = table_io.read_table(workdir / paths.analysis("query_swap.parquet", "tiny", "toy", 0, "random"), tables.QUERY_SWAP)
     assert shift.num_rows == 2 * 4 * 4  # layers x heads x kernel readings
     held_ids = set(held.column("prompt_id").to_pylist())
     for setting in ("sim", "sim_hidden", "symbols", "order_1"):
-        built = schemas.read_table(workdir / paths.prompts("tiny", "toy", 0, setting), schemas.PROMPTS)
+        built = table_io.read_table(workdir / paths.prompts("tiny", "toy", 0, setting), tables.PROMPTS)
         assert set(built.column("prompt_id").to_pylist()) == held_ids  # ablations run on the held-out prompts
-    summary = schemas.read_table(workdir / paths.ablation("summary.parquet", "tiny", "order"), schemas.ABLATION_SUMMARY)
+    summary = table_io.read_table(workdir / paths.ablation("summary.parquet", "tiny", "order"), tables.ABLATION_SUMMARY)
     assert {"icl_changed", "head_changed", "icl_accuracy"} <= set(summary.column("metric").to_pylist())
-    edits = schemas.read_table(workdir / paths.analysis("interventions.parquet", "tiny", "toy", 0, "random"), schemas.INTERVENTIONS)
+    edits = table_io.read_table(workdir / paths.analysis("interventions.parquet", "tiny", "toy", 0, "random"), tables.INTERVENTIONS)
     # 4 held-out prompts x 3 families x (top, 2 random draws, 2 matched draws, bottom) x m in (1, 2)
     assert edits.num_rows == 4 * 3 * 6 * 2 and set(edits.column("prompt_id").to_pylist()) == held_ids
     report = (workdir / paths.report()).read_text()
@@ -181,7 +184,7 @@ def test_the_jobs_that_load_the_model_are_the_ones_that_ask_for_gpus(study):
     whole study is planned, and against the rules declaring model_job_resources."""
     workdir, _ = study
     loaded = {log.relative_to(workdir / paths.LOGS).parts[0] for log in (workdir / paths.LOGS).rglob("*.log")
-              if models.LOADING in log.read_text()}
+              if loading.LOADING in log.read_text()}
     done = snakemake(workdir, "--dry-run", "--forceall")
     assert done.returncode == 0, done.stderr[-3000:]
     asking = gpu_rules(planned_resources(done.stdout))
@@ -483,7 +486,7 @@ def test_changing_the_heldout_size_reruns_table_2_and_the_ablations_only(study):
     }
     done = snakemake(workdir)
     assert done.returncode == 0, done.stderr[-3000:]
-    table = schemas.read_table(workdir / paths.over_seeds("table2.parquet", "tiny", "toy", "random"), schemas.TABLE2)
+    table = table_io.read_table(workdir / paths.over_seeds("table2.parquet", "tiny", "toy", "random"), tables.TABLE2)
     assert set(table.column("n_heldout").to_pylist()) == {3}
     split = {"calibration", "heldout", "interventions", "query_swap"}  # the tables the held-out split decides
 
@@ -500,11 +503,11 @@ def test_a_held_out_split_per_seed_gives_each_seed_its_own_test_examples(study):
     write_config(workdir, config)
     done = snakemake(workdir)
     assert done.returncode == 0, done.stderr[-3000:]
-    held = [set(schemas.read_table(workdir / paths.analysis("heldout.parquet", "tiny", "toy", s, "random"), schemas.HELDOUT)
+    held = [set(table_io.read_table(workdir / paths.analysis("heldout.parquet", "tiny", "toy", s, "random"), tables.HELDOUT)
                 .column("example_id").to_pylist()) for s in (0, 1)]
     assert held[0] != held[1]
-    swap = schemas.read_table(workdir / paths.prompts("tiny", "toy", 1, "swap"), schemas.PROMPTS)
-    seed1 = schemas.read_table(workdir / paths.analysis("heldout.parquet", "tiny", "toy", 1, "random"), schemas.HELDOUT)
+    swap = table_io.read_table(workdir / paths.prompts("tiny", "toy", 1, "swap"), tables.PROMPTS)
+    seed1 = table_io.read_table(workdir / paths.analysis("heldout.parquet", "tiny", "toy", 1, "random"), tables.HELDOUT)
     assert set(swap.column("prompt_id").to_pylist()) == set(seed1.column("prompt_id").to_pylist())  # its own split
     report = (workdir / paths.report()).read_text()
     assert "Every seed holds out its own test examples (analysis.heldout_per_seed)" in report
@@ -569,3 +572,123 @@ def test_two_models_get_a_side_by_side_view_in_both_reports(study, tmp_path):
     results, categories, _ = report_contents(html)
     assert set(categories["Models side by side"]["every model"]) == {paths.report_figure("models.png"), paths.report_figure("models.html")}
     assert "tiny, tiny2" in results[paths.report_figure("models.html")]["caption"]
+
+
+# Code changes (workflow_scripts/core/code.py): the code and the study are copied, so the edit
+# touches neither the repository nor the module's own study.
+CODE_PARTS = ["Snakefile", "rules", "workflow_scripts", "schemas", "report", "envs", "profiles", "config.yaml"]
+
+
+def copy_of_code(target: Path) -> Path:
+    target.mkdir()
+    for part in CODE_PARTS:
+        (shutil.copytree if (REPO / part).is_dir() else shutil.copy2)(REPO / part, target / part)
+    return target
+
+
+def run_with(code: Path, workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(code / "Snakefile"), "--cores", "2",
+                           "--directory", str(workdir), *args], capture_output=True, text=True)
+
+
+def planned_with(code: Path, workdir: Path, *args: str) -> dict[str, int]:
+    done = run_with(code, workdir, "--dry-run", *args)
+    assert done.returncode == 0, done.stderr + done.stdout
+    lines = done.stdout.splitlines()
+    if "Job stats:" not in lines:
+        return {}
+    jobs = {}
+    for line in lines[lines.index("Job stats:") + 3:]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        jobs[parts[0]] = int(parts[1])
+    return jobs
+
+
+def stage_specs(code: Path) -> dict[str, str]:
+    """rule -> "package.module:function" as the copied rule files name it."""
+    specs = {}
+    for path in (code / "rules").glob("*.smk"):
+        for name, body in re.findall(r"^rule (\w+):\n(.*?)(?=^\S|\Z)", path.read_text(), re.S | re.M):
+            if match := re.search(r'stage\("([\w.]+):\w+"\)', body):
+                specs[name] = match.group(1)
+    return specs
+
+
+def rules_importing(code: Path, module: str) -> set[str]:
+    """The rules whose stage module loads `module` when Python imports it: Python's own account of
+    the imports, not the fingerprint's reading of them."""
+    probe = ("import importlib, json, sys\n"
+             "importlib.import_module('workflow_scripts.' + sys.argv[1])\n"
+             "print(json.dumps(sys.argv[2] in sys.modules))")
+    return {rule for rule, stage in stage_specs(code).items()
+            if json.loads(subprocess.run([sys.executable, "-c", probe, stage, f"workflow_scripts.{module}"], cwd=code,
+                                         capture_output=True, text=True, check=True).stdout)}
+
+
+def rules_of_outputs(code: Path, workdir: Path, lines: list[str]) -> set[str]:
+    """The rules whose jobs write the files among `lines` (Snakemake's --summary names each output's rule)."""
+    done = run_with(code, workdir, "--summary")
+    assert done.returncode == 0, done.stderr
+    rule_of = {line.split("\t")[0]: line.split("\t")[2] for line in done.stdout.splitlines()[1:] if "\t" in line}
+    files = [line for line in lines if line in rule_of]
+    assert files, lines
+    return {rule_of[f] for f in files}
+
+
+def test_editing_a_module_reruns_exactly_the_jobs_whose_code_imports_it(study, tmp_path):
+    workdir = copy_of(study[0], tmp_path / "study")
+    code = copy_of_code(tmp_path / "code")
+    assert planned_with(code, workdir) == {}  # the same code at another path re-runs nothing
+
+    # Comments, docstrings and layout are not code.
+    stats = code / "workflow_scripts/core/stats.py"
+    stats.write_text('"""Edited docstring."""\n# a new comment\n' + stats.read_text().split('"""', 2)[2])
+    assert planned_with(code, workdir) == {}
+
+    edited = "analysis.query_dependence"
+    module = code / "workflow_scripts/analysis/query_dependence.py"
+    module.write_text(module.read_text() + "\n\nEDITED = True\n")
+    expected = rules_importing(code, edited)
+    assert {"reconstruct", "query_swap"} <= expected and "extract_shard" not in expected
+
+    changed = run_with(code, workdir, "--list-changes", "code")
+    assert changed.returncode == 0, changed.stderr
+    listed = changed.stdout.splitlines()
+    study_rules = set(planned_jobs(workdir, "--forceall"))
+    assert rules_of_outputs(code, workdir, listed) == expected & study_rules
+
+    planned = planned_with(code, workdir)
+    everything = planned_jobs(workdir, "--forceall")
+    assert all(planned[rule] == everything[rule] for rule in expected & study_rules), planned
+    assert "extract_shard" not in planned and "prepare_model" not in planned
+    # Code is one trigger among several: without it the results stand.
+    assert planned_with(code, workdir, "--rerun-triggers", "mtime", "params", "input") == {}
+
+    done = run_with(code, workdir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert planned_with(code, workdir) == {}
+
+
+def test_another_workflow_runs_the_study_as_a_snakemake_module(study, tmp_path):
+    _, config = study
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "study.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (host / "Snakefile").write_text(
+        'configfile: "study.yaml"\n\n\n'
+        "module icl:\n"
+        f"    snakefile: {str(REPO / 'Snakefile')!r}\n"
+        "    config: config\n\n\n"
+        "use rule * from icl as icl_*\n"
+    )
+    done = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2"], cwd=host, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-5000:]
+    report = (host / paths.report()).read_text()
+    assert report == (study[0] / paths.report()).read_text()
+    for table in sorted((study[0] / "results").rglob("*.parquet")):
+        relative = table.relative_to(study[0])
+        assert pq.read_table(host / relative).equals(pq.read_table(table)), relative
+    again = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--dry-run"], cwd=host, capture_output=True, text=True)
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr, again.stdout

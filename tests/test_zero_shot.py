@@ -5,8 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from workflow_scripts import models, schemas, zero_shot
-from workflow_scripts.readers import read_zero_shot
+from workflow_scripts.sources import models
+from workflow_scripts.core import table_io
+from workflow_scripts.model import loading
+from workflow_scripts.core import tables
+from workflow_scripts.model import zero_shot
+from workflow_scripts.core.readers import read_zero_shot
 
 from .test_prompts_tokenize import PROMPT_CFG, TASK, toy_data
 
@@ -19,7 +23,7 @@ def table(tiny_llama_dir, tmp_path_factory):
     manifest = tmp / "manifest.json"
     models.prepare_model("tiny", {"source": "local", "path": str(tiny_llama_dir)}, manifest, tmp / "cache")
     data = tmp / "toy.parquet"
-    schemas.write_table(toy_data(), schemas.TASK_DATA, data)
+    table_io.write_table(toy_data(), tables.TASK_DATA, data)
     out = tmp / "zero_shot.parquet"
     zero_shot.write_zero_shot(data, manifest, "toy", TASK, PROMPT_CFG, CFG, out)
     return read_zero_shot(out), out
@@ -35,7 +39,7 @@ def test_rows_cover_the_test_queries_and_the_pool(table):
 
 def test_probabilities_and_hidden_states_equal_a_plain_forward(table, tiny_llama_dir, tokenizer):
     frame, _ = table
-    model = models.load_model({"path": str(tiny_llama_dir), "revision": None, "trust_remote_code": False}, "cpu", "float32", "eager")
+    model = loading.load_model({"path": str(tiny_llama_dir), "revision": None, "trust_remote_code": False}, "cpu", "float32", "eager")
     words = [tokenizer(" bad", add_special_tokens=False)["input_ids"][0], tokenizer(" good", add_special_tokens=False)["input_ids"][0]]
     texts = toy_data().set_index("example_id").text
     last = {}
@@ -77,6 +81,6 @@ def test_an_old_zero_shot_table_serves_every_reader_but_the_next_token_one(table
     old = tmp_path / "zero_shot.parquet"
     pq.write_table(pq.read_table(path).drop(["next_ids", "next_probs", "next_rest"]), old)
     assert len(read_zero_shot(old, hidden=False)) == len(read_zero_shot(path, hidden=False))
-    with pytest.raises(schemas.TableError, match=r"zero_shot\.parquet: missing columns \['next_ids', 'next_probs', 'next_rest'\]") as err:
+    with pytest.raises(table_io.TableError, match=r"zero_shot\.parquet: missing columns \['next_ids', 'next_probs', 'next_rest'\]") as err:
         read_zero_shot(old, next_token=True)
     assert "older version of the pipeline" in str(err.value) and f"--forcerun {old}" in str(err.value)

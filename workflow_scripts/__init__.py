@@ -1,18 +1,17 @@
-"""The pipeline's logic. Imports run one way, from the library up to the stages (tests/test_structure.py
-fails on a cycle, on a sibling import hidden inside a function, and on torch loaded outside the model stages):
+"""The pipeline's logic, one sub-package per stage over a small core. Imports run one way, down
+this list (tests/test_structure.py checks the order, cycles, and that torch stays in model/ and causal/):
 
-  core        paths, schemas (every Parquet file's columns), config (validation, in one place), layers,
-              stats, registry, hub, perturb, resources, report_files, model_check (what a studied
-              model's folder must hold)
-  library     split     which examples are test queries, dev queries, the demonstration pool; the
-                        select / held-out prompts of Table 2 and those the ablations read
-              render    a prompt's text and the token position of every span
-              kernels   kernel weights from attention and from cosine similarity; the kernel-regression vote
-              readers   intermediate tables several stages read (zero-shot, embeddings, shards with prompts)
-              retrieval demonstrations by similarity
-  stages      data, models, encoder, prompts; the model stages engine + extract + zero_shot,
-              calibration and engine_edits + interventions (the only modules that import torch on import);
-              reconstruction, attention_map, similarity, probes, heldout, table2, ablation, theory,
-              report + ablation_report + interventions_report + model_comparison; step.py dispatches a rule to
-              its stage (the map: stages.py).
+  core      what every stage shares: paths, config validation, layers, the Parquet tables' columns
+            (tables), stats, splits, kernels, readers, resources, the paper's numbers, and how a rule's
+            job runs its stage (code, job)
+  sources   where tasks, models and the encoder come from (registry, hub, local) and their manifests
+  prompts   the ICL prompts: demonstrations, templates, perturbations, retrieval
+  model     runs the studied model (torch): extraction, zero-shot, calibration, embeddings
+  analysis  the paper's Sections 5.1-5.5 and the ablations, on the extracted tables (no torch)
+  causal    the edits at the last token and the causal check of the kernel heads (torch)
+  theory    the synthetic check of Theorem 1 on HMMs
+  report    one module per report section, and the assembler of results/report.md
+
+A module that a rule runs (rules/*.smk: `script: stage("package.module:function")`) is a stage; what
+two stages share lives in a library module that no rule runs.
 """

@@ -1,0 +1,1 @@
+"""Everything that runs the studied model or the encoder (torch is imported here and in causal/ only)."""

@@ -1,0 +1,1 @@
+"""The report: one module per section (figure, table and markdown piece), and the assembler."""

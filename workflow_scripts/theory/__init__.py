@@ -1,0 +1,1 @@
+"""The synthetic check of Theorem 1 (paper Appendix C) on random HMM mixtures."""
