@@ -25,6 +25,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from workflow_scripts.theory import study as theory  # noqa: E402
+from workflow_scripts.theory.operator_kernel import PRIMARY_KERNEL  # noqa: E402
+from workflow_scripts.theory.variants import aggregate_rows, variant_rows  # noqa: E402
+from workflow_scripts.theory.verdicts import match_distance  # noqa: E402
 from workflow_scripts.core.config import theory_defaults  # noqa: E402
 
 SWEEP_SIZES = dict(hmm_seeds=[0, 1, 2], n_prompts=100, bootstrap_resamples=50)
@@ -51,20 +54,20 @@ def sweep_variants(
 
 
 def sweep(params: dict, variants: dict[str, dict]) -> None:
-    params = {**params, **SWEEP_SIZES, "kernels": [theory.PRIMARY_KERNEL, "constant"], "variants": variants}
+    params = {**params, **SWEEP_SIZES, "kernels": [PRIMARY_KERNEL, "constant"], "variants": variants}
     started = time.perf_counter()
     rows = theory.run_variants(params)
     n_grid = sorted(params["n_demos"])
     print(f"agreement at n = {n_grid} (paper's kernel / constant); true-task mass at n = 32; mean |ours - paper|")
     scores = []
     for name in params["variants"]:
-        ours = theory.variant_rows(rows, name)
-        kernel, constant = (theory.aggregate_rows(ours, k) for k in (theory.PRIMARY_KERNEL, "constant"))
+        ours = variant_rows(rows, name)
+        kernel, constant = (aggregate_rows(ours, k) for k in (PRIMARY_KERNEL, "constant"))
         agreement = " ".join(f"{a['agreement_mean']:.2f}/{c['agreement_mean']:.2f}" for a, c in zip(kernel, constant))
         mass = next((r["true_task_posterior_mean"] for r in kernel if r["n_demos"] == 32), float("nan"))
-        distance = theory.match_distance(ours, theory.PRIMARY_KERNEL)
+        distance = match_distance(ours, PRIMARY_KERNEL)
         scores.append((distance, name))
-        print(f"{name:28s} {agreement}  mass {mass:.2f}  match {distance:.3f} (constant {theory.match_distance(ours, 'constant'):.3f})")
+        print(f"{name:28s} {agreement}  mass {mass:.2f}  match {distance:.3f} (constant {match_distance(ours, 'constant'):.3f})")
     print("closest:", ", ".join(f"{name} {d:.3f}" for d, name in sorted(scores)[:5]))
     print(f"wall time: {time.perf_counter() - started:.1f} s for {len(params['variants'])} constructions")
 

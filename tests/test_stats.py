@@ -261,3 +261,25 @@ def test_softmax_matches_a_direct_computation_and_does_not_overflow():
     np.testing.assert_allclose(got[0], expected, rtol=1e-12)
     np.testing.assert_allclose(got[1], [np.e / (2 * np.e + 1)] * 2 + [1 / (2 * np.e + 1)], rtol=1e-12)
     np.testing.assert_allclose(stats.softmax(logits.T, axis=0), got.T, rtol=1e-12)
+
+
+def test_the_two_stage_bootstrap_resamples_a_group_drawn_twice_afresh():
+    """Two groups with the same items: no variation between groups, so the interval is that of the
+    mean of two independent resamples of n items (sd / sqrt(2 n)), also when a resample draws one group
+    twice. Reusing one resample for a twice-drawn group would widen it by about 22% (sd / sqrt(4 n / 3))."""
+    items = np.random.default_rng(1).normal(size=200)
+    sd = items.std() / np.sqrt(2 * items.size)
+    low, high = stats.ragged_hierarchical_bootstrap_ci([items, items.copy()], 20000, 0)
+    assert (high - low) == pytest.approx(2 * 1.959964 * sd, rel=0.05)
+    # groups of unequal size take the per-draw path, which must give the same interval
+    low, high = stats.ragged_hierarchical_bootstrap_ci([items, np.concatenate([items, items])], 4000, 0)
+    assert (high - low) == pytest.approx(2 * 1.959964 * items.std() * np.sqrt((1 / 200 + 1 / 400) / 4), rel=0.08)
+
+
+def test_the_two_stage_bootstrap_goes_on_from_a_shared_stream():
+    groups = [np.arange(5.0), np.arange(5.0) + 1]
+    rng = np.random.default_rng(3)
+    first, second = (stats.ragged_hierarchical_bootstrap_ci(groups, 200, rng) for _ in range(2))
+    again = np.random.default_rng(3)
+    assert stats.ragged_hierarchical_bootstrap_ci(groups, 200, again) == first
+    assert stats.ragged_hierarchical_bootstrap_ci(groups, 200, again) == second != first

@@ -85,17 +85,26 @@ def hierarchical_bootstrap_ci(grid: np.ndarray, n_resamples: int, seed: int, lev
     return float(low), float(high)
 
 
-def ragged_hierarchical_bootstrap_ci(groups: list[np.ndarray], n_resamples: int, seed: int, level: float = 0.95) -> tuple[float, float]:
-    """hierarchical_bootstrap_ci for seeds that hold out different examples (one array per seed):
-    seeds are resampled, then each seed's own examples. A seed drawn twice in one resample keeps one
-    resample of its examples, as the shared-examples version does."""
+def ragged_hierarchical_bootstrap_ci(groups: list[np.ndarray], n_resamples: int, seed: int | np.random.Generator,
+                                     level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval for the mean of nested values: groups that each hold items of their own
+    (seeds holding out different examples, random HMMs with their own prompts). The two-stage
+    bootstrap: groups are resampled, then the items of every drawn group afresh, so a group drawn
+    twice gets two resamples of its items. `seed` may be a Generator, to go on drawing from a stream
+    shared with other intervals."""
     groups = [np.asarray(g, dtype=np.float64).ravel() for g in groups]
     if not groups or any(g.size == 0 for g in groups):
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
-    per_seed = np.stack([rng.choice(g, size=(n_resamples, g.size)).mean(axis=1) for g in groups], axis=1)
-    seeds = rng.integers(0, len(groups), size=(n_resamples, len(groups)))
-    means = np.take_along_axis(per_seed, seeds, axis=1).mean(axis=1)
+    drawn = rng.integers(0, len(groups), size=(n_resamples, len(groups)))
+    sizes = {g.size for g in groups}
+    if len(sizes) == 1:  # equal sizes: every draw at once, each drawn group's items as its own row
+        n_items = sizes.pop()
+        items = rng.integers(0, n_items, size=(n_resamples, len(groups), n_items))
+        means = np.stack(groups)[drawn[..., None], items].mean(axis=(1, 2))
+    else:
+        means = np.array([np.mean([groups[g][rng.integers(0, groups[g].size, size=groups[g].size)].mean() for g in row])
+                          for row in drawn])
     tail = (1 - level) / 2
     low, high = np.quantile(means, [tail, 1 - tail])
     return float(low), float(high)

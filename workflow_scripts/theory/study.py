@@ -92,10 +92,10 @@ def run_study(params: dict[str, Any]) -> list[SeedResult]:
 
 
 def bootstrap_mean_ci(
-    values: np.ndarray, n_resamples: int, level: float, seed: int
+    values: np.ndarray, n_resamples: int, level: float, rng: np.random.Generator
 ) -> tuple[float, float, float]:
-    """Mean and percentile CI of (HMMs, prompts) values: core/stats.py's ragged hierarchical
-    bootstrap, resampling the HMMs and then each drawn HMM's own prompts.
+    """Mean and percentile CI of (HMMs, prompts) values: core/stats.py's two-stage bootstrap,
+    resampling the HMMs and then each drawn HMM's own prompts.
 
     Resampling the HMMs too makes the interval cover the variation between random HMMs, not only
     between prompts of the HMMs we happened to draw. Each HMM has prompts of its own (prompt i of
@@ -103,15 +103,14 @@ def bootstrap_mean_ci(
     every HMM's prompts separately.
     """
     with np.errstate(invalid="ignore"):  # infinite distances (sum K = 0) give inf - inf in the quantile
-        low, high = stats.ragged_hierarchical_bootstrap_ci(list(values), n_resamples, seed, level)
+        low, high = stats.ragged_hierarchical_bootstrap_ci(list(values), n_resamples, rng, level)
     return float(values.mean()), low, high
 
 
 def table3_rows(results: list[SeedResult], params: dict[str, Any], variant: str) -> list[dict[str, Any]]:
     """Table rows of one variant: per kernel and n, one aggregate row (hmm_seed None) then one per HMM seed.
 
-    Every variant restarts the bootstrap stream, so a variant's numbers do not depend on the others: the
-    stream seeds each interval.
+    Every variant restarts the bootstrap stream, so a variant's numbers do not depend on the others.
     """
     n_grid = sorted(params["n_demos"])
     rng = np.random.default_rng([params["bootstrap_seed"], 0])
@@ -123,10 +122,10 @@ def table3_rows(results: list[SeedResult], params: dict[str, Any], variant: str)
                 distance = np.stack([r.distance[kernel][:, column] for r in chosen])
                 agreement = np.stack([r.agreement[kernel][:, column] for r in chosen])
                 d_mean, d_low, d_high = bootstrap_mean_ci(
-                    distance, params["bootstrap_resamples"], params["ci_level"], int(rng.integers(2**63))
+                    distance, params["bootstrap_resamples"], params["ci_level"], rng
                 )
                 a_mean, a_low, a_high = bootstrap_mean_ci(
-                    agreement, params["bootstrap_resamples"], params["ci_level"], int(rng.integers(2**63))
+                    agreement, params["bootstrap_resamples"], params["ci_level"], rng
                 )
                 paper_cell = paper.TABLE3.get(n, (float("nan"), float("nan")))
                 rows.append(
