@@ -137,7 +137,7 @@ def chosen_head_rows(frame: pd.DataFrame, by_name: dict[str, pd.DataFrame | None
 
 
 def parse_head(choice: str) -> tuple[int, int]:
-    """(layer, head) of a head method's choice ("L3 H2", heldout.py's format)."""
+    """(layer, head) of a head method's choice ("L3 H2", analysis/heldout.py's format)."""
     layer, head = choice.split()
     return int(layer[1:]), int(head[1:])
 

@@ -19,7 +19,7 @@ the last token's attention mass (select split): on every demonstration span for 
 predicted class's spans for steering (the mass steering moves).
 
 The engine runs each prompt's prefix once and every edit as a last-token pass over its keys/values
-(engine_edits.intervene), so the ~70 edits of the default config (3 m x 3 families x top, bottom and
+(causal/edits.py, intervene), so the ~70 edits of the default config (3 m x 3 families x top, bottom and
 3 draws of each control) cost about as much as one or two more forwards.
 """
 from __future__ import annotations

@@ -12,6 +12,7 @@ The fingerprint reads the code, not its text: comments, docstrings and layout do
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -30,7 +31,9 @@ def module_file(module: str) -> Path:
     return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
 
 
-def project_imports(path: Path) -> set[str]:
+# Every rule asks at parse time, and stages share most modules: each file is read once per process.
+@functools.lru_cache(maxsize=None)
+def project_imports(path: Path) -> frozenset[str]:
     """The project modules a file imports, anywhere in it, as dotted names."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
@@ -41,7 +44,7 @@ def project_imports(path: Path) -> set[str]:
             for alias in node.names:
                 candidate = f"{node.module}.{alias.name}"
                 found.add(candidate if module_file(candidate).is_file() else node.module)
-    return {name for name in found if module_file(name).is_file() and name.count(".") >= 2}
+    return frozenset(name for name in found if module_file(name).is_file() and name.count(".") >= 2)
 
 
 def closure(module: str) -> list[str]:
@@ -64,11 +67,16 @@ def _without_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
+@functools.lru_cache(maxsize=None)
+def code_digest(path: Path) -> str:
+    """A file's code: its syntax tree without docstrings (comments and layout are not in it)."""
+    return hashlib.sha256(ast.dump(_without_docstrings(ast.parse(path.read_text()))).encode()).hexdigest()
+
+
 def fingerprint(module: str) -> str:
     digest = hashlib.sha256()
     for name in closure(module):
-        digest.update(name.encode() + b"\0")
-        digest.update(ast.dump(_without_docstrings(ast.parse(module_file(name).read_text()))).encode() + b"\0")
+        digest.update(f"{name}\0{code_digest(module_file(name))}\0".encode())
     return digest.hexdigest()[:16]
 
 

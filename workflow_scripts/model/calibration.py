@@ -45,7 +45,7 @@ def check_same_prompts(stored: pa.Table, content_free: dict, text: str) -> None:
 
 
 def heldout_positions(stored: pa.Table, n_select: int, n_heldout: int, seed: int) -> np.ndarray:
-    """Row positions of Table 2's held-out prompts in the stored prompt set (heldout.py's split)."""
+    """Row positions of Table 2's held-out prompts in the stored prompt set (analysis/head_choice.py's split)."""
     order = np.argsort(stored.column("prompt_id").to_numpy(), kind="stable")
     _, heldout = select_heldout(stored.column("label").to_numpy()[order], n_select, n_heldout, seed)
     return np.sort(order[heldout])
@@ -81,14 +81,14 @@ def calibration_columns(ids: list[int], shards: pa.Table, probs: np.ndarray) -> 
 def from_snakemake(smk) -> None:
     stored = table_io.read_table(smk.input.prompts, tables.PROMPTS)
     texts = smk.params.content_free
-    sets = [sets.set_from_snakemake(smk, text) for text in texts]
-    for text, columns in zip(texts, sets):
+    free_sets = [sets.set_from_snakemake(smk, text) for text in texts]
+    for text, columns in zip(texts, free_sets):
         check_same_prompts(stored, columns, text)
     rows = heldout_positions(stored, smk.params.analysis["n_select"], smk.params.analysis["n_heldout"], smk.params.split_seed)
     cfg = loading.run_settings(smk)
     model, device, dtype = loading.prepared_model(manifests.read_manifest(smk.input.manifest), cfg)
     log.info("%d held-out prompts x %d content-free inputs %s on %s (%s)", len(rows), len(texts), texts, device, dtype)
-    probs = content_free_probs(model, sets, rows, cfg["batch_size"])
+    probs = content_free_probs(model, free_sets, rows, cfg["batch_size"])
     shards = table_io.read_tables(list(smk.input.shards), tables.SHARD, ["prompt_id", "label_logits"])
     ids = [stored.column("prompt_id")[int(i)].as_py() for i in rows]
     table_io.write_table(calibration_columns(ids, shards, probs), tables.CALIBRATION, smk.output[0])
