@@ -65,11 +65,10 @@ def measured_cpu_rate(n_prompts: int, threads: int) -> tuple[float, float, float
     import torch
     import yaml
 
-    from workflow_scripts.model import engine, extract
-    from workflow_scripts.model import loading
-    from workflow_scripts.sources import manifests
     from workflow_scripts.core import paths, resources, table_io, tables
     from workflow_scripts.core.config import validate_config
+    from workflow_scripts.model import engine, extract, loading
+    from workflow_scripts.sources import manifests
 
     config = validate_config(yaml.safe_load((REPO / "config.yaml").read_text()))
     model_name, task = config["study"]["models"][0], config["study"]["tasks"][0]

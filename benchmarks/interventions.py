@@ -56,8 +56,8 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from workflow_scripts.model import engine
     from workflow_scripts.causal.edits import intervene
+    from workflow_scripts.model import engine
 
     torch.set_num_threads(args.threads)
     model = engine.prepare(load(args.model, "cpu", "float32", "sdpa"))

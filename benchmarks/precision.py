@@ -36,9 +36,9 @@ def chosen_heads(prompts, results: list[dict], rows: list[dict], cfg: dict, n_cl
     select and held-out agreement with the ICL prediction of the same precision."""
     import pyarrow as pa
 
-    from workflow_scripts.model import extract
     from workflow_scripts.analysis import head_choice, reconstruction
     from workflow_scripts.core import kernels, tables
+    from workflow_scripts.model import extract
 
     requests = extract.requests_for(rows, {**cfg, "kv_layers": [], "hidden_layers": []}, "prompts", None)
     shards = pa.Table.from_pydict(extract.shard_columns(rows, results, requests, {**cfg, "kv_layers": [], "hidden_layers": []}),
@@ -72,10 +72,9 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from workflow_scripts.model import engine, extract
-    from workflow_scripts.model import loading
-    from workflow_scripts.sources import manifests
     from workflow_scripts.core import paths, table_io, tables
+    from workflow_scripts.model import engine, extract, loading
+    from workflow_scripts.sources import manifests
 
     config = study_config(args.study)
     model_name = args.model or config["study"]["models"][0]

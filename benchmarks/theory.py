@@ -24,11 +24,11 @@ from types import SimpleNamespace
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from workflow_scripts.core.config import theory_defaults  # noqa: E402
 from workflow_scripts.theory import study as theory  # noqa: E402
 from workflow_scripts.theory.operator_kernel import PRIMARY_KERNEL  # noqa: E402
 from workflow_scripts.theory.variants import aggregate_rows, variant_rows  # noqa: E402
 from workflow_scripts.theory.verdicts import match_distance  # noqa: E402
-from workflow_scripts.core.config import theory_defaults  # noqa: E402
 
 SWEEP_SIZES = dict(hmm_seeds=[0, 1, 2], n_prompts=100, bootstrap_resamples=50)
 SWEEP_CONCENTRATIONS = (0.03, 0.1, 0.3, 1.0)

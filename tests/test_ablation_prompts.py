@@ -4,11 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workflow_scripts.prompts import perturb, retrieval
-from workflow_scripts.prompts import sets
 from workflow_scripts.core.config import setting_defaults
 from workflow_scripts.core.readers import MissingExamplesError
 from workflow_scripts.core.split import task_split
+from workflow_scripts.prompts import perturb, retrieval, sets
 
 from .test_prompts_tokenize import PROMPT_CFG, TASK, toy_data
 

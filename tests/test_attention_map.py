@@ -6,8 +6,7 @@ import pyarrow as pa
 import pytest
 
 from workflow_scripts.analysis import attention_map as am
-from workflow_scripts.core import table_io
-from workflow_scripts.core import tables
+from workflow_scripts.core import table_io, tables
 
 
 def test_resample_upsample_hand_computed():

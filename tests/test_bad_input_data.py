@@ -11,14 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workflow_scripts.sources import data
-from workflow_scripts.core import table_io
-from workflow_scripts.prompts import sets
-from workflow_scripts.core import tables
 from workflow_scripts.core import split as sp
+from workflow_scripts.core import table_io, tables
 from workflow_scripts.core.config import ConfigError, setting_defaults, validate_config
-from workflow_scripts.sources.data import DataError
 from workflow_scripts.core.split import SplitError
+from workflow_scripts.prompts import sets
+from workflow_scripts.sources import data
+from workflow_scripts.sources.data import DataError
 
 TEMPLATE = {"prefix": "", "input": "{text}", "output": " {label}", "separator": "\n\n"}
 

@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from workflow_scripts.core import config as config_mod
-from workflow_scripts.core import table_io
 from workflow_scripts.analysis import table2_rows
-from workflow_scripts.sources import manifests
-from workflow_scripts.report import assemble, headings, table2 as table2_report
-from workflow_scripts.core import stats
+from workflow_scripts.core import config as config_mod
+from workflow_scripts.core import stats, table_io
 from workflow_scripts.core.config import ConfigError, validate_config
+from workflow_scripts.report import assemble, headings
+from workflow_scripts.report import table2 as table2_report
+from workflow_scripts.sources import manifests
 
 from .conftest import REPO
 

@@ -17,11 +17,9 @@ import pandas as pd
 import pytest
 
 from workflow_scripts.core import config as config_module
-from workflow_scripts.model import embedding
-from workflow_scripts.sources import tokenizers
-from workflow_scripts.sources import manifests
-from workflow_scripts.sources import models
 from workflow_scripts.core import model_check, paths
+from workflow_scripts.model import embedding
+from workflow_scripts.sources import manifests, models, tokenizers
 
 from .conftest import toy_sentiment_rows
 

@@ -7,10 +7,10 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from workflow_scripts.analysis import baselines, heldout, table2
-from workflow_scripts.analysis import table2_rows
-from workflow_scripts.core import tables, stats
-from workflow_scripts.report import assemble, table2 as table2_report
+from workflow_scripts.analysis import baselines, heldout, table2, table2_rows
+from workflow_scripts.core import stats, tables
+from workflow_scripts.report import assemble
+from workflow_scripts.report import table2 as table2_report
 
 
 def test_recency_and_the_uniform_kernel_with_each_tie_rule():

@@ -6,12 +6,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from workflow_scripts.model import calibration
-from workflow_scripts.core import table_io
-from workflow_scripts.prompts import sets
-from workflow_scripts.model import loading
 from workflow_scripts.analysis import heldout
-from workflow_scripts.core import tables
+from workflow_scripts.core import table_io, tables
+from workflow_scripts.model import calibration, loading
+from workflow_scripts.prompts import sets
 
 from .test_prompts_tokenize import PROMPT_CFG, RANDOM, TASK, toy_data
 

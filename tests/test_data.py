@@ -11,9 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from workflow_scripts.core import table_io, tables
 from workflow_scripts.sources import data, registry
-from workflow_scripts.core import table_io
-from workflow_scripts.core import tables
 from workflow_scripts.sources.data import DataError
 from workflow_scripts.sources.registry import RegistryError
 

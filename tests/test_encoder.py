@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workflow_scripts.sources import encoder, registry
 from workflow_scripts.model import embedding
-from workflow_scripts.sources import manifests
+from workflow_scripts.sources import encoder, manifests, registry
 
 from .conftest import WORDS, pooling_config, write_pooling
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 import transformers
 
-from workflow_scripts.model import engine
 from workflow_scripts.core import tables
+from workflow_scripts.model import engine
 from workflow_scripts.model.engine import EngineError, Request
 
 # ENGINE_TEST_DEVICE=cuda runs the same checks on a GPU (fp32).

@@ -9,9 +9,9 @@ import transformers
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
+from workflow_scripts.causal.edits import Edit, head_dim, intervene
 from workflow_scripts.model import engine
 from workflow_scripts.model.engine import EngineError
-from workflow_scripts.causal.edits import Edit, head_dim, intervene
 
 from .test_engine import CONFIGS, prompt
 

@@ -13,11 +13,10 @@ import pytest
 import torch
 import transformers
 
-from workflow_scripts.model import engine
-from workflow_scripts.model import loading
 from workflow_scripts.causal import edits as engine_edits
-from workflow_scripts.model.engine import Request
 from workflow_scripts.causal.edits import Edit
+from workflow_scripts.model import engine, loading
+from workflow_scripts.model.engine import Request
 
 N_LAYERS = 4
 DEVICE = os.environ.get("ENGINE_TEST_DEVICE", "cpu")

@@ -6,12 +6,10 @@ import pyarrow as pa
 import pytest
 import torch
 
-from workflow_scripts.model import engine, extract
-from workflow_scripts.core import table_io
-from workflow_scripts.model import loading
-from workflow_scripts.core import paths, tables
-from workflow_scripts.model.extract import ExtractionError
+from workflow_scripts.core import paths, table_io, tables
 from workflow_scripts.core.layers import LayerError
+from workflow_scripts.model import engine, extract, loading
+from workflow_scripts.model.extract import ExtractionError
 
 CFG = {"batch_size": 2, "kv_layers": [], "kv_max_prompts": 200, "hidden_layers": [], "hidden_positions": ["last"],
        "head_outputs": False}

@@ -7,8 +7,8 @@ import pyarrow as pa
 import pytest
 
 from workflow_scripts.analysis import heldout, table2
-from workflow_scripts.core import tables, stats
 from workflow_scripts.analysis import reconstruction as rc
+from workflow_scripts.core import stats, tables
 from workflow_scripts.core.readers import prediction_grid
 from workflow_scripts.core.split import select_heldout
 

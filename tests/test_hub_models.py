@@ -14,12 +14,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from workflow_scripts.sources import models
-from workflow_scripts.core import table_io
+from workflow_scripts.core import paths, table_io, tables
 from workflow_scripts.model import loading
-from workflow_scripts.sources import tokenizers
-from workflow_scripts.sources import manifests
-from workflow_scripts.core import paths, tables
+from workflow_scripts.sources import manifests, models, tokenizers
 
 from .conftest import HUB_COMMIT, HUB_TINY_LLAMA, REPO, toy_sentiment_rows
 

@@ -8,12 +8,11 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from workflow_scripts.analysis import heldout
-from workflow_scripts.analysis import head_choice
-from workflow_scripts.causal import interventions
-from workflow_scripts.report import interventions as interventions_report
-from workflow_scripts.core import tables
+from workflow_scripts.analysis import head_choice, heldout
 from workflow_scripts.analysis import reconstruction as rc
+from workflow_scripts.causal import interventions
+from workflow_scripts.core import tables
+from workflow_scripts.report import interventions as interventions_report
 
 from .test_reconstruction import SPECIAL, C, synthetic_set
 

@@ -11,16 +11,16 @@ import pyarrow as pa
 import pytest
 import torch
 
-from workflow_scripts.model import engine
-from workflow_scripts.causal import interventions
-from workflow_scripts.core import tables
 from workflow_scripts.analysis import reconstruction as rc
-from workflow_scripts.model.engine import Request
+from workflow_scripts.causal import interventions
 from workflow_scripts.causal.edits import Edit, intervene
+from workflow_scripts.core import tables
+from workflow_scripts.model import engine
+from workflow_scripts.model.engine import Request
 
 from .test_engine import OUTPUT_PROJECTIONS, prompt
-from .test_interventions import add_rows, as_tables
 from .test_engine_edits import LABELS, REFERENCE, build, reference_logits, some_edits
+from .test_interventions import add_rows, as_tables
 
 ARCHS = ["llama", "gpt2", "gemma3", "gpt_neox"]
 LENGTH = 30  # longer than gemma3's sliding window (8), so its window matters

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from workflow_scripts.report import edit_families, models as mc
+from workflow_scripts.report import edit_families
+from workflow_scripts.report import models as mc
 
 
 def table2(**rows: tuple[float, float, float]) -> pd.DataFrame:

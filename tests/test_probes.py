@@ -10,9 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from workflow_scripts.analysis import probes
-from workflow_scripts.core import table_io
+from workflow_scripts.core import table_io, tables
 from workflow_scripts.report import probes as probes_report
-from workflow_scripts.core import tables
 from workflow_scripts.report.files import Outputs
 
 from .test_reconstruction import C, H, K, L, synthetic_set

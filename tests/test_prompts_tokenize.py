@@ -5,13 +5,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workflow_scripts.prompts import sets
-from workflow_scripts.core import table_io
-from workflow_scripts.sources import tokenizers
-from workflow_scripts.sources import manifests
-from workflow_scripts.core import tables
+from workflow_scripts.core import table_io, tables
 from workflow_scripts.core.config import setting_defaults
+from workflow_scripts.prompts import sets
 from workflow_scripts.prompts.text import PromptError
+from workflow_scripts.sources import manifests, tokenizers
 
 from .conftest import toy_sentiment_rows
 

@@ -8,8 +8,7 @@ import pyarrow.compute as pc
 import pytest
 
 from workflow_scripts.analysis import reconstruction as rc
-from workflow_scripts.core import table_io
-from workflow_scripts.core import tables
+from workflow_scripts.core import table_io, tables
 from workflow_scripts.core.kernels import ATTENTION_KERNELS
 from workflow_scripts.core.readers import iter_prompts
 

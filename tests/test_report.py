@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from workflow_scripts.report import assemble, files as report_files, head_tables, similarity, table2 as table2_report, theory
+from workflow_scripts.report import assemble, head_tables, similarity, theory
+from workflow_scripts.report import files as report_files
+from workflow_scripts.report import table2 as table2_report
 from workflow_scripts.report.files import Outputs
 
 

@@ -6,11 +6,10 @@ import pandas as pd
 import pytest
 
 from workflow_scripts.analysis import similarity as sim
-from workflow_scripts.model import loading
 from workflow_scripts.core.kernels import ATTENTION_KERNELS
+from workflow_scripts.model import loading
 
 from .test_reconstruction import C, H, L, loop_weights, synthetic_set
-
 
 VOCAB = 40
 

@@ -20,9 +20,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from workflow_scripts.core import paths, table_io, tables
 from workflow_scripts.model import loading
-from workflow_scripts.core import table_io
-from workflow_scripts.core import paths, tables
 
 from .conftest import REPO, toy_sentiment_rows
 from .plans import declared_model_rules, gpu_rules, planned_resources
@@ -198,6 +197,130 @@ def test_rerun_with_nothing_changed_does_nothing_quickly(study):
     assert done.returncode == 0, done.stderr
     assert "Nothing to be done" in done.stdout + done.stderr
     assert elapsed <= 10, f"a no-op rerun took {elapsed:.1f} s"
+
+
+# Code changes (workflow_scripts/core/code.py): the code and the study are copied, so the edit
+# touches neither the repository nor the module's own study.
+CODE_PARTS = ["Snakefile", "rules", "workflow_scripts", "schemas", "report", "envs", "profiles", "config.yaml"]
+
+
+def copy_of_code(target: Path) -> Path:
+    target.mkdir()
+    for part in CODE_PARTS:
+        (shutil.copytree if (REPO / part).is_dir() else shutil.copy2)(REPO / part, target / part)
+    return target
+
+
+def run_with(code: Path, workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(code / "Snakefile"), "--cores", "2",
+                           "--directory", str(workdir), *args], capture_output=True, text=True)
+
+
+def planned_with(code: Path, workdir: Path, *args: str) -> dict[str, int]:
+    done = run_with(code, workdir, "--dry-run", *args)
+    assert done.returncode == 0, done.stderr + done.stdout
+    lines = done.stdout.splitlines()
+    if "Job stats:" not in lines:
+        return {}
+    jobs = {}
+    for line in lines[lines.index("Job stats:") + 3:]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        jobs[parts[0]] = int(parts[1])
+    return jobs
+
+
+def stage_specs(code: Path) -> dict[str, str]:
+    """rule -> "package.module:function" as the copied rule files name it."""
+    specs = {}
+    for path in (code / "rules").glob("*.smk"):
+        for name, body in re.findall(r"^rule (\w+):\n(.*?)(?=^\S|\Z)", path.read_text(), re.S | re.M):
+            if match := re.search(r'stage\("([\w.]+):\w+"\)', body):
+                specs[name] = match.group(1)
+    return specs
+
+
+def rules_importing(code: Path, module: str) -> set[str]:
+    """The rules whose stage module loads `module` when Python imports it: Python's own account of
+    the imports, not the fingerprint's reading of them."""
+    probe = ("import importlib, json, sys\n"
+             "importlib.import_module('workflow_scripts.' + sys.argv[1])\n"
+             "print(json.dumps(sys.argv[2] in sys.modules))")
+    return {rule for rule, stage in stage_specs(code).items()
+            if json.loads(subprocess.run([sys.executable, "-c", probe, stage, f"workflow_scripts.{module}"], cwd=code,
+                                         capture_output=True, text=True, check=True).stdout)}
+
+
+def rules_of_outputs(code: Path, workdir: Path, lines: list[str]) -> set[str]:
+    """The rules whose jobs write the files among `lines` (Snakemake's --summary names each output's rule)."""
+    done = run_with(code, workdir, "--summary")
+    assert done.returncode == 0, done.stderr
+    rule_of = {line.split("\t")[0]: line.split("\t")[2] for line in done.stdout.splitlines()[1:] if "\t" in line}
+    files = [line for line in lines if line in rule_of]
+    assert files, lines
+    return {rule_of[f] for f in files}
+
+
+def test_editing_a_module_reruns_exactly_the_jobs_whose_code_imports_it(study, tmp_path):
+    assert planned_jobs(study[0]) == {}  # runs before the tests that change the study
+    workdir = copy_of(study[0], tmp_path / "study")
+    code = copy_of_code(tmp_path / "code")
+    assert planned_with(code, workdir) == {}  # the same code at another path re-runs nothing
+
+    # Comments, docstrings and layout are not code.
+    stats = code / "workflow_scripts/core/stats.py"
+    stats.write_text('"""Edited docstring."""\n# a new comment\n' + stats.read_text().split('"""', 2)[2])
+    assert planned_with(code, workdir) == {}
+
+    edited = "analysis.query_dependence"
+    module = code / "workflow_scripts/analysis/query_dependence.py"
+    module.write_text(module.read_text() + "\n\nEDITED = True\n")
+    expected = rules_importing(code, edited)
+    assert {"reconstruct", "query_swap"} <= expected and "extract_shard" not in expected
+
+    changed = run_with(code, workdir, "--list-changes", "code")
+    assert changed.returncode == 0, changed.stderr
+    listed = changed.stdout.splitlines()
+    study_rules = set(planned_jobs(workdir, "--forceall"))
+    assert rules_of_outputs(code, workdir, listed) == expected & study_rules
+
+    planned = planned_with(code, workdir)
+    everything = planned_jobs(workdir, "--forceall")
+    assert all(planned[rule] == everything[rule] for rule in expected & study_rules), planned
+    assert "extract_shard" not in planned and "prepare_model" not in planned
+    # Code is one trigger among several: without it the results stand.
+    assert planned_with(code, workdir, "--rerun-triggers", "mtime", "params", "input") == {}
+
+    done = run_with(code, workdir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert planned_with(code, workdir) == {}
+
+
+def test_another_workflow_runs_the_study_as_a_snakemake_module(study, tmp_path):
+    assert planned_jobs(study[0]) == {}  # the study is as its config says, which the host runs
+    config = yaml.safe_load((study[0] / "config.yaml").read_text())
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "study.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (host / "Snakefile").write_text(
+        'configfile: "study.yaml"\n\n\n'
+        "module icl:\n"
+        f"    snakefile: {str(REPO / 'Snakefile')!r}\n"
+        "    config: config\n\n\n"
+        "use rule * from icl as icl_*\n"
+    )
+    done = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2"], cwd=host, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-5000:]
+    report = (host / paths.report()).read_text()
+    assert report == (study[0] / paths.report()).read_text()
+    tables_made = sorted((study[0] / "results").rglob("*.parquet"))
+    assert len(tables_made) > 20
+    for table in tables_made:  # byte for byte (pyarrow's equals has NaN != NaN)
+        relative = table.relative_to(study[0])
+        assert (host / relative).read_bytes() == table.read_bytes(), relative
+    again = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--dry-run"], cwd=host, capture_output=True, text=True)
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr, again.stdout
 
 
 # What the HTML report must hold: per paper section, each figure and table of a model x task x setting
@@ -572,124 +695,3 @@ def test_two_models_get_a_side_by_side_view_in_both_reports(study, tmp_path):
     assert set(categories["Models side by side"]["every model"]) == {paths.report_figure("models.png"), paths.report_figure("models.html")}
     assert "tiny, tiny2" in results[paths.report_figure("models.html")]["caption"]
 
-
-# Code changes (workflow_scripts/core/code.py): the code and the study are copied, so the edit
-# touches neither the repository nor the module's own study.
-CODE_PARTS = ["Snakefile", "rules", "workflow_scripts", "schemas", "report", "envs", "profiles", "config.yaml"]
-
-
-def copy_of_code(target: Path) -> Path:
-    target.mkdir()
-    for part in CODE_PARTS:
-        (shutil.copytree if (REPO / part).is_dir() else shutil.copy2)(REPO / part, target / part)
-    return target
-
-
-def run_with(code: Path, workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(code / "Snakefile"), "--cores", "2",
-                           "--directory", str(workdir), *args], capture_output=True, text=True)
-
-
-def planned_with(code: Path, workdir: Path, *args: str) -> dict[str, int]:
-    done = run_with(code, workdir, "--dry-run", *args)
-    assert done.returncode == 0, done.stderr + done.stdout
-    lines = done.stdout.splitlines()
-    if "Job stats:" not in lines:
-        return {}
-    jobs = {}
-    for line in lines[lines.index("Job stats:") + 3:]:
-        parts = line.split()
-        if len(parts) != 2 or parts[0] == "total":
-            break
-        jobs[parts[0]] = int(parts[1])
-    return jobs
-
-
-def stage_specs(code: Path) -> dict[str, str]:
-    """rule -> "package.module:function" as the copied rule files name it."""
-    specs = {}
-    for path in (code / "rules").glob("*.smk"):
-        for name, body in re.findall(r"^rule (\w+):\n(.*?)(?=^\S|\Z)", path.read_text(), re.S | re.M):
-            if match := re.search(r'stage\("([\w.]+):\w+"\)', body):
-                specs[name] = match.group(1)
-    return specs
-
-
-def rules_importing(code: Path, module: str) -> set[str]:
-    """The rules whose stage module loads `module` when Python imports it: Python's own account of
-    the imports, not the fingerprint's reading of them."""
-    probe = ("import importlib, json, sys\n"
-             "importlib.import_module('workflow_scripts.' + sys.argv[1])\n"
-             "print(json.dumps(sys.argv[2] in sys.modules))")
-    return {rule for rule, stage in stage_specs(code).items()
-            if json.loads(subprocess.run([sys.executable, "-c", probe, stage, f"workflow_scripts.{module}"], cwd=code,
-                                         capture_output=True, text=True, check=True).stdout)}
-
-
-def rules_of_outputs(code: Path, workdir: Path, lines: list[str]) -> set[str]:
-    """The rules whose jobs write the files among `lines` (Snakemake's --summary names each output's rule)."""
-    done = run_with(code, workdir, "--summary")
-    assert done.returncode == 0, done.stderr
-    rule_of = {line.split("\t")[0]: line.split("\t")[2] for line in done.stdout.splitlines()[1:] if "\t" in line}
-    files = [line for line in lines if line in rule_of]
-    assert files, lines
-    return {rule_of[f] for f in files}
-
-
-def test_editing_a_module_reruns_exactly_the_jobs_whose_code_imports_it(study, tmp_path):
-    workdir = copy_of(study[0], tmp_path / "study")
-    code = copy_of_code(tmp_path / "code")
-    assert planned_with(code, workdir) == {}  # the same code at another path re-runs nothing
-
-    # Comments, docstrings and layout are not code.
-    stats = code / "workflow_scripts/core/stats.py"
-    stats.write_text('"""Edited docstring."""\n# a new comment\n' + stats.read_text().split('"""', 2)[2])
-    assert planned_with(code, workdir) == {}
-
-    edited = "analysis.query_dependence"
-    module = code / "workflow_scripts/analysis/query_dependence.py"
-    module.write_text(module.read_text() + "\n\nEDITED = True\n")
-    expected = rules_importing(code, edited)
-    assert {"reconstruct", "query_swap"} <= expected and "extract_shard" not in expected
-
-    changed = run_with(code, workdir, "--list-changes", "code")
-    assert changed.returncode == 0, changed.stderr
-    listed = changed.stdout.splitlines()
-    study_rules = set(planned_jobs(workdir, "--forceall"))
-    assert rules_of_outputs(code, workdir, listed) == expected & study_rules
-
-    planned = planned_with(code, workdir)
-    everything = planned_jobs(workdir, "--forceall")
-    assert all(planned[rule] == everything[rule] for rule in expected & study_rules), planned
-    assert "extract_shard" not in planned and "prepare_model" not in planned
-    # Code is one trigger among several: without it the results stand.
-    assert planned_with(code, workdir, "--rerun-triggers", "mtime", "params", "input") == {}
-
-    done = run_with(code, workdir)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert planned_with(code, workdir) == {}
-
-
-def test_another_workflow_runs_the_study_as_a_snakemake_module(study, tmp_path):
-    _, config = study
-    host = tmp_path / "host"
-    host.mkdir()
-    (host / "study.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    (host / "Snakefile").write_text(
-        'configfile: "study.yaml"\n\n\n'
-        "module icl:\n"
-        f"    snakefile: {str(REPO / 'Snakefile')!r}\n"
-        "    config: config\n\n\n"
-        "use rule * from icl as icl_*\n"
-    )
-    done = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2"], cwd=host, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-5000:]
-    report = (host / paths.report()).read_text()
-    assert report == (study[0] / paths.report()).read_text()
-    tables_made = sorted((study[0] / "results").rglob("*.parquet"))
-    assert len(tables_made) > 20
-    for table in tables_made:  # byte for byte (pyarrow's equals has NaN != NaN)
-        relative = table.relative_to(study[0])
-        assert (host / relative).read_bytes() == table.read_bytes(), relative
-    again = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--dry-run"], cwd=host, capture_output=True, text=True)
-    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr, again.stdout

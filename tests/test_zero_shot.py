@@ -5,12 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from workflow_scripts.sources import models
-from workflow_scripts.core import table_io
-from workflow_scripts.model import loading
-from workflow_scripts.core import tables
-from workflow_scripts.model import zero_shot
+from workflow_scripts.core import table_io, tables
 from workflow_scripts.core.readers import read_zero_shot
+from workflow_scripts.model import loading, zero_shot
+from workflow_scripts.sources import models
 
 from .test_prompts_tokenize import PROMPT_CFG, TASK, toy_data
 

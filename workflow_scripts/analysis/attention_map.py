@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from workflow_scripts.core import tables
-from workflow_scripts.core import table_io
+from workflow_scripts.core import table_io, tables
 from workflow_scripts.core.readers import iter_prompts, read_attention_rows
 
 

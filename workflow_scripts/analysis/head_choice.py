@@ -11,7 +11,6 @@ from workflow_scripts.core.readers import prediction_grid
 from workflow_scripts.core.split import select_heldout
 
 
-
 def agreement(predictions: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return (predictions == reference[(...,) + (None,) * (predictions.ndim - 1)]).mean(axis=0)
 

@@ -20,9 +20,8 @@ import pandas as pd
 import pyarrow as pa
 
 from workflow_scripts.analysis import baselines
-from workflow_scripts.core import table_io
-from workflow_scripts.core import tables
 from workflow_scripts.analysis.head_choice import agreement, head_split
+from workflow_scripts.core import table_io, tables
 from workflow_scripts.core.kernels import ATTENTION_KERNELS, cosine_weights, kernel_vote
 from workflow_scripts.core.readers import read_embeddings, read_zero_shot, rows_for
 

@@ -28,8 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from workflow_scripts.core import tables, stats
-from workflow_scripts.core import table_io
+from workflow_scripts.core import stats, table_io, tables
 from workflow_scripts.core.readers import read_zero_shot, rows_for
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from workflow_scripts.core import tables
-from workflow_scripts.core import table_io
 from workflow_scripts.analysis.query_dependence import swap_table
+from workflow_scripts.core import table_io, tables
 from workflow_scripts.core.readers import kernel_weights, read_attention_rows
 
 

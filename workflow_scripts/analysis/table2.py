@@ -16,10 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from workflow_scripts.core import tables, stats
-from workflow_scripts.core import table_io
 from workflow_scripts.analysis.baselines import BASELINES
 from workflow_scripts.analysis.table2_rows import GAIN, is_head, read_seeds
+from workflow_scripts.core import stats, table_io, tables
 
 # A class predicted on less than this share of its gold share is flagged as under-predicted.
 UNDER_PREDICTED = 0.5

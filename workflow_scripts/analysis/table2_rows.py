@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from workflow_scripts.core import stats
-from workflow_scripts.core import table_io
-
-
+from workflow_scripts.core import stats, table_io
 
 # A head's gain over the strongest query-free reading: metric name of those rows.
 GAIN = "agreement_gain"

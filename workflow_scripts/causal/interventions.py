@@ -33,13 +33,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from workflow_scripts.model import loading
-from workflow_scripts.core import table_io
-from workflow_scripts.sources import manifests
-from workflow_scripts.core import readers, tables
-from workflow_scripts.causal.edits import Edit, head_dim, intervene
 from workflow_scripts.analysis.head_choice import head_split
+from workflow_scripts.causal.edits import Edit, head_dim, intervene
+from workflow_scripts.core import readers, table_io, tables
 from workflow_scripts.core.split import ablation_ids
+from workflow_scripts.model import loading
+from workflow_scripts.sources import manifests
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from workflow_scripts.core import layers, tables
-from workflow_scripts.core import table_io
+from workflow_scripts.core import layers, table_io, tables
 from workflow_scripts.core.kernels import ATTENTION_KERNELS, attention_weights
 
 Value = TypeVar("Value")

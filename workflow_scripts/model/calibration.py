@@ -11,13 +11,11 @@ import logging
 import numpy as np
 import pyarrow as pa
 
-from workflow_scripts.model import engine
-from workflow_scripts.core import table_io
-from workflow_scripts.prompts import sets
-from workflow_scripts.model import loading
-from workflow_scripts.sources import manifests
-from workflow_scripts.core import tables, stats
+from workflow_scripts.core import stats, table_io, tables
 from workflow_scripts.core.split import select_heldout
+from workflow_scripts.model import engine, loading
+from workflow_scripts.prompts import sets
+from workflow_scripts.sources import manifests
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workflow_scripts.core import tables
-from workflow_scripts.core import table_io
+from workflow_scripts.core import table_io, tables
 from workflow_scripts.core.split import task_examples
 from workflow_scripts.sources.manifests import EncoderError, read_encoder_manifest
 

@@ -12,11 +12,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from workflow_scripts.core import layers, table_io, tables
 from workflow_scripts.model import engine
-from workflow_scripts.core import table_io
 from workflow_scripts.model.loading import ExtractionError, prepared_model, run_settings
 from workflow_scripts.sources import manifests
-from workflow_scripts.core import layers, tables
 
 log = logging.getLogger(__name__)
 

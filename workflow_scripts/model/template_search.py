@@ -16,15 +16,13 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from workflow_scripts.prompts import sets
-from workflow_scripts.core import table_io
-from workflow_scripts.model import loading
-from workflow_scripts.sources import tokenizers
-from workflow_scripts.sources import manifests
-from workflow_scripts.core import paths, tables
+from workflow_scripts.core import paths, table_io, tables
 from workflow_scripts.core.config import setting_defaults, validate_config
-from workflow_scripts.prompts.text import PromptError
 from workflow_scripts.core.split import SplitError
+from workflow_scripts.model import loading
+from workflow_scripts.prompts import sets
+from workflow_scripts.prompts.text import PromptError
+from workflow_scripts.sources import manifests, tokenizers
 
 RANDOM = setting_defaults({"selection": "random"})  # dev prompts use random demonstrations
 

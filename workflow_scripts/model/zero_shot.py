@@ -13,15 +13,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from workflow_scripts.model import engine
-from workflow_scripts.core import table_io
-from workflow_scripts.model import loading
-from workflow_scripts.sources import tokenizers
-from workflow_scripts.sources import manifests
-from workflow_scripts.core import tables, stats
+from workflow_scripts.core import stats, table_io, tables
 from workflow_scripts.core.config import configured_label_words
-from workflow_scripts.prompts.text import fields, label_token_ids, render
 from workflow_scripts.core.split import task_examples
+from workflow_scripts.model import engine, loading
+from workflow_scripts.prompts.text import fields, label_token_ids, render
+from workflow_scripts.sources import manifests, tokenizers
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,7 @@
 """Stage 3, ICL prompts: one task x seed x setting's PROMPTS table (built by prompts/sets.py)."""
 from __future__ import annotations
 
-from workflow_scripts.core import tables
-from workflow_scripts.core import table_io
+from workflow_scripts.core import table_io, tables
 from workflow_scripts.prompts.sets import set_from_snakemake
 
 

@@ -10,16 +10,27 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from workflow_scripts.sources import tokenizers
-from workflow_scripts.core import table_io
-from workflow_scripts.sources import manifests
-from workflow_scripts.prompts import perturb, retrieval
-from workflow_scripts.core import readers, tables
+from workflow_scripts.core import readers, table_io, tables
 from workflow_scripts.core.config import configured_label_words
-from workflow_scripts.sources.describe import describe_source
 from workflow_scripts.core.kernels import unit_rows
-from workflow_scripts.prompts.text import PromptError, fields, label_token_ids, perturbed, render, tokenize
-from workflow_scripts.core.split import SplitError, check_pool_choice, heldout_prompt_ids, sample_balanced, task_split
+from workflow_scripts.core.split import (
+    SplitError,
+    check_pool_choice,
+    heldout_prompt_ids,
+    sample_balanced,
+    task_split,
+)
+from workflow_scripts.prompts import perturb, retrieval
+from workflow_scripts.prompts.text import (
+    PromptError,
+    fields,
+    label_token_ids,
+    perturbed,
+    render,
+    tokenize,
+)
+from workflow_scripts.sources import manifests, tokenizers
+from workflow_scripts.sources.describe import describe_source
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,18 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from workflow_scripts.analysis import table2_rows  # noqa: E402
-from workflow_scripts.core import table_io
-from workflow_scripts.core import tables  # noqa: E402
+from workflow_scripts.core import (
+    table_io,
+    tables,  # noqa: E402
+)
 from workflow_scripts.report.edit_families import FAMILY_TEXT, MAIN  # noqa: E402
-from workflow_scripts.report.files import Outputs, link, outputs_of, write_piece, write_table  # noqa: E402
+from workflow_scripts.report.files import (  # noqa: E402
+    Outputs,
+    link,
+    outputs_of,
+    write_piece,
+    write_table,
+)
 from workflow_scripts.report.head_tables import head_grid, top_heads  # noqa: E402
 from workflow_scripts.report.text import table_cell  # noqa: E402
 

@@ -9,8 +9,7 @@ import numpy as np
 import pandas as pd
 
 from workflow_scripts.analysis import table2_rows
-from workflow_scripts.core import table_io
-from workflow_scripts.core import paper, stats, tables
+from workflow_scripts.core import paper, stats, table_io, tables
 from workflow_scripts.report.files import Outputs, outputs_of, write_piece, write_table
 from workflow_scripts.report.text import set_title
 

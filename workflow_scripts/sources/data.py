@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from workflow_scripts.sources import hub, registry
-from workflow_scripts.core import table_io
-from workflow_scripts.core import paths, tables
+from workflow_scripts.core import paths, table_io, tables
 from workflow_scripts.core.config import TASK_GATE_KEYS
+from workflow_scripts.sources import hub, registry
 from workflow_scripts.sources.describe import describe_source
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 
-
 def describe_source(task: str, cfg: dict, source_file: str | Path | None = None) -> str:
     """The task's data file and the config keys that name it, for messages."""
     source = cfg.get("source")

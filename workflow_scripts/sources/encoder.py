@@ -16,7 +16,6 @@ import json
 import logging
 from pathlib import Path
 
-
 from workflow_scripts.core import paths
 from workflow_scripts.sources import registry
 from workflow_scripts.sources.manifests import EncoderError

@@ -9,7 +9,6 @@ from workflow_scripts.core import paths
 from workflow_scripts.core.config import model_problems
 
 
-
 class ModelError(RuntimeError):
     """A model source that cannot be turned into a loadable model."""
 

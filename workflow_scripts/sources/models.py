@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from workflow_scripts.sources import hub, registry
 from workflow_scripts.core import model_check, paths
+from workflow_scripts.sources import hub, registry
 from workflow_scripts.sources.manifests import ModelError, check_study_fits
 from workflow_scripts.sources.tokenizers import fast_backend
 
