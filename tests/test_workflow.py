@@ -323,6 +323,15 @@ def test_another_workflow_runs_the_study_as_a_snakemake_module(study, tmp_path):
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr, again.stdout
 
 
+def test_the_notebook_examples_of_docs_results_run_on_the_study(study):
+    """docs/results.md's polars examples, run as written from the study folder (their asserts included)."""
+    examples = re.findall(r"```python\n(.*?)```", (REPO / "docs" / "results.md").read_text(), re.S)
+    assert len(examples) == 3
+    done = subprocess.run([sys.executable, "-c", "\n\n".join(examples)], cwd=study[0], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "demonstrations, most label attention in layer" in done.stdout
+
+
 # What the HTML report must hold: per paper section, each figure and table of a model x task x setting
 # (file name, a phrase its caption must contain: the paper's number where there is one).
 SET_RESULTS = {
