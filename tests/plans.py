@@ -2,7 +2,11 @@
 the GPU requests (test_resources, test_workflow, test_slurm)."""
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 from .conftest import REPO
 
@@ -44,3 +48,25 @@ def first_outputs(dry_run: str) -> dict[str, str]:
     for rule, output in re.findall(r"^ *rule (\w+):\n(?: +.*\n)*? +output: ([^,\s]+)", dry_run, flags=re.M):
         outputs.setdefault(rule, output)
     return outputs
+
+
+def rule_stages(rules: Path = REPO / "rules") -> dict[str, str]:
+    """rule name -> the "package.module:function" its `script: stage(...)` names, read from the rule files."""
+    found = {}
+    for path in sorted(rules.glob("*.smk")):
+        for name, body in re.findall(r"^rule (\w+):\n(.*?)(?=^\S|\Z)", path.read_text(), re.S | re.M):
+            if "script:" in body:
+                match = re.search(r'script:\s*\n\s*stage\("([\w.]+:\w+)"\)', body)
+                assert match, f"rule {name} ({path.name}) runs a script not through stage(\"module:function\")"
+                found[name] = match.group(1)
+    return found
+
+
+def loaded_modules(root: Path, module: str) -> set[str]:
+    """The project modules (not packages) a fresh interpreter holds after importing `module` from the
+    package under `root`: Python's own account of the imports."""
+    code = (f"import importlib, json, sys; sys.path.insert(0, {str(root)!r}); "
+            f"importlib.import_module('workflow_scripts.{module}'); "
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('workflow_scripts.'))))")
+    loaded = json.loads(subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True).stdout)
+    return {m for m in loaded if not (root / m.replace(".", "/")).is_dir()}

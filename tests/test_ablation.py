@@ -7,11 +7,7 @@ import pytest
 
 from workflow_scripts.analysis import ablation
 from workflow_scripts.core import stats
-from workflow_scripts.core.kernels import (
-    attention_weights,
-    kernel_vote,
-    normalized_entropy,
-)
+from workflow_scripts.core.kernels import attention_weights, kernel_vote, normalized_entropy
 from workflow_scripts.report import ablations as ablation_report
 
 from .test_reconstruction import C, synthetic_set

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import REPO
+from .plans import loaded_modules
 
 # Run in a fresh interpreter on the copy: the tested module computes its paths from its own file.
 PROBE = """
@@ -35,16 +36,9 @@ def probe(root: Path, module: str, spec: str | None = None, folder: Path | None 
     return json.loads(subprocess.run(args, capture_output=True, text=True, check=True).stdout)
 
 
-def imported_at_run_time(root: Path, module: str) -> set[str]:
-    code = f"import sys, json; sys.path.insert(0, {str(root)!r}); import workflow_scripts.{module}; " \
-           "print(json.dumps(sorted(m for m in sys.modules if m.startswith('workflow_scripts.'))))"
-    loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
-    return {m for m in loaded if not (root / m.replace(".", "/")).is_dir()}  # modules, not packages
-
-
 @pytest.mark.parametrize("stage", ["analysis.reconstruction", "report.assemble", "theory.study", "sources.data"])
 def test_the_closure_is_what_python_imports(package, stage):
-    assert set(probe(package, stage)["closure"]) == imported_at_run_time(package, stage)
+    assert set(probe(package, stage)["closure"]) == loaded_modules(package, stage)
 
 
 def test_comments_and_docstrings_leave_the_fingerprint_code_changes_it(package):

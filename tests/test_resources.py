@@ -9,12 +9,7 @@ import pytest
 
 from workflow_scripts.core import resources
 
-from .plans import (
-    declared_model_rules,
-    gpu_rules,
-    planned_resources,
-    readme_model_rules,
-)
+from .plans import declared_model_rules, gpu_rules, planned_resources, readme_model_rules
 from .test_workflow import REPO, SNAKEMAKE
 
 

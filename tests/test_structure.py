@@ -6,10 +6,11 @@ from __future__ import annotations
 import ast
 import importlib
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
+
+from .plans import rule_stages
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "workflow_scripts"
@@ -68,18 +69,6 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         if start not in state and (cycle := visit(start, [start])):
             return cycle
     return None
-
-
-def rule_stages() -> dict[str, str]:
-    """rule name -> the "package.module:function" its `script: stage(...)` names, read from rules/*.smk."""
-    found = {}
-    for path in sorted((REPO / "rules").glob("*.smk")):
-        for name, body in re.findall(r"^rule (\w+):\n(.*?)(?=^\S|\Z)", path.read_text(), re.S | re.M):
-            if "script:" in body:
-                match = re.search(r'script:\s*\n\s*stage\("([\w.]+:\w+)"\)', body)
-                assert match, f"rule {name} ({path.name}) runs a script not through stage(\"module:function\")"
-                found[name] = match.group(1)
-    return found
 
 
 def stage_modules() -> set[str]:

@@ -11,14 +11,7 @@ import pytest
 from workflow_scripts.core import paper, tables
 from workflow_scripts.core.config import ConfigError, theory_defaults
 from workflow_scripts.core.kernels import kernel_estimate
-from workflow_scripts.theory import (
-    forward,
-    hmm,
-    metrics,
-    operator_kernel,
-    study,
-    verdicts,
-)
+from workflow_scripts.theory import forward, hmm, metrics, operator_kernel, study, verdicts
 from workflow_scripts.theory import variants as theory_variants
 
 

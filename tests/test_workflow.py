@@ -24,11 +24,17 @@ from workflow_scripts.core import paths, table_io, tables
 from workflow_scripts.model import loading
 
 from .conftest import REPO, toy_sentiment_rows
-from .plans import declared_model_rules, gpu_rules, planned_resources
+from .plans import declared_model_rules, gpu_rules, loaded_modules, planned_resources, rule_stages
 
 pytestmark = pytest.mark.workflow
 
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2"]
+
+def snakemake_command(code: Path = REPO) -> list[str]:
+    """Snakemake with the workflow of the checkout at `code` (a copy, for the code-change tests)."""
+    return [sys.executable, "-m", "snakemake", "-s", str(code / "Snakefile"), "--cores", "2"]
+
+
+SNAKEMAKE = snakemake_command()
 
 
 def tiny_config(model_dir: Path, data_file: Path, encoder_dir: Path) -> dict:
@@ -71,13 +77,14 @@ def tiny_config(model_dir: Path, data_file: Path, encoder_dir: Path) -> dict:
     }
 
 
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*SNAKEMAKE, "--directory", str(workdir), *args], capture_output=True, text=True)
+def snakemake(workdir: Path, *args: str, code: Path = REPO) -> subprocess.CompletedProcess:
+    """Snakemake on the study in `workdir`, with the workflow of the checkout at `code`."""
+    return subprocess.run([*snakemake_command(code), "--directory", str(workdir), *args], capture_output=True, text=True)
 
 
-def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
+def planned_jobs(workdir: Path, *args: str, code: Path = REPO) -> dict[str, int]:
     """Rule -> job count that a dry run would execute now (empty when nothing is to be done)."""
-    done = snakemake(workdir, "--dry-run", *args)
+    done = snakemake(workdir, "--dry-run", *args, code=code)
     assert done.returncode == 0, done.stderr + done.stdout
     lines = done.stdout.splitlines()
     if "Job stats:" not in lines:
@@ -211,50 +218,16 @@ def copy_of_code(target: Path) -> Path:
     return target
 
 
-def run_with(code: Path, workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(code / "Snakefile"), "--cores", "2",
-                           "--directory", str(workdir), *args], capture_output=True, text=True)
-
-
-def planned_with(code: Path, workdir: Path, *args: str) -> dict[str, int]:
-    done = run_with(code, workdir, "--dry-run", *args)
-    assert done.returncode == 0, done.stderr + done.stdout
-    lines = done.stdout.splitlines()
-    if "Job stats:" not in lines:
-        return {}
-    jobs = {}
-    for line in lines[lines.index("Job stats:") + 3:]:
-        parts = line.split()
-        if len(parts) != 2 or parts[0] == "total":
-            break
-        jobs[parts[0]] = int(parts[1])
-    return jobs
-
-
-def stage_specs(code: Path) -> dict[str, str]:
-    """rule -> "package.module:function" as the copied rule files name it."""
-    specs = {}
-    for path in (code / "rules").glob("*.smk"):
-        for name, body in re.findall(r"^rule (\w+):\n(.*?)(?=^\S|\Z)", path.read_text(), re.S | re.M):
-            if match := re.search(r'stage\("([\w.]+):\w+"\)', body):
-                specs[name] = match.group(1)
-    return specs
-
-
 def rules_importing(code: Path, module: str) -> set[str]:
     """The rules whose stage module loads `module` when Python imports it: Python's own account of
     the imports, not the fingerprint's reading of them."""
-    probe = ("import importlib, json, sys\n"
-             "importlib.import_module('workflow_scripts.' + sys.argv[1])\n"
-             "print(json.dumps(sys.argv[2] in sys.modules))")
-    return {rule for rule, stage in stage_specs(code).items()
-            if json.loads(subprocess.run([sys.executable, "-c", probe, stage, f"workflow_scripts.{module}"], cwd=code,
-                                         capture_output=True, text=True, check=True).stdout)}
+    return {rule for rule, spec in rule_stages(code / "rules").items()
+            if f"workflow_scripts.{module}" in loaded_modules(code, spec.split(":")[0])}
 
 
 def rules_of_outputs(code: Path, workdir: Path, lines: list[str]) -> set[str]:
     """The rules whose jobs write the files among `lines` (Snakemake's --summary names each output's rule)."""
-    done = run_with(code, workdir, "--summary")
+    done = snakemake(workdir, "--summary", code=code)
     assert done.returncode == 0, done.stderr
     rule_of = {line.split("\t")[0]: line.split("\t")[2] for line in done.stdout.splitlines()[1:] if "\t" in line}
     files = [line for line in lines if line in rule_of]
@@ -266,12 +239,12 @@ def test_editing_a_module_reruns_exactly_the_jobs_whose_code_imports_it(study, t
     assert planned_jobs(study[0]) == {}  # runs before the tests that change the study
     workdir = copy_of(study[0], tmp_path / "study")
     code = copy_of_code(tmp_path / "code")
-    assert planned_with(code, workdir) == {}  # the same code at another path re-runs nothing
+    assert planned_jobs(workdir, code=code) == {}  # the same code at another path re-runs nothing
 
     # Comments, docstrings and layout are not code.
     stats = code / "workflow_scripts/core/stats.py"
     stats.write_text('"""Edited docstring."""\n# a new comment\n' + stats.read_text().split('"""', 2)[2])
-    assert planned_with(code, workdir) == {}
+    assert planned_jobs(workdir, code=code) == {}
 
     edited = "analysis.query_dependence"
     module = code / "workflow_scripts/analysis/query_dependence.py"
@@ -279,22 +252,22 @@ def test_editing_a_module_reruns_exactly_the_jobs_whose_code_imports_it(study, t
     expected = rules_importing(code, edited)
     assert {"reconstruct", "query_swap"} <= expected and "extract_shard" not in expected
 
-    changed = run_with(code, workdir, "--list-changes", "code")
+    changed = snakemake(workdir, "--list-changes", "code", code=code)
     assert changed.returncode == 0, changed.stderr
     listed = changed.stdout.splitlines()
     study_rules = set(planned_jobs(workdir, "--forceall"))
     assert rules_of_outputs(code, workdir, listed) == expected & study_rules
 
-    planned = planned_with(code, workdir)
+    planned = planned_jobs(workdir, code=code)
     everything = planned_jobs(workdir, "--forceall")
     assert all(planned[rule] == everything[rule] for rule in expected & study_rules), planned
     assert "extract_shard" not in planned and "prepare_model" not in planned
     # Code is one trigger among several: without it the results stand.
-    assert planned_with(code, workdir, "--rerun-triggers", "mtime", "params", "input") == {}
+    assert planned_jobs(workdir, "--rerun-triggers", "mtime", "params", "input", code=code) == {}
 
-    done = run_with(code, workdir)
+    done = snakemake(workdir, code=code)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert planned_with(code, workdir) == {}
+    assert planned_jobs(workdir, code=code) == {}
 
 
 def test_another_workflow_runs_the_study_as_a_snakemake_module(study, tmp_path):

@@ -15,17 +15,8 @@ import pandas as pd
 import pyarrow as pa
 
 from workflow_scripts.core import stats, table_io, tables
-from workflow_scripts.core.kernels import (
-    attention_weights,
-    kernel_vote,
-    normalized_entropy,
-    unit_rows,
-)
-from workflow_scripts.core.readers import (
-    iter_prompts,
-    read_attention_rows,
-    read_embeddings,
-)
+from workflow_scripts.core.kernels import attention_weights, kernel_vote, normalized_entropy, unit_rows
+from workflow_scripts.core.readers import iter_prompts, read_attention_rows, read_embeddings
 from workflow_scripts.core.split import ablation_ids
 
 METRICS = ("icl_accuracy", "agreement", "head_accuracy", "entropy", "demo_similarity", "n_demos")

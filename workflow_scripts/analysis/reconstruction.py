@@ -14,11 +14,7 @@ from workflow_scripts.analysis import baselines
 from workflow_scripts.analysis.query_dependence import weight_r2
 from workflow_scripts.core import table_io, tables
 from workflow_scripts.core.kernels import ATTENTION_KERNELS, kernel_vote
-from workflow_scripts.core.readers import (
-    kernel_weights,
-    prediction_grid,
-    read_attention_rows,
-)
+from workflow_scripts.core.readers import kernel_weights, prediction_grid, read_attention_rows
 
 
 def null_baseline(predictions: np.ndarray, gold: np.ndarray) -> tuple[float, float]:

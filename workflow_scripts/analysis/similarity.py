@@ -17,12 +17,7 @@ import pyarrow as pa
 
 from workflow_scripts.core import stats, table_io, tables
 from workflow_scripts.core.kernels import ATTENTION_KERNELS, attention_weights
-from workflow_scripts.core.readers import (
-    iter_prompts,
-    read_attention_rows,
-    read_zero_shot,
-    rows_for,
-)
+from workflow_scripts.core.readers import iter_prompts, read_attention_rows, read_zero_shot, rows_for
 
 # The two readings of P(o|x), in the order the report shows them.
 SIMILARITIES = ("label_words", "next_token")

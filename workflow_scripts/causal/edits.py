@@ -20,12 +20,7 @@ import numpy as np
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from workflow_scripts.model.engine import (
-    EngineError,
-    check_supported,
-    input_device,
-    register,
-)
+from workflow_scripts.model.engine import EngineError, check_supported, input_device, register
 
 EDIT = "icl_edit"
 _STATE: contextvars.ContextVar["_Prefix | _Edits | None"] = contextvars.ContextVar("icl_edit", default=None)

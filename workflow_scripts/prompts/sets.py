@@ -13,22 +13,9 @@ import pandas as pd
 from workflow_scripts.core import readers, table_io, tables
 from workflow_scripts.core.config import configured_label_words
 from workflow_scripts.core.kernels import unit_rows
-from workflow_scripts.core.split import (
-    SplitError,
-    check_pool_choice,
-    heldout_prompt_ids,
-    sample_balanced,
-    task_split,
-)
+from workflow_scripts.core.split import SplitError, check_pool_choice, heldout_prompt_ids, sample_balanced, task_split
 from workflow_scripts.prompts import perturb, retrieval
-from workflow_scripts.prompts.text import (
-    PromptError,
-    fields,
-    label_token_ids,
-    perturbed,
-    render,
-    tokenize,
-)
+from workflow_scripts.prompts.text import PromptError, fields, label_token_ids, perturbed, render, tokenize
 from workflow_scripts.sources import manifests, tokenizers
 from workflow_scripts.sources.describe import describe_source
 

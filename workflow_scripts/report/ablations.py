@@ -12,13 +12,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from workflow_scripts.core import paper, stats, table_io, tables  # noqa: E402
-from workflow_scripts.report.files import (  # noqa: E402
-    Outputs,
-    link,
-    outputs_of,
-    write_piece,
-    write_table,
-)
+from workflow_scripts.report.files import Outputs, link, outputs_of, write_piece, write_table  # noqa: E402
 
 METRIC_TEXT = {
     "icl_accuracy": "ICL accuracy",

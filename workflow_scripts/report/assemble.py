@@ -12,13 +12,7 @@ from workflow_scripts.analysis import table2_rows
 from workflow_scripts.analysis.baselines import BASELINES
 from workflow_scripts.core import paths, run_warnings, stats, table_io, tables
 from workflow_scripts.report.files import read_piece
-from workflow_scripts.report.headings import (
-    ablations_heading,
-    causal_check_heading,
-    header_lines,
-    set_heading,
-    table2_heading,
-)
+from workflow_scripts.report.headings import ablations_heading, causal_check_heading, header_lines, set_heading, table2_heading
 from workflow_scripts.report.inputs import read_all
 from workflow_scripts.report.text import set_title
 

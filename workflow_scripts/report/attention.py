@@ -14,13 +14,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import PowerNorm  # noqa: E402
 
 from workflow_scripts.core import tables  # noqa: E402
-from workflow_scripts.report.files import (  # noqa: E402
-    Outputs,
-    link,
-    outputs_of,
-    write_piece,
-    write_table,
-)
+from workflow_scripts.report.files import Outputs, link, outputs_of, write_piece, write_table  # noqa: E402
 from workflow_scripts.report.inputs import read_all, title_of  # noqa: E402
 
 

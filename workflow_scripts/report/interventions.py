@@ -12,13 +12,7 @@ import pandas as pd  # noqa: E402
 
 from workflow_scripts.core import stats, table_io, tables  # noqa: E402
 from workflow_scripts.report.edit_families import FAMILY_TEXT, MAIN  # noqa: E402
-from workflow_scripts.report.files import (  # noqa: E402
-    Outputs,
-    link,
-    outputs_of,
-    write_piece,
-    write_table,
-)
+from workflow_scripts.report.files import Outputs, link, outputs_of, write_piece, write_table  # noqa: E402
 
 SUMMARY_COLUMNS = ("family", "target", "m", "measure", "mean", "ci_low", "ci_high", "n_prompts", "n_seeds")
 MEASURE_TEXT = {

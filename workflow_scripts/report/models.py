@@ -24,13 +24,7 @@ from workflow_scripts.core import (
     tables,  # noqa: E402
 )
 from workflow_scripts.report.edit_families import FAMILY_TEXT, MAIN  # noqa: E402
-from workflow_scripts.report.files import (  # noqa: E402
-    Outputs,
-    link,
-    outputs_of,
-    write_piece,
-    write_table,
-)
+from workflow_scripts.report.files import Outputs, link, outputs_of, write_piece, write_table  # noqa: E402
 from workflow_scripts.report.head_tables import head_grid, top_heads  # noqa: E402
 from workflow_scripts.report.text import table_cell  # noqa: E402
 

@@ -14,13 +14,7 @@ import pandas as pd  # noqa: E402
 
 from workflow_scripts.core import stats, tables  # noqa: E402
 from workflow_scripts.core.kernels import ATTENTION_KERNELS  # noqa: E402
-from workflow_scripts.report.files import (  # noqa: E402
-    Outputs,
-    link,
-    outputs_of,
-    write_piece,
-    write_table,
-)
+from workflow_scripts.report.files import Outputs, link, outputs_of, write_piece, write_table  # noqa: E402
 from workflow_scripts.report.head_tables import head_grid, layer_head_axes  # noqa: E402
 from workflow_scripts.report.inputs import stacked, title_of  # noqa: E402
 

@@ -7,13 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from workflow_scripts.core import table_io, tables
-from workflow_scripts.report.files import (
-    Outputs,
-    link,
-    outputs_of,
-    write_piece,
-    write_table,
-)
+from workflow_scripts.report.files import Outputs, link, outputs_of, write_piece, write_table
 
 
 def theory_frame(table: pd.DataFrame) -> pd.DataFrame:

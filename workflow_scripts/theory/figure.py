@@ -12,11 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from workflow_scripts.core import paper  # noqa: E402
 from workflow_scripts.theory.metrics import DISTANCE_NAME, TABLE3_METRICS  # noqa: E402
 from workflow_scripts.theory.operator_kernel import THEOREM_KERNELS  # noqa: E402
-from workflow_scripts.theory.variants import (  # noqa: E402
-    aggregate_rows,
-    variant_params,
-    variant_rows,
-)
+from workflow_scripts.theory.variants import aggregate_rows, variant_params, variant_rows  # noqa: E402
 
 
 def plot_convergence(rows: list[dict[str, Any]], params: dict[str, Any], path: str | Path) -> None:

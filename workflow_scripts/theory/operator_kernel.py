@@ -22,13 +22,7 @@ from typing import Any
 import numpy as np
 from scipy.linalg import cho_solve
 
-from workflow_scripts.theory.hmm import (
-    HmmMixture,
-    PromptBatch,
-    random_stream,
-    sample_pretraining_inputs,
-    sample_uniform_inputs,
-)
+from workflow_scripts.theory.hmm import HmmMixture, PromptBatch, random_stream, sample_pretraining_inputs, sample_uniform_inputs
 
 THEOREM_KERNELS = ("pretraining_covariance", "uniform_second_moment", "constant")
 PRIMARY_KERNEL = "pretraining_covariance"

@@ -22,18 +22,9 @@ import numpy as np
 from workflow_scripts.core import paper, stats, table_io, tables
 from workflow_scripts.theory.figure import plot_convergence
 from workflow_scripts.theory.forward import posteriors_over_n
-from workflow_scripts.theory.hmm import (
-    random_hmm_mixture,
-    random_stream,
-    sample_prompts,
-)
+from workflow_scripts.theory.hmm import random_hmm_mixture, random_stream, sample_prompts
 from workflow_scripts.theory.metrics import DISTANCE_NAME, argmax_agreement, l1_distance
-from workflow_scripts.theory.operator_kernel import (
-    demo_kernel_weights,
-    feature_support,
-    fit_kernel,
-    kernel_regression_prefixes,
-)
+from workflow_scripts.theory.operator_kernel import demo_kernel_weights, feature_support, fit_kernel, kernel_regression_prefixes
 from workflow_scripts.theory.variants import variant_params
 from workflow_scripts.theory.verdicts import summary_markdown
 

@@ -11,11 +11,7 @@ import numpy as np
 from workflow_scripts.core import paper
 from workflow_scripts.theory.metrics import DISTANCE_NAME, TABLE3_METRICS
 from workflow_scripts.theory.operator_kernel import PRIMARY_KERNEL
-from workflow_scripts.theory.variants import (
-    aggregate_rows,
-    variant_params,
-    variant_rows,
-)
+from workflow_scripts.theory.variants import aggregate_rows, variant_params, variant_rows
 
 # A construction "matches" the paper when its table differs from Table 3 by at most this much on
 # average over the cells (both metrics, every n). Fixed before the sweep of constructions: a few
