@@ -143,10 +143,10 @@ def test_k_override(tokenizer):
 def test_retrieval_picks_the_most_similar_pool_examples(tokenizer):
     data = toy_data()
     rng = np.random.default_rng(0)
-    vectors = {i: rng.normal(size=4) for i in data.example_id}
+    vectors = {i: rng.normal(size=4) for i in data["example_id"]}
     built = build_with(tokenizer, {"selection": "similar", "balanced": False}, vectors=vectors)
     _, split = task_split(data, TASK, PROMPT_CFG, "toy")
-    pool_ids = data.example_id.to_numpy()[split.pool]
+    pool_ids = data["example_id"].to_numpy()[split.pool]
 
     def cos(a, b):
         return a @ b / np.linalg.norm(a) / np.linalg.norm(b)

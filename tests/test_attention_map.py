@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pytest
 
@@ -128,12 +129,12 @@ def test_write_map_schema(tmp_path):
     out = tmp_path / "attention_map.parquet"
     am.write_map(tmp_path / "prompts.parquet", [str(tmp_path / "shards" / "0.parquet")], 3, out, tmp_path / "mass.parquet")
     assert table_io.read_table(tmp_path / "mass.parquet", tables.LABEL_MASS).num_rows == 1
-    table = table_io.read_table(out, tables.ATTENTION_MAP).to_pandas()
+    table = pl.from_arrow(table_io.read_table(out, tables.ATTENTION_MAP))
     assert len(table) == 2 * len(MEAN)
-    head1 = table[table["head"] == 1].sort_values("column")
-    assert head1["column"].tolist() == list(range(len(MEAN)))
-    assert head1["segment"].tolist() == NAMES
-    np.testing.assert_allclose(head1["attention"], 2 * np.array(MEAN) + 1, rtol=1e-6)
+    head1 = table.filter(pl.col("head") == 1).sort("column")
+    assert head1["column"].to_list() == list(range(len(MEAN)))
+    assert head1["segment"].to_list() == NAMES
+    np.testing.assert_allclose(head1["attention"].to_numpy(), 2 * np.array(MEAN) + 1, rtol=1e-6)
     assert (table["layer"] == 0).all()
 
 

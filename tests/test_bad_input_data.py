@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+import polars as pl
 import pytest
 
 from workflow_scripts.core import split as sp
@@ -36,12 +36,12 @@ def task_cfg(path: Path | None = None, **extra) -> dict:
     return cfg
 
 
-def prepare(tmp_path: Path, name: str, content: bytes, task: str = "toy", **extra) -> pd.DataFrame:
+def prepare(tmp_path: Path, name: str, content: bytes, task: str = "toy", **extra) -> pl.DataFrame:
     src = tmp_path / name
     src.write_bytes(content)
     out = tmp_path / f"{task}.parquet"
     data.prepare_task(task, task_cfg(src, **extra), src, out)
-    return table_io.read_table(out, tables.TASK_DATA).to_pandas()
+    return pl.from_arrow(table_io.read_table(out, tables.TASK_DATA))
 
 
 def csv_bytes(rows: list[tuple[str, str]]) -> bytes:
@@ -57,15 +57,15 @@ def warnings_of(caplog) -> list[str]:
 PROMPT_CFG = {"n_eval": 8, "n_dev": 0, "k": 4, "split_seed": 1, "max_chars": 0, "pool_size": 40, "prepend_bos": False}
 
 
-def task_table(per_class: int) -> pd.DataFrame:
+def task_table(per_class: int) -> pl.DataFrame:
     n = 2 * per_class
-    return pd.DataFrame({
+    return pl.DataFrame({
         "example_id": [f"toy-{i}" for i in range(n)],
         "text": [f"review {i}" for i in range(n)],
         "text_b": [None] * n,
         "label": [i % 2 for i in range(n)],
         "label_name": ["negative" if i % 2 == 0 else "positive" for i in range(n)],
-    })
+    }, schema_overrides={"text_b": pl.String, "label": pl.Int32})
 
 
 def test_a_pool_smaller_than_pool_size_warns_with_the_counts_per_class(caplog):
@@ -87,7 +87,7 @@ def test_a_full_pool_does_not_warn(caplog):
     assert warnings_of(caplog) == []
 
 
-def build(table: pd.DataFrame, setting: dict, prompt_cfg: dict = PROMPT_CFG) -> dict:
+def build(table: pl.DataFrame, setting: dict, prompt_cfg: dict = PROMPT_CFG) -> dict:
     # The pool check comes before any tokenization, so no tokenizer is needed to reach it.
     return sets.build_prompts(table, task_cfg("/data/toy.csv"), prompt_cfg, setting_defaults(setting), 0, None, "toy")
 
@@ -133,7 +133,7 @@ def test_the_pool_rule_boundary_and_the_fixes_it_suggests():
     for change in ({"n_eval": 6}, {"k": 2}):
         cfg = {**PROMPT_CFG, **change}
         _, split = sp.task_split(table, task_cfg(), cfg, "toy")
-        sp.check_pool_choice(table.label.to_numpy(), split, ["negative", "positive"], cfg["k"], "prompts.k", True, "toy", "f", cfg)
+        sp.check_pool_choice(table["label"].to_numpy(), split, ["negative", "positive"], cfg["k"], "prompts.k", True, "toy", "f", cfg)
 
 
 def test_a_pool_capped_by_pool_size_suggests_raising_it():
@@ -161,13 +161,13 @@ def test_undecodable_bytes_stop_with_the_count_the_file_and_the_fix(tmp_path):
 
 def test_the_suggested_encoding_reads_the_texts_intact(tmp_path):
     out = prepare(tmp_path, "toy.csv", LATIN1, encoding="cp1252")
-    assert out["text"].tolist() == ["caf\xe9 cr\xe8me good", "na\xefve plot", "plain"]
+    assert out["text"].to_list() == ["caf\xe9 cr\xe8me good", "na\xefve plot", "plain"]
 
 
 def test_encoding_errors_replace_reads_on_with_a_counted_warning(tmp_path, caplog):
     caplog.set_level(logging.WARNING)
     out = prepare(tmp_path, "toy.csv", LATIN1, encoding_errors="replace")
-    assert out["text"].tolist()[0] == "caf\ufffd cr\ufffdme good"
+    assert out["text"].to_list()[0] == "caf\ufffd cr\ufffdme good"
     [warning] = warnings_of(caplog)
     assert warning == (
         f"task toy: tasks.toy.path '{tmp_path / 'toy.csv'}': 3 undecodable byte sequences on 2 lines (not valid "
@@ -247,7 +247,7 @@ def test_many_unmapped_labels_stop_with_counts_per_label_and_a_hint(tmp_path, ra
 
 def test_a_label_map_key_with_stray_spaces_gets_a_spacing_hint():
     # Raw labels are stripped before they are looked up; a key with spaces inside never matches.
-    df = pd.DataFrame({"text": ["a", "b", "c"], "label": ["very good", "neg", "very good"]})
+    df = pl.DataFrame({"text": ["a", "b", "c"], "label": ["very good", "neg", "very good"]})
     cfg = task_cfg(label_map={"neg": "negative", "very  good": "positive"})
     with pytest.raises(DataError, match=r"'very good' 2 \('very good' differs from 'very  good' only in spacing\)"):
         data.normalize(df, "toy", cfg)
@@ -256,7 +256,7 @@ def test_a_label_map_key_with_stray_spaces_gets_a_spacing_hint():
 def test_unmapped_labels_within_the_share_warn_with_counts(caplog):
     caplog.set_level(logging.WARNING)
     rows = reviews(100, 100, [("odd one", "Pos"), ("odd two", "?")])
-    out = data.normalize(pd.DataFrame(rows, columns=["text", "label"]), "toy", task_cfg())
+    out = data.normalize(pl.DataFrame(rows, schema=["text", "label"], orient="row"), "toy", task_cfg())
     assert len(out) == 200
     assert warnings_of(caplog) == [
         "task toy: dropping 2 of 202 labelled rows (1.0%) whose raw label is not a key of tasks.toy.label_map "
@@ -267,14 +267,14 @@ def test_unmapped_labels_within_the_share_warn_with_counts(caplog):
 def test_max_unmapped_share_allows_a_task_that_keeps_some_labels(caplog):
     caplog.set_level(logging.WARNING)
     rows = reviews(10, 10, [(f"so so {i}", "neutral") for i in range(10)])
-    out = data.normalize(pd.DataFrame(rows, columns=["text", "label"]), "toy", task_cfg(max_unmapped_share=0.34))
+    out = data.normalize(pl.DataFrame(rows, schema=["text", "label"], orient="row"), "toy", task_cfg(max_unmapped_share=0.34))
     assert len(out) == 20
     assert "dropping 10 of 30 labelled rows (33.3%)" in warnings_of(caplog)[0]
 
 
 def test_rows_without_a_label_warn_but_do_not_count(caplog):
     caplog.set_level(logging.WARNING)
-    df = pd.DataFrame({"text": ["a", "b", "c", "d"], "label": ["pos", "neg", None, None]})
+    df = pl.DataFrame({"text": ["a", "b", "c", "d"], "label": ["pos", "neg", None, None]})
     out = data.normalize(df, "toy", task_cfg())
     assert len(out) == 2
     assert warnings_of(caplog) == ["task toy: dropping 2 rows without a label (column 'label')"]
@@ -283,7 +283,7 @@ def test_rows_without_a_label_warn_but_do_not_count(caplog):
 def test_many_labels_are_listed_by_count_and_cut_after_ten():
     extra = [(f"x{i}-{j}", f"L{i}") for i in range(12) for j in range(i + 1)]
     with pytest.raises(DataError) as info:
-        data.normalize(pd.DataFrame(reviews(5, 5, extra), columns=["text", "label"]), "toy", task_cfg())
+        data.normalize(pl.DataFrame(reviews(5, 5, extra), schema=["text", "label"], orient="row"), "toy", task_cfg())
     assert "'L11' 12, 'L10' 11," in str(info.value) and "and 2 more labels (3 rows)" in str(info.value)
 
 
@@ -315,7 +315,7 @@ def test_malformed_jsonl_names_the_file_and_the_first_bad_line(tmp_path, lines, 
 def test_good_jsonl_still_reads(tmp_path):
     lines = [json.dumps({"text": t, "label": label}) for t, label in reviews(2, 2, [])]
     out = prepare(tmp_path, "toy.jsonl", ("\n".join(lines) + "\n\n").encode())
-    assert out["label"].tolist() == [1, 1, 0, 0]
+    assert out["label"].to_list() == [1, 1, 0, 0]
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import re
 
-import pandas as pd
+import polars as pl
 import pytest
 import yaml
 
@@ -21,9 +21,9 @@ from workflow_scripts.sources import manifests
 from .conftest import REPO
 
 
-def gain_table(n_heldout: int) -> pd.DataFrame:
+def gain_table(n_heldout: int) -> pl.DataFrame:
     """A Table 2 whose paper head beats recency by +.2 [+.1, +.3] (one seed)."""
-    return pd.DataFrame({
+    return pl.DataFrame({
         "method": ["icl", "null", "head_max", "head_max"], "metric": ["accuracy", "agreement", "agreement", table2_rows.GAIN],
         "mean": [1.0, 1.0, 1.0, 0.2], "sd": [float("nan")] * 4, "ci_low": [1.0, 1.0, 1.0, 0.1], "ci_high": [1.0, 1.0, 1.0, 0.3],
         "seeds_ci_low": [float("nan")] * 4, "seeds_ci_high": [float("nan")] * 4, "n_seeds": [1] * 4, "n_heldout": [n_heldout] * 4,

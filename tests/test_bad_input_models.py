@@ -13,7 +13,7 @@ import re
 import shutil
 from pathlib import Path
 
-import pandas as pd
+import polars as pl
 import pytest
 
 from workflow_scripts.core import config as config_module
@@ -132,7 +132,7 @@ def test_config_validation_refuses_an_encoder_only_model(bert_masked_lm_dir, tin
 def test_snakemake_stops_at_parse_time_on_an_encoder_only_model(bert_masked_lm_dir, tiny_bert_dir, tmp_path):
     from .test_workflow import snakemake, write_config
 
-    pd.DataFrame(toy_sentiment_rows()).to_csv(tmp_path / "toy.csv", index=False)
+    pl.DataFrame(toy_sentiment_rows()).write_csv(tmp_path / "toy.csv")
     write_config(tmp_path, tiny_study_config(str(bert_masked_lm_dir), "toy.csv", str(tiny_bert_dir)))
     done = snakemake(tmp_path, "--dry-run")
     assert done.returncode != 0
@@ -276,7 +276,7 @@ def test_a_moved_study_reruns_an_extraction_shard_and_completes(tmp_path, tiny_l
     # Model, encoder and data inside the study, named relative to it: the study moves as a whole.
     shutil.copytree(tiny_llama_dir, study / "model")
     shutil.copytree(tiny_bert_dir, study / "encoder")
-    pd.DataFrame(toy_sentiment_rows()).to_csv(study / "toy.csv", index=False)
+    pl.DataFrame(toy_sentiment_rows()).write_csv(study / "toy.csv")
     write_config(study, tiny_study_config("model", "toy.csv", "encoder"))
     done = snakemake(study)
     assert done.returncode == 0, done.stderr[-5000:]

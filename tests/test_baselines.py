@@ -3,7 +3,7 @@ positional head is not a kernel, a planted query-dependent head is."""
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
+import polars as pl
 import pyarrow as pa
 import pytest
 
@@ -78,34 +78,34 @@ def planted_set(world: str, seed: int):
         icl = gold.copy()
     planted = icl.copy()
     noise = rng.integers(0, 2, N)
-    prompts = pd.DataFrame({
+    prompts = pl.DataFrame({
         "prompt_id": np.arange(N), "example_id": [f"q{i}" for i in range(N)], "label": gold,
-        "demo_ids": [[f"d{i}-{j}" for j in range(K)] for i in range(N)], "demo_labels": list(demos),
+        "demo_ids": [[f"d{i}-{j}" for j in range(K)] for i in range(N)], "demo_labels": demos.tolist(),
     })
     grid = np.stack([planted, noise], axis=1).astype(np.int16)[:, None, :]  # (prompts, 1 layer, 2 heads)
     recon = pa.Table.from_pydict({
-        "prompt_id": np.tile(np.arange(N), 4), "example_id": list(prompts.example_id) * 4, "label": np.tile(gold, 4),
+        "prompt_id": np.tile(np.arange(N), 4), "example_id": prompts["example_id"].to_list() * 4, "label": np.tile(gold, 4),
         "prediction": np.tile(icl, 4), "kernel": np.repeat(["max", "label", "mean", "max_nosink"], N),
         "n_layers": np.ones(4 * N, int), "n_heads": np.full(4 * N, 2), "head_predictions": [g.ravel() for g in grid] * 4,
     }, schema=tables.RECONSTRUCTION)
-    ids = set(prompts.example_id) | {d for row in prompts.demo_ids for d in row}
+    ids = set(prompts["example_id"]) | {d for row in prompts["demo_ids"].to_list() for d in row}
     vectors = {i: rng.normal(size=4) for i in sorted(ids)}
     hidden = {i: rng.normal(size=(2, 4)) for i in sorted(ids)}
     rows = heldout.heldout_rows(prompts, recon, vectors, hidden, "enc", 2, N_SELECT, N_HELDOUT, seed=7)
-    return pd.DataFrame(rows).assign(seed=seed)
+    return pl.DataFrame(rows).with_columns(seed=pl.lit(seed, pl.Int64))
 
 
 @pytest.mark.parametrize("world, kernel", [("positional", False), ("query", True)])
 def test_a_planted_head_reads_like_a_kernel_only_when_its_weights_depend_on_the_query(world, kernel):
-    frame = pd.concat([planted_set(world, s) for s in (0, 1)], ignore_index=True)
-    heads = pd.DataFrame([{"seed": s, "kernel": k, "layer": 0, "head": h, "r2_slot": 0.1 * (h + 1) + 0.01 * s,
+    frame = pl.concat([planted_set(world, s) for s in (0, 1)])
+    heads = pl.DataFrame([{"seed": s, "kernel": k, "layer": 0, "head": h, "r2_slot": 0.1 * (h + 1) + 0.01 * s,
                            "r2_slot_label": 0.5} for s in (0, 1) for k in ("max", "label", "mean", "max_nosink") for h in (0, 1)])
-    table = pd.DataFrame(table2.table2_columns(frame, n_resamples=1000, seed=0, by_name={"heads": heads}))
-    assert set(table.n_heldout) == {N_HELDOUT} and set(table.n_seeds) == {2}
-    r2 = table[(table.method == "head_max") & (table.metric == "r2_slot")].iloc[0]
-    assert r2["mean"] == pytest.approx(0.105) and np.isnan(r2.ci_low)  # the planted head L0 H0, mean over seeds
-    head = table[(table.method == "head_max") & (table.metric == "agreement")].iloc[0]
-    assert head["mean"] == 1.0 and head.choices == "L0 H0 (every seed)"
+    table = pl.DataFrame(table2.table2_columns(frame, n_resamples=1000, seed=0, by_name={"heads": heads}))
+    assert set(table["n_heldout"]) == {N_HELDOUT} and set(table["n_seeds"]) == {2}
+    r2 = row_of(table, "head_max", "r2_slot")
+    assert r2["mean"] == pytest.approx(0.105) and np.isnan(r2["ci_low"])  # the planted head L0 H0, mean over seeds
+    head = row_of(table, "head_max", "agreement")
+    assert head["mean"] == 1.0 and head["choices"] == "L0 H0 (every seed)"
     assert table2_rows.reads_like_kernel(table, "head_max") is kernel
     verdict = table2_report.verdict_sentence(table)
     assert verdict.startswith("**Reads like a kernel:**" if kernel else "**Not separated from a query-free reading:**"), verdict
@@ -115,28 +115,31 @@ def test_a_planted_head_reads_like_a_kernel_only_when_its_weights_depend_on_the_
     title = {f"m / {world}": table}
     assert assemble.table2_verdicts(title)[1] == (f"It does in: m / {world}. It does not in: none." if kernel
                                                    else f"It does in: none. It does not in: m / {world}.")
-    gain = table[(table.method == "head_max") & (table.metric == table2_rows.GAIN)].iloc[0]
-    reference = gain.reference
+    gain = row_of(table, "head_max", table2_rows.GAIN)
+    reference = gain["reference"]
     assert reference in baselines.BASELINES
     # the gain is the head's agreement minus the strongest reading's, paired on the same prompts
-    strongest = max(baselines.BASELINES, key=lambda b: frame[frame.method == b].pipe(lambda r: (r.prediction == r.icl_prediction).mean()))
-    assert reference == strongest
-    paired = []
-    for s in (0, 1):
-        # in example-id order, as Table 2 lays out its examples x seeds grid
-        h = frame[(frame.seed == s) & (frame.method == "head_max")].sort_values("example_id")
-        b = frame[(frame.seed == s) & (frame.method == reference)].sort_values("example_id")
-        paired.append((h.prediction.to_numpy() == h.icl_prediction.to_numpy()).astype(float)
-                      - (b.prediction.to_numpy() == b.icl_prediction.to_numpy()))
-    grid = np.stack(paired, axis=1)
+    rows = frame.rows(named=True)
+    agreeing = {b: np.mean([r["prediction"] == r["icl_prediction"] for r in rows if r["method"] == b]) for b in baselines.BASELINES}
+    assert reference == max(baselines.BASELINES, key=agreeing.get)
+    grid = np.stack([agreement_by_id(rows, "head_max", s) - agreement_by_id(rows, reference, s) for s in (0, 1)], axis=1)
     assert gain["mean"] == pytest.approx(grid.mean())
-    assert (gain.seeds_ci_low, gain.seeds_ci_high) == pytest.approx(stats.hierarchical_bootstrap_ci(grid, 1000, 0))
+    assert (gain["seeds_ci_low"], gain["seeds_ci_high"]) == pytest.approx(stats.hierarchical_bootstrap_ci(grid, 1000, 0))
     # every kernel reading picks the same planted head with the same predictions: one row of evidence
-    same = table.drop_duplicates("method").set_index("method").same_as
+    same = dict(table.select("method", "same_as").iter_rows())
     assert same["head_max"] == "" and same["head_label"] == same["head_mean"] == same["head_max_nosink"] == "head_max"
     # the uniform kernel ties on every class-balanced prompt, and says so
-    ties = table[(table.method == "uniform") & (table.metric == "tie_rate")].iloc[0]
-    assert ties["mean"] == 1.0
+    assert row_of(table, "uniform", "tie_rate")["mean"] == 1.0
+
+
+def agreement_by_id(rows: list[dict], method: str, seed: int) -> np.ndarray:
+    """A method's agreement with ICL on each prompt of a seed, in example-id order (Table 2's grid)."""
+    of_method = sorted((r for r in rows if r["seed"] == seed and r["method"] == method), key=lambda r: r["example_id"])
+    return np.array([r["prediction"] == r["icl_prediction"] for r in of_method], dtype=float)
+
+
+def row_of(table: pl.DataFrame, method: str, metric: str) -> dict:
+    return table.filter((pl.col("method") == method) & (pl.col("metric") == metric)).row(0, named=True)
 
 
 def test_seeds_that_hold_out_different_examples_get_per_seed_intervals():
@@ -147,31 +150,32 @@ def test_seeds_that_hold_out_different_examples_get_per_seed_intervals():
             rows.append({"prompt_id": i, "example_id": f"e{i}", "method": "head_max", "choice": "c",
                          "select_agreement": 1.0, "label": int(rng.integers(2)), "icl_prediction": int(rng.integers(2)),
                          "null_prediction": 0, "prediction": int(rng.integers(2)), "seed": seed})
-    frame = pd.DataFrame(rows)
-    table = pd.DataFrame(table2.table2_columns(frame, 500, 0)).set_index(["method", "metric"])
-    got = table.loc[("head_max", "agreement")]
-    v = (frame.prediction == frame.icl_prediction).astype(float)
-    assert got["mean"] == pytest.approx(v.groupby(frame.seed).mean().mean())
-    assert (got.ci_low, got.ci_high) == pytest.approx(stats.bootstrap_ci(v.to_numpy(), 500, 0))
-    groups = [v[frame.seed == s].to_numpy() for s in (0, 1)]
-    assert (got.seeds_ci_low, got.seeds_ci_high) == pytest.approx(stats.ragged_hierarchical_bootstrap_ci(groups, 500, 0))
-    assert got.n_heldout == 30
+    frame = pl.DataFrame(rows)
+    got = row_of(pl.DataFrame(table2.table2_columns(frame, 500, 0)), "head_max", "agreement")
+    v = np.array([r["prediction"] == r["icl_prediction"] for r in rows], dtype=float)
+    seed = np.array([r["seed"] for r in rows])
+    assert got["mean"] == pytest.approx(np.mean([v[seed == s].mean() for s in (0, 1)]))
+    assert (got["ci_low"], got["ci_high"]) == pytest.approx(stats.bootstrap_ci(v, 500, 0))
+    groups = [v[seed == s] for s in (0, 1)]
+    assert (got["seeds_ci_low"], got["seeds_ci_high"]) == pytest.approx(stats.ragged_hierarchical_bootstrap_ci(groups, 500, 0))
+    assert got["n_heldout"] == 30
 
 
 def test_health_counts_predictions_per_class_and_flags_a_class_the_model_never_answers():
-    frame = pd.DataFrame({
+    frame = pl.DataFrame({
         "prompt_id": range(6), "example_id": [f"e{i}" for i in range(6)], "method": "head_max", "choice": "c",
         "select_agreement": 1.0, "label": [0, 1, 2, 0, 1, 2], "icl_prediction": [0, 1, 0, 0, 1, 1],
         "null_prediction": 0, "prediction": [0, 0, 2, 0, 1, 2], "seed": 0,
     })
-    h = pd.DataFrame(table2.health(frame, ["negative", "neutral", "positive"])).set_index(["method", "class_name"])
-    assert h.loc[("icl", "positive")].predicted == 0 and bool(h.loc[("icl", "positive")].under_predicted)
-    assert h.loc[("icl", "negative")].predicted == 3 and h.loc[("icl", "negative")].recall == 1.0
-    assert not h.loc[("icl", "neutral")].under_predicted  # 3 of 6 predicted against a gold share of 2 of 6
-    assert h.loc[("head_max", "neutral")].recall == pytest.approx(0.5)
-    assert h.loc[("head_max", "positive")].recall == 1.0
-    table = pd.DataFrame(table2.table2_columns(frame, 100, 0))
-    lines = "\n".join(table2_report.health_lines(pd.DataFrame(table2.health(frame, ["negative", "neutral", "positive"])), table))
+    columns = table2.health(frame, ["negative", "neutral", "positive"])
+    h = {(r["method"], r["class_name"]): r for r in pl.DataFrame(columns).iter_rows(named=True)}
+    assert h[("icl", "positive")]["predicted"] == 0 and h[("icl", "positive")]["under_predicted"]
+    assert h[("icl", "negative")]["predicted"] == 3 and h[("icl", "negative")]["recall"] == 1.0
+    assert not h[("icl", "neutral")]["under_predicted"]  # 3 of 6 predicted against a gold share of 2 of 6
+    assert h[("head_max", "neutral")]["recall"] == pytest.approx(0.5)
+    assert h[("head_max", "positive")]["recall"] == 1.0
+    table = pl.DataFrame(table2.table2_columns(frame, 100, 0))
+    lines = "\n".join(table2_report.health_lines(pl.DataFrame(columns), table))
     assert "**Under-predicted class:** ICL never predicts 'positive' (gold share 33%, recall 0.00)." in lines
     assert "agreement with a 2-class answer" in lines
     assert "| positive | 33% | 0% / 0.00 | 33% / 1.00 |" in lines

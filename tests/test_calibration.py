@@ -84,7 +84,7 @@ def test_heldout_reads_the_calibrated_prediction_of_each_prompt(tmp_path):
     table_io.write_table({"prompt_id": [3, 1, 2], "content_free_probs": [[0.5, 0.5]] * 3, "icl_prediction": [0, 0, 0],
                          "calibrated_prediction": [1, 0, 1]}, tables.CALIBRATION, path)
     name, predictions = heldout.calibrated_predictions(path, np.array([0, 1, 2, 3]), ["N/A"])
-    assert name == "content-free 'N/A'" and predictions.to_dict() == {3: 1, 1: 0, 2: 1}  # prompt 0: not held out
+    assert name == "content-free 'N/A'" and predictions == {3: 1, 1: 0, 2: 1}  # prompt 0: not held out
     with pytest.raises(heldout.HeldoutError, match="re-run calibrate"):
         heldout.calibrated_predictions(path, np.array([1, 2, 4]), ["N/A"])
 

@@ -8,7 +8,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-import pandas as pd
+import polars as pl
 import pytest
 
 from workflow_scripts.core import table_io, tables
@@ -29,12 +29,12 @@ def task_cfg(**extra) -> dict:
     return cfg
 
 
-def prepare(tmp_path: Path, name: str, content: bytes, cfg: dict, task: str = "t") -> pd.DataFrame:
+def prepare(tmp_path: Path, name: str, content: bytes, cfg: dict, task: str = "t") -> pl.DataFrame:
     src = tmp_path / name
     src.write_bytes(content)
     out = tmp_path / f"{task}.parquet"
     data.prepare_task(task, cfg, src, out)
-    return table_io.read_table(out, tables.TASK_DATA).to_pandas()
+    return pl.from_arrow(table_io.read_table(out, tables.TASK_DATA))
 
 
 # --- reading sources --------------------------------------------------------------------------
@@ -53,11 +53,11 @@ def test_headerless_csv_with_bom_like_pang_lee(tmp_path):
     )
     out = prepare(tmp_path, "polarity.csv", b"\xef\xbb\xbf" + raw, cfg)
     # The first row survives: the BOM is not glued to its label.
-    assert out["text"].tolist() == ["a moving and sharp film", "dull , flat", "plain text"]
-    assert out["label_name"].tolist() == ["positive", "negative", "positive"]
-    assert out["label"].tolist() == [1, 0, 1]
-    assert out["example_id"].tolist() == ["t-0", "t-1", "t-2"]
-    assert out["text_b"].isna().all()
+    assert out["text"].to_list() == ["a moving and sharp film", "dull , flat", "plain text"]
+    assert out["label_name"].to_list() == ["positive", "negative", "positive"]
+    assert out["label"].to_list() == [1, 0, 1]
+    assert out["example_id"].to_list() == ["t-0", "t-1", "t-2"]
+    assert out["text_b"].is_null().all()
 
 
 def test_headerless_csv_label_column_with_blank_reads_as_float(tmp_path):
@@ -65,22 +65,22 @@ def test_headerless_csv_label_column_with_blank_reads_as_float(tmp_path):
     cfg = task_cfg(column_names=["label", "sentence"], columns={"text": "sentence", "label": "label"},
                    label_map={"-1": "negative", "1": "positive"})
     out = prepare(tmp_path, "p.csv", b"1,good\n-1,bad\n,unknown\n", cfg)
-    assert out["text"].tolist() == ["good", "bad"]
-    assert out["label"].tolist() == [1, 0]
+    assert out["text"].to_list() == ["good", "bad"]
+    assert out["label"].to_list() == [1, 0]
 
 
 def test_invalid_utf8_is_replaced_when_the_task_allows_it(tmp_path):
     # Without encoding_errors: replace the read stops (tests/test_bad_input_data.py).
     cfg = task_cfg(encoding_errors="replace")
     out = prepare(tmp_path, "bad.csv", b"text,label\ncaf\xe9 good,pos\nbad \xff\xfe one,neg\n", cfg)
-    assert out["text"].tolist() == ["caf\ufffd good", "bad \ufffd\ufffd one"]
-    assert out["label"].tolist() == [1, 0]
+    assert out["text"].to_list() == ["caf\ufffd good", "bad \ufffd\ufffd one"]
+    assert out["label"].to_list() == [1, 0]
 
 
 def test_tsv(tmp_path):
     out = prepare(tmp_path, "d.tsv", b"label\ttext\npos\tgood, really\nneg\tbad\n", task_cfg())
-    assert out["text"].tolist() == ["good, really", "bad"]
-    assert out["label"].tolist() == [1, 0]
+    assert out["text"].to_list() == ["good, really", "bad"]
+    assert out["label"].to_list() == [1, 0]
 
 
 def test_jsonl(tmp_path):
@@ -88,22 +88,22 @@ def test_jsonl(tmp_path):
     content = "\n".join(json.dumps(r) for r in lines).encode()
     cfg = task_cfg(label_map={"0": "negative", "1": "positive"}, max_unmapped_share=0.5)
     out = prepare(tmp_path, "d.jsonl", content, cfg)
-    assert out["text"].tolist() == ["great", "awful"]
-    assert out["label"].tolist() == [1, 0]
+    assert out["text"].to_list() == ["great", "awful"]
+    assert out["label"].to_list() == [1, 0]
 
 
 def test_parquet(tmp_path):
     buf = io.BytesIO()
-    pd.DataFrame({"sentence": ["x one", "y two"], "gold": ["neg", "pos"]}).to_parquet(buf)
+    pl.DataFrame({"sentence": ["x one", "y two"], "gold": ["neg", "pos"]}).write_parquet(buf)
     cfg = task_cfg(columns={"text": "sentence", "label": "gold"})
     out = prepare(tmp_path, "d.parquet", buf.getvalue(), cfg)
-    assert out["text"].tolist() == ["x one", "y two"]
-    assert out["label"].tolist() == [0, 1]
+    assert out["text"].to_list() == ["x one", "y two"]
+    assert out["label"].to_list() == [0, 1]
 
 
 def test_format_key_overrides_extension(tmp_path):
     out = prepare(tmp_path, "d.txt", b"text\tlabel\na\tpos\nb\tneg\n", task_cfg(format="tsv"))
-    assert out["label"].tolist() == [1, 0]
+    assert out["label"].to_list() == [1, 0]
 
 
 def test_unknown_extension_without_format(tmp_path):
@@ -114,8 +114,8 @@ def test_unknown_extension_without_format(tmp_path):
 # --- normalization ----------------------------------------------------------------------------
 
 
-def frame(rows: list[tuple]) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=["text", "label"])
+def frame(rows: list[tuple]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema=["text", "label"], orient="row")
 
 
 def test_label_ints_follow_classes_order():
@@ -123,15 +123,15 @@ def test_label_ints_follow_classes_order():
                    label_map={"neg": "negative", "pos": "positive", "neu": "neutral"})
     out = data.normalize(frame([("a", "neg"), ("b", "pos"), ("c", "neu"), ("d", "pos")]), "t", cfg)
     expected = {"positive": 0, "neutral": 1, "negative": 2}
-    assert out["label"].tolist() == [expected[n] for n in out["label_name"]]
-    assert out["label_name"].tolist() == ["negative", "positive", "neutral", "positive"]
-    assert str(out["label"].dtype) == "int32"
+    assert out["label"].to_list() == [expected[n] for n in out["label_name"]]
+    assert out["label_name"].to_list() == ["negative", "positive", "neutral", "positive"]
+    assert out["label"].dtype == pl.Int32
 
 
 def test_several_raw_labels_to_one_class():
     cfg = task_cfg(label_map={"neg": "negative", "bad": "negative", "pos": "positive"})
     out = data.normalize(frame([("a", "neg"), ("b", "bad"), ("c", "pos")]), "t", cfg)
-    assert out["label"].tolist() == [0, 0, 1]
+    assert out["label"].to_list() == [0, 0, 1]
 
 
 def test_unmapped_empty_and_duplicate_rows_dropped():
@@ -146,28 +146,29 @@ def test_unmapped_empty_and_duplicate_rows_dropped():
         (" pos label ", " pos "),  # 7 raw label with surrounding spaces still maps
     ]
     out = data.normalize(frame(rows), "t", task_cfg(max_unmapped_share=0.2))
-    assert out["example_id"].tolist() == ["t-0", "t-5", "t-7"]
-    assert out["text"].tolist() == ["keep one", "keep two", "pos label"]
-    assert out["label"].tolist() == [1, 0, 1]
+    assert out["example_id"].to_list() == ["t-0", "t-5", "t-7"]
+    assert out["text"].to_list() == ["keep one", "keep two", "pos label"]
+    assert out["label"].to_list() == [1, 0, 1]
     assert list(out.columns) == tables.TASK_DATA.names
 
 
 def test_query_filter_on_numeric_column():
-    df = pd.DataFrame({
+    df = pl.DataFrame({
         "text": ["a", "b", "c", "d", "e"],
         "label": ["pos", "neg", "pos", "neg", "pos"],
         "confidence": [0.9, 0.7, 0.69, 1.0, 0.2],
     })
     out = data.normalize(df, "t", task_cfg(query="confidence >= 0.7"))
-    expected = df[df.confidence >= 0.7]
-    assert out["text"].tolist() == expected["text"].tolist() == ["a", "b", "d"]
-    assert out["example_id"].tolist() == [f"t-{i}" for i in expected.index]
+    kept = [i for i, c in enumerate(df["confidence"]) if c >= 0.7]
+    assert out["text"].to_list() == [df["text"][i] for i in kept] == ["a", "b", "d"]
+    # Example ids number the source's rows: those the query keeps keep theirs.
+    assert out["example_id"].to_list() == [f"t-{i}" for i in kept] == ["t-0", "t-1", "t-3"]
 
 
 def test_query_filter_from_csv_numbers(tmp_path):
     content = b"text,label,confidence\na,pos,0.9\nb,neg,0.5\nc,neg,0.75\nd,pos,0.1\n"
     out = prepare(tmp_path, "d.csv", content, task_cfg(query="confidence >= 0.7"))
-    assert out["text"].tolist() == ["a", "c"]
+    assert out["text"].to_list() == ["a", "c"]
 
 
 def test_bad_query_names_the_key():
@@ -177,7 +178,7 @@ def test_bad_query_names_the_key():
 
 
 def test_text_pairs():
-    df = pd.DataFrame({
+    df = pl.DataFrame({
         "premise": ["p1", "p1", "p2", "p3", "p1"],
         "hypothesis": ["h1", "h2", " ", "h3", "h1"],
         "label": ["pos", "neg", "pos", "neg", "neg"],
@@ -186,14 +187,14 @@ def test_text_pairs():
     out = data.normalize(df, "t", cfg)
     # Same premise with different hypotheses is kept; the empty hypothesis and the repeated pair are dropped.
     assert list(zip(out["text"], out["text_b"])) == [("p1", "h1"), ("p1", "h2"), ("p3", "h3")]
-    assert out["label"].tolist() == [1, 0, 0]
+    assert out["label"].to_list() == [1, 0, 0]
 
 
 def test_text_pairs_written_to_parquet(tmp_path):
     content = b"premise,hypothesis,label\np1,h1,pos\np2,h2,neg\n"
     cfg = task_cfg(columns={"text": "premise", "text_b": "hypothesis", "label": "label"})
     out = prepare(tmp_path, "pairs.csv", content, cfg)
-    assert out["text_b"].tolist() == ["h1", "h2"]
+    assert out["text_b"].to_list() == ["h1", "h2"]
 
 
 def test_missing_column_names_key_and_column():

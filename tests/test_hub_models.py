@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
+import polars as pl
 import pytest
 
 from workflow_scripts.core import paths, table_io, tables
@@ -188,7 +188,7 @@ def test_workflow_runs_a_hub_model_from_the_cache_offline(monkeypatch, tmp_path,
     from .test_workflow import snakemake, tiny_config, write_config
 
     data_file = tmp_path / "toy.csv"
-    pd.DataFrame(toy_sentiment_rows()).to_csv(data_file, index=False)
+    pl.DataFrame(toy_sentiment_rows()).write_csv(data_file)
     config = tiny_config(Path("/nonexistent"), data_file, tiny_bert_dir)
     config["models"]["tiny"] = {"source": "hub", "id": HUB_TINY_LLAMA}
     write_config(tmp_path, config)

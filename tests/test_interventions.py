@@ -4,7 +4,7 @@ bootstrap and verdicts against hand counts."""
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
+import polars as pl
 import pyarrow as pa
 import pytest
 
@@ -47,19 +47,19 @@ def test_the_top_head_is_table_2s_head():
     recon = pa.Table.from_pydict(rc.head_predictions(prompts, shards, C), schema=tables.RECONSTRUCTION)
     split = head_choice.head_split(recon, "max", 18, 12, 5)
     scores, held_ids, held_labels, select_ids = split.select_agreement(), split.ids[split.heldout], split.gold[split.heldout], split.ids[split.select]
-    frame = prompts.to_pandas()
-    rows = pd.DataFrame(heldout.heldout_rows(frame, recon, *embeddings_for(frame), "enc", C, 18, 12, seed=5))
-    chosen = rows[rows.method == "head_max"].choice.iloc[0]
+    frame = pl.from_arrow(prompts)
+    rows = pl.DataFrame(heldout.heldout_rows(frame, recon, *embeddings_for(frame), "enc", C, 18, 12, seed=5))
+    chosen = rows.filter(pl.col("method") == "head_max")["choice"][0]
     top = interventions.choose_targets(scores, [1], 1, 0)[0]
     assert top.name == chosen == f"L{SPECIAL[0]} H{SPECIAL[1]}"
-    assert sorted(held_ids) == sorted(set(rows.prompt_id)) and not set(held_ids) & set(select_ids)
-    labels = frame.set_index("prompt_id").label
+    assert sorted(held_ids) == sorted(set(rows["prompt_id"])) and not set(held_ids) & set(select_ids)
+    labels = dict(frame.select("prompt_id", "label").iter_rows())
     assert list(held_labels) == [labels[i] for i in held_ids]
 
 
-def embeddings_for(frame: pd.DataFrame) -> tuple[dict, dict]:
+def embeddings_for(frame: pl.DataFrame) -> tuple[dict, dict]:
     rng = np.random.default_rng(0)
-    ids = sorted(set(frame.example_id) | {d for row in frame.demo_ids for d in row})
+    ids = sorted(set(frame["example_id"]) | {d for row in frame["demo_ids"].to_list() for d in row})
     return {i: rng.normal(size=5) for i in ids}, {i: rng.normal(size=(2, 4)) for i in ids}
 
 
@@ -183,7 +183,7 @@ def test_knockout_values_are_the_mean_head_output_or_zero():
         interventions.knockout_values("mean", pa.table({"head_outputs": pa.array([None], pa.list_(pa.float16()))}), 2, 3, 4)
 
 
-def edit_rows() -> pd.DataFrame:
+def edit_rows() -> pl.DataFrame:
     """Two seeds x two held-out examples, one family, top / two random draws / bottom heads, m = 1."""
     rows = []
     for seed in (0, 1):
@@ -196,7 +196,7 @@ def edit_rows() -> pd.DataFrame:
                              "steer_class": -1, "original_prediction": 0, "prediction": prediction,
                              "margin_before": 2.0, "margin_after": -1.0 if prediction else 1.5,
                              "attention_mass": {"top": 0.5, "random": 0.25 + 0.1 * draw, "bottom": 0.125}[target]})
-    return pd.DataFrame(rows)
+    return pl.DataFrame(rows)
 
 
 def hand_bootstrap(values: np.ndarray, n_resamples: int, seed: int) -> tuple[float, float]:
@@ -207,7 +207,7 @@ def hand_bootstrap(values: np.ndarray, n_resamples: int, seed: int) -> tuple[flo
 
 
 def test_summary_against_hand_counts():
-    summary = pd.DataFrame(interventions_report.effect_summary(edit_rows(), 200, 0))
+    summary = pl.DataFrame(interventions_report.effect_summary(edit_rows(), 200, 0), schema=interventions_report.SUMMARY_SCHEMA)
 
     def value(target, measure):
         return interventions_report.cell(summary, "knockout", target, 1, measure)["mean"]
@@ -221,23 +221,23 @@ def test_summary_against_hand_counts():
     # accuracy after: a (label 0) is right when not flipped, b (label 1) when flipped
     assert value("top", "accuracy_after") == pytest.approx((0 + 0.5) / 2)
     unedited = interventions_report.cell(summary, "none", "none", 0, "accuracy_after")
-    assert unedited["mean"] == 0.5 and unedited.n_seeds == 2 and unedited.n_prompts == 2
+    assert unedited["mean"] == 0.5 and unedited["n_seeds"] == 2 and unedited["n_prompts"] == 2
     # accuracy change, paired per prompt: a was right and is wrong twice (-1), b was wrong and is right
     # in seed 0 (+1, 0: +.5); edited minus unedited accuracy, .25 - .5
     change = interventions_report.cell(summary, "knockout", "top", 1, "accuracy_change")
     assert change["mean"] == pytest.approx(value("top", "accuracy_after") - unedited["mean"]) == pytest.approx(-0.25)
-    assert (change.ci_low, change.ci_high) == pytest.approx(hand_bootstrap(np.array([-1.0, 0.5]), 200, 0))
+    assert (change["ci_low"], change["ci_high"]) == pytest.approx(hand_bootstrap(np.array([-1.0, 0.5]), 200, 0))
     assert value("top - random", "accuracy_change") == pytest.approx(-0.25 - 0.0)  # random: a -.5, b +.5
     assert value("top", "attention_mass") == 0.5 and value("random", "attention_mass") == pytest.approx(0.3)
-    assert np.isnan(interventions_report.cell(summary, "knockout", "top", 1, "attention_mass").ci_low)
-    bounded = summary[summary.measure != "attention_mass"]
-    assert (bounded.ci_low <= bounded["mean"] + 1e-12).all() and (bounded["mean"] <= bounded.ci_high + 1e-12).all()
+    assert np.isnan(interventions_report.cell(summary, "knockout", "top", 1, "attention_mass")["ci_low"])
+    bounded = summary.filter(pl.col("measure") != "attention_mass")
+    assert (bounded["ci_low"] <= bounded["mean"] + 1e-12).all() and (bounded["mean"] <= bounded["ci_high"] + 1e-12).all()
 
 
 N_EXAMPLES = 20
 
 
-def flip_rows(flips: dict[str, set[int]], masses: dict[str, float], family: str = "knockout") -> pd.DataFrame:
+def flip_rows(flips: dict[str, set[int]], masses: dict[str, float], family: str = "knockout") -> pl.DataFrame:
     """One seed, 20 held-out examples: labels 0 (examples 0-9) and 1 (10-19), every unedited prediction
     0 (accuracy .5); each target flips the examples in `flips` to class 1, one draw per target."""
     rows = []
@@ -247,14 +247,15 @@ def flip_rows(flips: dict[str, set[int]], masses: dict[str, float], family: str 
                          "target": target, "m": 4, "draw": 0, "heads": "L0 H0", "steer_class": 1 if family == "steer" else -1,
                          "original_prediction": 0, "prediction": int(i in flipped), "margin_before": 1.0,
                          "margin_after": -1.0 if i in flipped else 1.0, "attention_mass": masses[target]})
-    return pd.DataFrame(rows)
+    return pl.DataFrame(rows)
 
 
 MASSES = {"top": 0.54, "random": 0.40, "matched": 0.53, "bottom": 0.1}
 
 
-def verdict_of(flips: dict[str, set[int]], family: str = "knockout") -> tuple[str, pd.DataFrame]:
-    summary = pd.DataFrame(interventions_report.effect_summary(flip_rows(flips, MASSES, family), 500, 0))
+def verdict_of(flips: dict[str, set[int]], family: str = "knockout") -> tuple[str, pl.DataFrame]:
+    summary = pl.DataFrame(interventions_report.effect_summary(flip_rows(flips, MASSES, family), 500, 0),
+                           schema=interventions_report.SUMMARY_SCHEMA)
     return interventions_report.verdict(summary, family), summary
 
 
@@ -263,7 +264,7 @@ def test_flips_without_an_accuracy_change_are_not_shown_to_drive_the_correct_pre
     text, summary = verdict_of({"top": {0, 1, 2, 3, 4, 10, 11, 12, 13, 14}, "random": set(), "matched": set(), "bottom": set()})
     change = interventions_report.cell(summary, "knockout", "top", 4, "accuracy_change")
     per_example = np.array([-1.0] * 5 + [0.0] * 5 + [1.0] * 5 + [0.0] * 5)
-    assert change["mean"] == 0.0 and (change.ci_low, change.ci_high) == pytest.approx(hand_bootstrap(per_example, 500, 0))
+    assert change["mean"] == 0.0 and (change["ci_low"], change["ci_high"]) == pytest.approx(hand_bootstrap(per_example, 500, 0))
     assert "m = 4: flips 50% [" in text and "but does not change ICL accuracy (+.00 [" in text
     assert "not shown to drive the correct prediction" in text and "drive the correct prediction, beyond" not in text
     assert "top - same-layer random +50% [" in text and "top - matched +50% [" in text
@@ -283,14 +284,14 @@ def test_the_verdict_says_when_accuracy_rises_falls_or_a_control_does_as_much():
     steady, _ = verdict_of({"top": set(), **none}, "steer")
     assert steady.startswith("Kernel steering in the top-m kernel heads: m = 4: moves 0% [0, 0] of predictions to the steered class")
     assert "not shown to drive the prediction" in steady and "predicted class's demonstrations" in steady
-    assert "no prompt could be edited" in interventions_report.verdict(pd.DataFrame(columns=interventions_report.SUMMARY_COLUMNS), "steer")
+    assert "no prompt could be edited" in interventions_report.verdict(pl.DataFrame(schema=interventions_report.SUMMARY_SCHEMA), "steer")
 
 
 def test_the_table_and_figure_show_the_matched_control(tmp_path):
     _, summary = verdict_of({"top": set(range(8)), "random": {0}, "matched": {1, 2}, "bottom": set()})
     frame = interventions_report.table(summary)
-    assert list(frame.heads) == ["top", "random", "matched", "bottom", "top - random", "top - matched"]
-    assert list(frame["attention mass"]) == [".54", ".40", ".53", ".10", "", ""]
-    assert frame.set_index("heads").loc["top", "ICL accuracy change"].startswith("-.40 [")
+    assert frame["heads"].to_list() == ["top", "random", "matched", "bottom", "top - random", "top - matched"]
+    assert frame["attention mass"].to_list() == [".54", ".40", ".53", ".10", "", ""]
+    assert frame.filter(pl.col("heads") == "top")["ICL accuracy change"][0].startswith("-.40 [")
     interventions_report.figure(summary, "t", str(tmp_path / "f.png"), 40)
     assert (tmp_path / "f.png").stat().st_size > 0

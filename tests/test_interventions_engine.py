@@ -7,6 +7,7 @@ causal check's run_set end to end on a tiny model (every family on the mass-matc
 from __future__ import annotations
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pytest
 import torch
@@ -130,13 +131,13 @@ def test_run_set_edits_every_family_in_the_matched_control_and_records_its_mass(
     cfg = {"kernel": "max", "prompts": 0, "top_m": [1, 2], "random_draws": 2, "seed": 0, "knockout": "mean",
            "steer_fraction": 1.0, "batch_size": 16}
     columns = interventions.run_set(model, prompts, shards, recon, cfg, {"n_select": 6, "n_heldout": 4}, 0)
-    rows = pa.Table.from_pydict(columns, schema=tables.INTERVENTIONS).to_pandas()
-    counts = rows.groupby(["family", "target"]).size()
+    rows = pl.from_arrow(pa.Table.from_pydict(columns, schema=tables.INTERVENTIONS))
+    counts = {(f, t): n for f, t, n in rows.group_by(["family", "target"]).len().iter_rows()}
     for family in interventions.FAMILIES:
         # per held-out prompt and m: top, bottom, 2 same-layer and 2 matched draws (every prompt shows both classes)
         assert {t: counts[family, t] for t in ("top", "random", "matched", "bottom")} == {"top": 8, "random": 16, "matched": 16, "bottom": 8}
     # the recorded mass, by hand from the select prompts' attention rows
-    held = set(rows.prompt_id)
+    held = set(rows["prompt_id"])
     select = [p for p in prompts.to_pylist() if p["prompt_id"] not in held]
     assert len(select) == 6
     by_id = {r["prompt_id"]: r for r in shards.to_pylist()}
@@ -145,9 +146,10 @@ def test_run_set_edits_every_family_in_the_matched_control_and_records_its_mass(
         att = np.asarray(by_id[p["prompt_id"]]["attention"], dtype=np.float64).reshape(3, 4, -1)
         demos += sum(att[..., s : y + 1].sum(axis=-1) for s, y in zip(p["x_start"], p["y_pos"]))
     demos /= len(select)
-    for _, row in rows[rows.family == "knockout"].drop_duplicates(["target", "m", "draw"]).iterrows():
-        heads = [tuple(int(v[1:]) for v in h.split()) for h in row.heads.split(", ")]
-        assert row.attention_mass == pytest.approx(np.mean([demos[h] for h in heads]), abs=1e-6)
-        if row.target == "matched":
-            top = rows[(rows.target == "top") & (rows.m == row.m)].heads.iloc[0]
-            assert not set(row.heads.split(", ")) & set(top.split(", "))
+    knockouts = rows.filter(pl.col("family") == "knockout").unique(["target", "m", "draw"], keep="first", maintain_order=True)
+    for row in knockouts.iter_rows(named=True):
+        heads = [tuple(int(v[1:]) for v in h.split()) for h in row["heads"].split(", ")]
+        assert row["attention_mass"] == pytest.approx(np.mean([demos[h] for h in heads]), abs=1e-6)
+        if row["target"] == "matched":
+            top = rows.filter((pl.col("target") == "top") & (pl.col("m") == row["m"]))["heads"][0]
+            assert not set(row["heads"].split(", ")) & set(top.split(", "))

@@ -4,7 +4,7 @@ position alone gives; the report reads them by balanced accuracy against both.""
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -146,28 +146,29 @@ def test_token_identity_is_fitted_once_per_distinct_token_column(monkeypatch):
     np.testing.assert_array_equal(both, np.stack([scores, token_scores(tokens, other)]))
 
 
-def probe_frame(**kwargs) -> pd.DataFrame:
+def probe_frame(**kwargs) -> tuple[pl.DataFrame, dict, np.ndarray]:
     prompts, shards, zero_shot = with_vectors(**kwargs)
     samples = probes.probe_samples(prompts, shards)
     answers = np.array([zero_shot[d] for d in samples["example_ids"]])
-    return pa.table(probes.probe_table(samples, answers, C, ridge=0.01, folds=5, seed=0)).to_pandas(), samples, answers
+    return pl.DataFrame(probes.probe_table(samples, answers, C, ridge=0.01, folds=5, seed=0)), samples, answers
 
 
 def test_probes_find_the_planted_cells_and_only_those_and_their_shuffled_control_does_not():
     table, samples, answers = probe_frame()
     assert len(table) == 2 * L * H * len(tables.DEMO_OFFSETS)
     for vector, (layer, head, offset) in (("key", KEY_CELL), ("value", VALUE_CELL)):
-        part = table[table.vector == vector].set_index(["layer", "head", "offset"])
-        cell = (layer, head, tables.DEMO_OFFSETS[offset])
+        part = table.filter(pl.col("vector") == vector)
+        at_cell = (pl.col("layer") == layer) & (pl.col("head") == head) & (pl.col("offset") == tables.DEMO_OFFSETS[offset])
+        cell, rest = part.filter(at_cell), part.filter(~at_cell)
         for score in ("accuracy", "balanced_accuracy"):
-            assert part[score].loc[cell] > 0.9
-            assert part[score].drop(index=cell).max() < 0.6  # noise: chance is about 1/3
+            assert cell[score].item() > 0.9
+            assert rest[score].max() < 0.6  # noise: chance is about 1/3
         # The same probe on targets shuffled across demonstrations finds nothing, even where the signal is.
-        assert abs(part.shuffled_balanced_accuracy.loc[cell] - 1 / C) < 0.12
-        assert (part.shuffled_balanced_accuracy - 1 / C).abs().max() < 0.15
-        assert part.chance.iloc[0] == pytest.approx(1 / C)
-        assert part.n_samples.iloc[0] == 39 * K
-        assert part.majority.iloc[0] == pytest.approx(np.bincount(answers if vector == "key" else samples["labels"]).max() / (39 * K))
+        assert abs(cell["shuffled_balanced_accuracy"].item() - 1 / C) < 0.12
+        assert (part["shuffled_balanced_accuracy"] - 1 / C).abs().max() < 0.15
+        assert part["chance"][0] == pytest.approx(1 / C)
+        assert part["n_samples"][0] == 39 * K
+        assert part["majority"][0] == pytest.approx(np.bincount(answers if vector == "key" else samples["labels"]).max() / (39 * K))
 
 
 def test_shuffled_control_is_drawn_from_the_probe_seed():
@@ -197,22 +198,27 @@ def test_probe_columns_round_trip_through_the_schema(tmp_path):
             table_io.read_table(tmp_path / "stale.parquet", tables.PROBES)
 
 
-def two_seeds(**kwargs) -> pd.DataFrame:
-    return pd.concat([probe_frame(seed=seed, **kwargs)[0] for seed in (0, 1)])
+def two_seeds(**kwargs) -> pl.DataFrame:
+    """The probes tables of two seeds, stacked, as the report reads them."""
+    return pl.concat([probe_frame(seed=seed, **kwargs)[0] for seed in (0, 1)])
+
+
+def by_vector(table: pl.DataFrame) -> dict[str, dict]:
+    return {row["vector"]: row for row in table.iter_rows(named=True)}
 
 
 def test_report_reads_the_best_probes_against_their_shuffled_control(tmp_path):
-    table = probes_report.probes_table(probes_report.mean_probes(two_seeds()))
+    table = by_vector(probes_report.probes_table(probes_report.mean_probes(two_seeds())))
     for vector, (layer, head, offset) in (("key", KEY_CELL), ("value", VALUE_CELL)):
-        row = table[table.vector == vector].iloc[0]
-        assert (row.layer, row["head"], row.offset) == (layer, head, tables.DEMO_OFFSETS[offset])
-        assert row.balanced_accuracy > 0.9 and row.beats_control
-        assert row.difference == pytest.approx(row.balanced_accuracy - row.shuffled_balanced_accuracy)
-        assert row.control_max < 0.5 and row.chance == pytest.approx(1 / C)
+        row = table[vector]
+        assert (row["layer"], row["head"], row["offset"]) == (layer, head, tables.DEMO_OFFSETS[offset])
+        assert row["balanced_accuracy"] > 0.9 and row["beats_control"]
+        assert row["difference"] == pytest.approx(row["balanced_accuracy"] - row["shuffled_balanced_accuracy"])
+        assert row["control_max"] < 0.5 and row["chance"] == pytest.approx(1 / C)
         # every peak is position 0, whose random token ids say nothing of a demonstration's target
-        assert row.token_balanced_accuracy < 0.5 and row.beats_token
-        assert row.token_difference == pytest.approx(row.balanced_accuracy - row.token_balanced_accuracy)
-        assert row.token_margin == pytest.approx(1 / np.sqrt(39 * K))
+        assert row["token_balanced_accuracy"] < 0.5 and row["beats_token"]
+        assert row["token_difference"] == pytest.approx(row["balanced_accuracy"] - row["token_balanced_accuracy"])
+        assert row["token_margin"] == pytest.approx(1 / np.sqrt(39 * K))
     out = Outputs(figure=str(tmp_path / "probes.png"), csv=str(tmp_path / "p.csv"), html=str(tmp_path / "p.html"),
                   piece=str(tmp_path / "p.md"))
     probes_report.write_probes_section(two_seeds(), "m / t / random", out, dpi=50)
@@ -220,19 +226,19 @@ def test_report_reads_the_best_probes_against_their_shuffled_control(tmp_path):
     assert text.count("**beats its shuffled control**") == 2 and "**does not beat" not in text
     assert text.count("**beats its token-identity control**") == 2
     assert (tmp_path / "probes.png").stat().st_size > 0
-    assert pd.read_csv(out.csv).beats_control.tolist() == [True, True]
+    assert pl.read_csv(out.csv)["beats_control"].to_list() == [True, True]
 
 
 def test_report_does_not_credit_a_key_probe_at_the_majority_share():
     # Keys carry nothing and 80% of the zero-shot answers are one class: plain accuracy of the best key
     # probe sits near the majority share, its balanced accuracy does not beat the shuffled control.
     frame = two_seeds(key_signal=0.0, majority=0.8)
-    table = probes_report.probes_table(probes_report.mean_probes(frame)).set_index("vector")
-    key = table.loc["key"]
-    assert key.majority > 0.75 and key.accuracy > key.majority - 0.1
-    assert not key.beats_control and key.balanced_accuracy < 0.5
-    assert table.loc["value"].beats_control
-    lines = "\n".join(probes_report.probes_lines(table.reset_index(), "probes.png"))
+    table = probes_report.probes_table(probes_report.mean_probes(frame))
+    key = by_vector(table)["key"]
+    assert key["majority"] > 0.75 and key["accuracy"] > key["majority"] - 0.1
+    assert not key["beats_control"] and key["balanced_accuracy"] < 0.5
+    assert by_vector(table)["value"]["beats_control"]
+    lines = "\n".join(probes_report.probes_lines(table, "probes.png"))
     assert "Best key probe" in lines and "**does not beat its shuffled control**" in lines
     assert "Best value probe" in lines and "**beats its shuffled control**" in lines
     assert "majority share, which shows nothing by itself" in lines
@@ -241,15 +247,15 @@ def test_report_does_not_credit_a_key_probe_at_the_majority_share():
 def test_report_says_a_value_probe_at_the_label_word_reads_only_the_word():
     # Every head's offset +1 stands on the label word: the value probe planted there reaches about 1.0,
     # and the token alone reaches 1.0. Keys are fitted to zero-shot answers the word does not give.
-    frame = pd.concat([probe_frame(seed=seed, peaks_before_labels=True)[0] for seed in (0, 1)])
-    at_label = frame[(frame.vector == "value") & (frame.offset == 1)]
-    assert (at_label.token_balanced_accuracy == 1.0).all()  # the same for every layer and head
-    table = probes_report.probes_table(probes_report.mean_probes(frame)).set_index("vector")
-    value, key = table.loc["value"], table.loc["key"]
-    assert (value.layer, value["head"], value.offset) == (0, 0, 1) and value.balanced_accuracy > 0.9 and value.beats_control
-    assert value.token_balanced_accuracy == 1.0 and not value.beats_token
-    assert key.beats_token and key.token_balanced_accuracy < 0.5
-    lines = "\n".join(probes_report.probes_lines(table.reset_index(), "probes.png"))
+    frame = two_seeds(peaks_before_labels=True)
+    at_label = frame.filter((pl.col("vector") == "value") & (pl.col("offset") == 1))
+    assert (at_label["token_balanced_accuracy"] == 1.0).all()  # the same for every layer and head
+    table = probes_report.probes_table(probes_report.mean_probes(frame))
+    value, key = by_vector(table)["value"], by_vector(table)["key"]
+    assert (value["layer"], value["head"], value["offset"]) == (0, 0, 1) and value["balanced_accuracy"] > 0.9 and value["beats_control"]
+    assert value["token_balanced_accuracy"] == 1.0 and not value["beats_token"]
+    assert key["beats_token"] and key["token_balanced_accuracy"] < 0.5
+    lines = "\n".join(probes_report.probes_lines(table, "probes.png"))
     assert lines.count("**does not beat its token-identity control**") == 1
     assert lines.count("**beats its token-identity control**") == 1
     assert "but the token at that position alone reaches 1.000" in lines
@@ -257,29 +263,28 @@ def test_report_says_a_value_probe_at_the_label_word_reads_only_the_word():
     assert "No cell beats both its token by a clear margin and the shuffled control's highest" in lines
 
 
-def planted_cells(cells: dict) -> pd.DataFrame:
+def planted_cells(cells: dict) -> pl.DataFrame:
     """Mean-probe rows for one vector kind: every cell at chance unless given as (balanced, token)."""
     rows = [{"vector": vector, "layer": layer, "head": head, "offset": offset, "accuracy": 0.5, "majority": 0.5,
              "balanced_accuracy": cells.get((layer, head, offset), (0.5, 0.5))[0], "shuffled_balanced_accuracy": 0.5,
              "token_balanced_accuracy": cells.get((layer, head, offset), (0.5, 0.5))[1], "chance": 0.5, "n_samples": 400}
             for vector in ("key", "value") for layer in (0, 1) for head in (0, 1) for offset in tables.DEMO_OFFSETS]
-    return pd.DataFrame(rows)
+    return pl.DataFrame(rows)
 
 
 def test_report_names_the_cell_that_reads_more_than_its_word():
     # The best value cell is the label word itself (1.0 against its token's 1.0); another cell reaches
     # 0.9 where its token gives 0.6: a gain of 0.3, over the clear margin 1 / sqrt(400) = 0.05.
-    table = probes_report.probes_table(planted_cells({(1, 0, 0): (1.0, 1.0), (0, 1, 2): (0.9, 0.6)})).set_index("vector")
-    value = table.loc["value"]
-    assert (value.layer, value["head"], value.offset) == (1, 0, 0) and not value.beats_token
-    assert (value.gain_layer, value.gain_head, value.gain_offset) == (0, 1, 2)
-    assert value.gain_difference == pytest.approx(0.3) and value.token_margin == pytest.approx(0.05) and value.gain_beats_token
-    line = probes_report.token_verdict(table.reset_index().iloc[1])
+    value = by_vector(probes_report.probes_table(planted_cells({(1, 0, 0): (1.0, 1.0), (0, 1, 2): (0.9, 0.6)})))["value"]
+    assert (value["layer"], value["head"], value["offset"]) == (1, 0, 0) and not value["beats_token"]
+    assert (value["gain_layer"], value["gain_head"], value["gain_offset"]) == (0, 1, 2)
+    assert value["gain_difference"] == pytest.approx(0.3) and value["token_margin"] == pytest.approx(0.05) and value["gain_beats_token"]
+    line = probes_report.token_verdict(value)
     assert "**does not beat its token-identity control**" in line
     assert "The largest gain over the token is at L0 H1 offset +2: 0.900 against 0.600 (+0.300), a clear margin" in line
     # A gain within the margin is not credited: 0.54 against 0.5 on 400 demonstrations.
-    near = probes_report.probes_table(planted_cells({(1, 0, 0): (1.0, 1.0), (0, 1, 2): (0.54, 0.5)})).set_index("vector")
-    assert not near.loc["value"].gain_beats_token
+    near = by_vector(probes_report.probes_table(planted_cells({(1, 0, 0): (1.0, 1.0), (0, 1, 2): (0.54, 0.5)})))
+    assert not near["value"]["gain_beats_token"]
 
 
 def test_probes_without_kept_vectors_name_the_config_key():

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
+import polars as pl
 import pytest
 
 from workflow_scripts.core import table_io, tables
@@ -23,16 +23,17 @@ RANDOM = setting_defaults({"selection": "random"})
 PROMPT_CFG = {"n_eval": 10, "n_dev": 4, "k": 6, "split_seed": 3, "max_chars": 0, "pool_size": 0, "prepend_bos": False}
 
 
-def toy_data() -> pd.DataFrame:
+def toy_data() -> pl.DataFrame:
     rows = toy_sentiment_rows()
-    return pd.DataFrame(
+    return pl.DataFrame(
         {
             "example_id": [f"toy-{i}" for i in range(len(rows))],
             "text": [r["text"] for r in rows],
             "text_b": [None] * len(rows),
             "label": [int(r["label"] == "pos") for r in rows],
             "label_name": ["positive" if r["label"] == "pos" else "negative" for r in rows],
-        }
+        },
+        schema_overrides={"text_b": pl.String, "label": pl.Int32},
     )
 
 
@@ -50,14 +51,14 @@ def test_every_label_position_decodes_to_that_demos_label_word(built, tokenizer)
 
 
 def test_spans_decode_to_the_demonstration_and_query_inputs(built, tokenizer):
-    data = toy_data().set_index("example_id")
+    texts = dict(toy_data().select("example_id", "text").iter_rows())
     for i in range(len(built["prompt_id"])):
         ids = built["input_ids"][i]
         for demo_id, start, end in zip(built["demo_ids"][i], built["x_start"][i], built["x_end"][i]):
             text = tokenizer.decode(ids[start:end])
-            assert text.strip() == TEMPLATE["input"].format(text=data.loc[demo_id, "text"]).strip()
+            assert text.strip() == TEMPLATE["input"].format(text=texts[demo_id]).strip()
         query = tokenizer.decode(ids[built["query_start"][i] : built["query_end"][i]])
-        assert query.strip() == TEMPLATE["input"].format(text=data.loc[built["example_id"][i], "text"]).strip()
+        assert query.strip() == TEMPLATE["input"].format(text=texts[built["example_id"][i]]).strip()
         assert built["query_end"][i] == len(ids)
         assert tokenizer.decode(ids) == built["text"][i]
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -121,7 +120,7 @@ def test_score_heads_against_independent_computation():
 
     assert set(heads) == set(tables.HEADS.names)
     sink = np.mean([p["att"][..., 0] for p in truth], axis=0)  # (L, H): attention on position 0
-    got_sink = pd.DataFrame(heads).drop_duplicates(["layer", "head"]).set_index(["layer", "head"]).sink_attention
+    got_sink = {(l, h): s for l, h, s in zip(heads["layer"], heads["head"], heads["sink_attention"])}
     for l in range(L):
         for h in range(H):
             assert got_sink[(l, h)] == pytest.approx(sink[l, h], abs=1e-12)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
+import polars as pl
 import pytest
 
 from workflow_scripts.analysis import similarity as sim
@@ -14,17 +14,24 @@ from .test_reconstruction import C, H, L, loop_weights, synthetic_set
 VOCAB = 40
 
 
-def zero_shot_probs(prompts, seed: int = 0, k: int = 6) -> pd.DataFrame:
+def zero_shot_probs(prompts, seed: int = 0, k: int = 6) -> pl.DataFrame:
     """A random zero-shot label distribution and a full next-token distribution over VOCAB tokens
     (`full`, with its top k stored as the zero-shot table stores it) for every query and demonstration."""
     rng = np.random.default_rng(seed)
     ids = sorted(set(prompts.column("example_id").to_pylist()) | {d for row in prompts.column("demo_ids").to_pylist() for d in row})
     full = rng.dirichlet(np.full(VOCAB, 0.3), size=len(ids))
     top = np.argsort(-full, axis=1)[:, :k]
-    return pd.DataFrame({
-        "probs": list(rng.dirichlet(np.ones(C), size=len(ids))), "full": list(full), "next_ids": list(top),
-        "next_probs": [f[t] for f, t in zip(full, top)], "next_rest": [1 - f[t].sum() for f, t in zip(full, top)],
-    }, index=pd.Index(ids, name="example_id"))
+    return pl.DataFrame({
+        "example_id": ids, "probs": list(rng.dirichlet(np.ones(C), size=len(ids))), "full": list(full),
+        "next_ids": [t.astype(np.int32) for t in top], "next_probs": [f[t] for f, t in zip(full, top)],
+        "next_rest": [1 - f[t].sum() for f, t in zip(full, top)],
+    })
+
+
+def row_of(frame: pl.DataFrame, example_id: str) -> dict:
+    """One example's row, its list columns as numpy arrays (the test's own reading of the table)."""
+    row = frame.row(by_predicate=pl.col("example_id") == example_id, named=True)
+    return {name: np.asarray(value) if isinstance(value, list) else value for name, value in row.items()}
 
 
 def test_prediction_similarity_is_a_dot_product_per_demo():
@@ -35,35 +42,37 @@ def test_prediction_similarity_is_a_dot_product_per_demo():
 
 def sparse_dot(a, b) -> float:
     """The dot product of two stored top-k lists, by a dictionary (the test's own reading)."""
-    first = dict(zip(a.next_ids.tolist(), a.next_probs))
-    return float(sum(first.get(t, 0.0) * q for t, q in zip(b.next_ids.tolist(), b.next_probs)))
+    first = dict(zip(a["next_ids"].tolist(), a["next_probs"]))
+    return float(sum(first.get(t, 0.0) * q for t, q in zip(b["next_ids"].tolist(), b["next_probs"])))
 
 
 @pytest.mark.parametrize("similarity", sim.SIMILARITIES)
 def test_head_correlations_against_corrcoef_over_all_pairs(similarity):
     prompts, shards, truth = synthetic_set(n_prompts=10, seed=2)
     probs = zero_shot_probs(prompts)
-    got = pd.DataFrame(sim.head_correlations(prompts, shards, probs.probs, sim.top_k_of(probs)))
+    by_id = dict(zip(probs["example_id"], (np.asarray(p) for p in probs["probs"].to_list())))
+    got = pl.DataFrame(sim.head_correlations(prompts, shards, by_id, sim.top_k_of(probs)))
     assert len(got) == L * H * len(ATTENTION_KERNELS) * len(sim.SIMILARITIES)
-    got = got[got.similarity == similarity]
+    got = got.filter(pl.col("similarity") == similarity)
     rows = prompts.to_pylist()
     for kernel in ATTENTION_KERNELS:
         weights, sims = [], []
         for p, row in zip(truth, rows):
             weights.append(loop_weights(p["att"], p["x_start"], p["y_pos"])[kernel])  # (L, H, k)
-            query = probs.loc[row["example_id"]]
+            query = row_of(probs, row["example_id"])
             if similarity == "label_words":
-                sims.append([float(np.dot(query.probs, probs.loc[d, "probs"])) for d in row["demo_ids"]])
+                sims.append([float(np.dot(query["probs"], row_of(probs, d)["probs"])) for d in row["demo_ids"]])
             else:
-                sims.append([sparse_dot(query, probs.loc[d]) for d in row["demo_ids"]])
+                sims.append([sparse_dot(query, row_of(probs, d)) for d in row["demo_ids"]])
         weights = np.concatenate(weights, axis=-1)
         sims = np.concatenate(sims)
         for layer in range(L):
             for head in range(H):
                 expected = np.corrcoef(weights[layer, head], sims)[0, 1]
-                cell = got[(got.kernel == kernel) & (got.layer == layer) & (got["head"] == head)]
-                assert cell.pearson.iloc[0] == pytest.approx(expected, abs=1e-6)  # attention is read as float32
-                assert cell.n_pairs.iloc[0] == len(sims)
+                cell = got.row(by_predicate=(pl.col("kernel") == kernel) & (pl.col("layer") == layer) & (pl.col("head") == head),
+                               named=True)
+                assert cell["pearson"] == pytest.approx(expected, abs=1e-6)  # attention is read as float32
+                assert cell["n_pairs"] == len(sims)
 
 
 def test_next_token_similarity_is_within_its_bound_of_the_full_dot_product():
@@ -72,9 +81,10 @@ def test_next_token_similarity_is_within_its_bound_of_the_full_dot_product():
         probs = zero_shot_probs(prompts, seed=1, k=k)
         tops = sim.top_k_of(probs)
         gaps = []
-        for a in probs.index[:12]:
-            for b in probs.index[12:24]:
-                full = float(probs.loc[a, "full"] @ probs.loc[b, "full"])
+        ids = probs["example_id"].to_list()
+        for a in ids[:12]:
+            for b in ids[12:24]:
+                full = float(row_of(probs, a)["full"] @ row_of(probs, b)["full"])
                 got = sim.next_token_similarity(tops[a], tops[b])
                 assert got <= full + 1e-12
                 assert full - got <= sim.truncation_bound(tops[a], tops[b]) + 1e-12
@@ -84,9 +94,10 @@ def test_next_token_similarity_is_within_its_bound_of_the_full_dot_product():
 
 def test_a_missing_zero_shot_row_names_the_table():
     prompts, shards, _ = synthetic_set(n_prompts=3)
-    probs = zero_shot_probs(prompts).drop(index="t-d1-2")
+    probs = zero_shot_probs(prompts).filter(pl.col("example_id") != "t-d1-2")
+    by_id = dict(zip(probs["example_id"], probs["probs"].to_list()))
     with pytest.raises(ValueError, match=r"zs\.parquet: no row for examples \['t-d1-2'\]"):
-        sim.head_correlations(prompts, shards, probs.probs, sim.top_k_of(probs), "zs.parquet")
+        sim.head_correlations(prompts, shards, by_id, sim.top_k_of(probs), "zs.parquet")
 
 
 def test_the_zero_shot_pass_stores_the_models_full_next_token_distribution(tiny_llama_dir, tokenizer):
@@ -100,7 +111,7 @@ def test_the_zero_shot_pass_stores_the_models_full_next_token_distribution(tiny_
     manifest = {"path": str(tiny_llama_dir), "revision": None, "trust_remote_code": False}
     model = engine.prepare(loading.load_model(manifest, "cpu", "float32", attn_implementation="sdpa"))
     eager = loading.load_model(manifest, "cpu", "float32", attn_implementation="eager")
-    rows = toy_data().head(5).assign(part="eval")
+    rows = toy_data().head(5).with_columns(part=pl.lit("eval"))
     requests = zero_shot.requests_for(rows, TASK, tokenizer)
     for k in (16, model.config.vocab_size):
         results = engine.run(model, requests, batch_size=3, hidden_layers=[0], top_k=k)

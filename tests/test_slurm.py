@@ -13,7 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
-import pandas as pd
+import polars as pl
 import pytest
 
 from workflow_scripts.core import paths
@@ -80,7 +80,7 @@ def squeue_states(job_ids: list[str]) -> dict[str, str]:
 
 def test_tiny_study_runs_through_slurm_and_a_rerun_submits_nothing(slurm, tmp_path, tiny_llama_dir, tiny_bert_dir):
     data_file = tmp_path / "toy.csv"
-    pd.DataFrame(toy_sentiment_rows()).to_csv(data_file, index=False)
+    pl.DataFrame(toy_sentiment_rows()).write_csv(data_file)
     write_config(tmp_path, tiny_config(tiny_llama_dir, data_file, tiny_bert_dir))
     planned = planned_jobs(tmp_path)
 

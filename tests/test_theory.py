@@ -5,7 +5,7 @@ import itertools
 from types import SimpleNamespace
 
 import numpy as np
-import pyarrow.parquet as pq
+import polars as pl
 import pytest
 
 from workflow_scripts.core import paper, tables
@@ -272,18 +272,18 @@ def test_from_snakemake_writes_table_figure_and_summary(tmp_path):
     smk = smk_for(small_params(), tmp_path)
     outputs = vars(smk.output)
     study.from_snakemake(smk)
-    table = pq.read_table(outputs["table"]).to_pandas()
+    table = pl.read_parquet(outputs["table"])
     assert set(table["variant"]) == {"shared"}  # no variants: one, named after the construction
     assert set(table["kernel"]) == set(operator_kernel.THEOREM_KERNELS)
-    pooled = table[table["hmm_seed"].isna()]
+    pooled = table.filter(pl.col("hmm_seed").is_null())
     assert sorted(pooled["n_demos"].unique()) == [1, 2, 4, 8] and len(pooled) == 4 * len(operator_kernel.THEOREM_KERNELS)
     assert len(table) == 3 * len(pooled)
     assert (pooled["distance_ci_low"] <= pooled["distance_mean"] + 1e-12).all()
     assert (pooled["agreement_ci_high"] >= pooled["agreement_mean"] - 1e-12).all()
-    assert pooled.loc[pooled["n_demos"] == 8, "paper_agreement"].iloc[0] == 0.901
+    assert pooled.filter(pl.col("n_demos") == 8)["paper_agreement"][0] == 0.901
     # With one demonstration every kernel predicts e(y_1), whatever its sign.
-    at_one = pooled[pooled["n_demos"] == 1]
-    assert np.allclose(at_one["distance_mean"], at_one["distance_mean"].iloc[0])
+    at_one = pooled.filter(pl.col("n_demos") == 1)
+    assert np.allclose(at_one["distance_mean"].to_numpy(), at_one["distance_mean"][0])
     assert outputs["figure"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = outputs["summary"].read_text()
     assert "L1" in summary and "| 8 | 0.218 |" in summary
@@ -396,15 +396,15 @@ def test_variant_table_has_every_variant_and_its_kernels(tmp_path):
     variants = {"shared": {}, "blocks": {"construction": "block", "leakage": 0.1, "kernels": ["pretraining_covariance", "constant"]}}
     smk = smk_for(small_params(variants=variants, n_demos=[1, 2, 32], hmm_seeds=[0]), tmp_path)
     study.from_snakemake(smk)
-    table = pq.read_table(smk.output.table).to_pandas()
-    assert table.columns[0] == "variant" and list(table.columns[1:]) == tables.THEORY.names[1:]
-    kernels = table.groupby("variant")["kernel"].agg(set).to_dict()
+    table = pl.read_parquet(smk.output.table)
+    assert table.columns[0] == "variant" and table.columns[1:] == tables.THEORY.names[1:]
+    kernels = {variant: set(part["kernel"]) for (variant,), part in table.group_by("variant")}
     assert kernels == {"shared": set(operator_kernel.THEOREM_KERNELS), "blocks": {"pretraining_covariance", "constant"}}
     # The shared variant's numbers do not depend on the other variants being run beside it.
     alone = smk_for(small_params(n_demos=[1, 2, 32], hmm_seeds=[0]), tmp_path / "alone")
     study.from_snakemake(alone)
-    alone_table = pq.read_table(alone.output.table).to_pandas()
-    assert alone_table.equals(table[table.variant == "shared"].reset_index(drop=True))
+    alone_table = pl.read_parquet(alone.output.table)
+    assert alone_table.equals(table.filter(pl.col("variant") == "shared"))
     summary = smk.output.summary.read_text()
     assert "### Every construction beside the paper's Table 3" in summary and "Closest to the paper's whole Table 3" in summary
     assert "| 32 | 0.085 |" in summary and "block HMM: 3 blocks of 2 states, leakage 0.1" in summary

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+import polars as pl
 import pytest
 import yaml
 
@@ -111,7 +111,7 @@ def study(tmp_path_factory, tiny_llama_dir, tiny_bert_dir) -> tuple[Path, dict]:
     workdir = tmp_path_factory.mktemp("study")
     data_file = workdir / "toy.csv"
     # One row without a label: dropped with a warning, which the console and the report must show.
-    pd.DataFrame([*toy_sentiment_rows(), {"text": "the film is", "label": None}]).to_csv(data_file, index=False)
+    pl.DataFrame([*toy_sentiment_rows(), {"text": "the film is", "label": None}]).write_csv(data_file)
     config = tiny_config(tiny_llama_dir, data_file, tiny_bert_dir)
     write_config(workdir, config)
     started = time.perf_counter()
@@ -151,10 +151,10 @@ def test_full_run_writes_every_stage(study):
     assert {"recency", "uniform", "positional", "slot_label"} <= set(table.column("method").to_pylist())
     assert "agreement_gain" in table.column("metric").to_pylist()
     # the query swap keeps each held-out prompt's demonstrations and changes its query
-    swapped = table_io.read_table(workdir / paths.prompts("tiny", "toy", 0, "swap"), tables.PROMPTS).to_pandas().set_index("prompt_id")
-    original = prompts.to_pandas().set_index("prompt_id").loc[swapped.index]
-    assert (swapped.demo_ids.map(list) == original.demo_ids.map(list)).all()
-    assert (swapped.example_id != original.example_id).all()
+    swapped = table_io.read_table(workdir / paths.prompts("tiny", "toy", 0, "swap"), tables.PROMPTS).to_pylist()
+    original = {p["prompt_id"]: p for p in prompts.to_pylist()}
+    assert all(p["demo_ids"] == original[p["prompt_id"]]["demo_ids"] for p in swapped)
+    assert all(p["example_id"] != original[p["prompt_id"]]["example_id"] for p in swapped)
     shift = table_io.read_table(workdir / paths.analysis("query_swap.parquet", "tiny", "toy", 0, "random"), tables.QUERY_SWAP)
     assert shift.num_rows == 2 * 4 * 4  # layers x heads x kernel readings
     held_ids = set(held.column("prompt_id").to_pylist())
@@ -631,7 +631,7 @@ def test_same_seed_gives_byte_identical_prompts(study, tmp_path):
 
 def test_bad_input_stops_before_any_model_runs(tmp_path, tiny_llama_dir, tiny_bert_dir):
     data_file = tmp_path / "toy.csv"
-    pd.DataFrame(toy_sentiment_rows()).to_csv(data_file, index=False)
+    pl.DataFrame(toy_sentiment_rows()).write_csv(data_file)
     config = tiny_config(tiny_llama_dir, data_file, tiny_bert_dir)
     config["prompts"]["n_eval"] = 70  # 35 per class, but each class has 32 examples
     write_config(tmp_path, config)
@@ -643,7 +643,7 @@ def test_bad_input_stops_before_any_model_runs(tmp_path, tiny_llama_dir, tiny_be
 
 def test_unknown_config_key_fails_at_parse_time(tmp_path, tiny_llama_dir, tiny_bert_dir):
     data_file = tmp_path / "toy.csv"
-    pd.DataFrame(toy_sentiment_rows()).to_csv(data_file, index=False)
+    pl.DataFrame(toy_sentiment_rows()).write_csv(data_file)
     config = tiny_config(tiny_llama_dir, data_file, tiny_bert_dir)
     config["prompts"]["n_shots"] = 4
     write_config(tmp_path, config)
@@ -666,11 +666,11 @@ def test_two_models_get_a_side_by_side_view_in_both_reports(study, tmp_path):
     view = text.index("## Models side by side: tiny, tiny2")
     assert text.index("### tiny2 / toy / random") < view < text.index("\n## tiny / toy / random")
     assert "| ICL accuracy | " in text[view:] and "### Which findings hold in every model" in text[view:]
-    frame = pd.read_csv(copy / paths.report_figure("models.csv"))
-    assert set(frame.model) == {"tiny", "tiny2"}
+    frame = pl.read_csv(copy / paths.report_figure("models.csv"))
+    assert set(frame["model"]) == {"tiny", "tiny2"}
     # The same weights twice: every number of one model is the other's.
-    pivot = frame.pivot_table(index="row", columns="model", values="mean")
-    np.testing.assert_allclose(pivot["tiny"], pivot["tiny2"])
+    pivot = frame.pivot("model", index="row", values="mean", aggregate_function="mean").sort("row")
+    np.testing.assert_allclose(pivot["tiny"].to_numpy(), pivot["tiny2"].to_numpy())
     html = tmp_path / "report.html"
     assert snakemake(copy, "--report", str(html)).returncode == 0
     results, categories, _ = report_contents(html)

@@ -8,38 +8,45 @@ of the demonstrations to the test input. Summaries average over seeds per prompt
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from workflow_scripts.core import stats, table_io, tables
+from workflow_scripts.core import aggregate, stats, table_io, tables
 from workflow_scripts.core.kernels import attention_weights, kernel_vote, normalized_entropy, unit_rows
-from workflow_scripts.core.readers import iter_prompts, read_attention_rows, read_embeddings
+from workflow_scripts.core.readers import Shards, iter_prompts, read_attention_rows, read_embeddings
 from workflow_scripts.core.split import ablation_ids
 
 METRICS = ("icl_accuracy", "agreement", "head_accuracy", "entropy", "demo_similarity", "n_demos")
 SHIFTED = ("icl_accuracy", "agreement", "entropy")
+# The metrics that may be missing (NaN, written as null): the others are counts and 0/1 indicators.
+FLOAT_METRICS = ("entropy", "demo_similarity")
+# ABLATION_PROMPTS' columns of one prompt row, as prompt_rows makes them.
+ROW_SCHEMA = {name: pl.String if name == "example_id" else pl.Float64 if name in FLOAT_METRICS else pl.Int64
+              for name in ("prompt_id", "example_id", "label", "icl_prediction", "head_prediction", *FLOAT_METRICS, "n_demos")}
 
 
-def chosen_head(heldout: pd.DataFrame) -> tuple[int, int]:
+def chosen_head(heldout: pl.DataFrame) -> tuple[int, int]:
     """The (layer, head) the baseline chose for the max kernel, from its Table 2 rows ("L23 H2")."""
-    choice = heldout[heldout.method == "head_max"].choice.iloc[0]
+    choice = heldout.filter(pl.col("method") == "head_max")["choice"][0]
     layer, head = choice.split()
     return int(layer[1:]), int(head[1:])
 
 
 def prompt_rows(
-    prompts: pa.Table, shards: pa.Table, head: tuple[int, int], keep: set[int], embeddings: dict[str, np.ndarray],
+    prompts: pa.Table, shards: Shards | pa.Table, head: tuple[int, int], keep: set[int], embeddings: dict[str, np.ndarray],
     n_classes: int,
 ) -> list[dict]:
-    """One row per kept prompt: predictions, kernel bandwidth and demonstration similarity."""
+    """One row per kept prompt: predictions, kernel bandwidth and demonstration similarity. Only the
+    kept prompts' attention rows are read (a third of a set's at the default sizes)."""
     rows = []
     layer, h = head
-    for p in iter_prompts(prompts, shards):
-        if p["prompt_id"] not in keep:
-            continue
+    kept = prompts.filter(pc.is_in(prompts.column("prompt_id"), pa.array(sorted(keep), prompts.schema.field("prompt_id").type)))
+    for p in iter_prompts(kept, shards):
         weights = attention_weights(p["attention"][layer, h], p["x_start"], p["y_pos"])["max"]
         query = unit_rows(embeddings[p["example_id"]])
         demos = unit_rows(np.stack([embeddings[d] for d in p["demo_ids"]]))
@@ -53,28 +60,49 @@ def prompt_rows(
     return rows
 
 
-def ablation_summary(rows: pd.DataFrame, kind: str, baseline: str, n_resamples: int, seed: int) -> dict[str, list]:
+def per_example(part: pl.DataFrame, columns: Sequence[str]) -> pl.DataFrame:
+    """Per example id (sorted), each column's mean over the part's rows of that example (missing values
+    skipped; core/aggregate sums them, the float metrics as one block)."""
+    floats = [c for c in columns if c in FLOAT_METRICS]
+    blocks = [floats, *([c] for c in columns if c not in FLOAT_METRICS)]
+    return aggregate.group_stats(part.with_columns(pl.col(columns).cast(pl.Float64)), ["example_id"], list(columns), blocks=blocks)
+
+
+def difference(a: pl.DataFrame, b: pl.DataFrame, metric: str) -> pl.Series:
+    """a - b per example; examples only one side holds give NaN (the union, sorted by example id)."""
+    if a["example_id"].equals(b["example_id"]):
+        return a[metric] - b[metric]
+    both = a.select("example_id", pl.col(metric).alias("a")).join(
+        b.select("example_id", pl.col(metric).alias("b")), on="example_id", how="full", coalesce=True)
+    return both.sort("example_id").select((pl.col("a") - pl.col("b")).fill_null(float("nan")))["a"]
+
+
+def equal(a: str, b: str) -> pl.Expr:
+    # A missing value compares unequal (it did as pandas' NaN), rather than staying missing.
+    return (pl.col(a) == pl.col(b)).fill_null(False)
+
+
+def ablation_summary(rows: pl.DataFrame, kind: str, baseline: str, n_resamples: int, seed: int) -> dict[str, list]:
     """Columns of ABLATION_SUMMARY: per task and setting each metric's mean over prompts (seed-averaged)
     with a bootstrap CI, and for ICL accuracy, agreement and entropy the paired difference to `baseline`
     (metric "<name>_shift"); a k ablation adds that difference from its smallest to its largest k
     (setting "<largest> vs <smallest>"), an order ablation the share of prompts whose prediction changes."""
-    rows = rows.assign(
-        icl_accuracy=rows.icl_prediction == rows.label,
-        agreement=rows.head_prediction == rows.icl_prediction,
-        head_accuracy=rows.head_prediction == rows.label,
+    rows = rows.with_columns(
+        icl_accuracy=equal("icl_prediction", "label"), agreement=equal("head_prediction", "icl_prediction"),
+        head_accuracy=equal("head_prediction", "label"),
     )
     out: dict[str, list] = {name: [] for name in tables.ABLATION_SUMMARY.names}
 
-    def add(task: str, setting: str, metric: str, per_prompt: pd.Series, n_seeds: int) -> None:
-        low, high = stats.bootstrap_ci(per_prompt.to_numpy(dtype=float), n_resamples, seed)
-        row = {"task": task, "setting": setting, "metric": metric, "mean": float(per_prompt.mean()),
+    def add(task: str, setting: str, metric: str, per_prompt: pl.Series, n_seeds: int) -> None:
+        low, high = stats.bootstrap_ci(per_prompt.to_numpy().astype(float), n_resamples, seed)
+        row = {"task": task, "setting": setting, "metric": metric, "mean": aggregate.mean(per_prompt),
                "ci_low": low, "ci_high": high, "n_prompts": len(per_prompt), "n_seeds": n_seeds}
         for name in out:
             out[name].append(row[name])
 
-    groups = rows.groupby(["task", "setting"], sort=False)
-    means = {key: part.groupby("example_id")[list(METRICS)].mean() for key, part in groups}
-    n_seeds = {key: part.seed.nunique() for key, part in groups}
+    groups = rows.partition_by("task", "setting", maintain_order=True, as_dict=True)
+    means = {key: per_example(part, METRICS) for key, part in groups.items()}
+    n_seeds = {key: part["seed"].n_unique() for key, part in groups.items()}
     for key, per in means.items():
         for metric in METRICS:
             add(*key, metric, per[metric], n_seeds[key])
@@ -82,19 +110,21 @@ def ablation_summary(rows: pd.DataFrame, kind: str, baseline: str, n_resamples: 
     # test than comparing two separate intervals.
     pairs = [(task, setting, setting, baseline) for task, setting in means if setting != baseline]
     if kind == "k":
-        for task in rows.task.unique():
-            by_k = sorted((m.n_demos.mean(), s) for (t, s), m in means.items() if t == task)
+        for task in rows["task"].unique(maintain_order=True):
+            by_k = sorted((aggregate.mean(m["n_demos"]), s) for (t, s), m in means.items() if t == task)
             largest, smallest = by_k[-1][1], by_k[0][1]
             pairs.append((task, f"{largest} vs {smallest}", largest, smallest))
     for task, name, a, b in pairs:
         for metric in SHIFTED:
-            add(task, name, f"{metric}_shift", means[(task, a)][metric] - means[(task, b)][metric], n_seeds[(task, a)])
+            add(task, name, f"{metric}_shift", difference(means[(task, a)], means[(task, b)], metric), n_seeds[(task, a)])
     if kind == "order":
-        for task, part in rows.groupby("task", sort=False):
-            per = part.groupby(["seed", "example_id"])
-            for metric, column in (("icl_changed", "icl_prediction"), ("head_changed", "head_prediction")):
-                changed = (per[column].nunique() > 1).groupby("example_id").mean()
-                add(task, "any order", metric, changed, part.seed.nunique())
+        for (task,), part in rows.partition_by("task", maintain_order=True, as_dict=True).items():
+            per = part.group_by("seed", "example_id").agg(
+                icl_changed=pl.col("icl_prediction").n_unique() > 1, head_changed=pl.col("head_prediction").n_unique() > 1)
+            for metric in ("icl_changed", "head_changed"):
+                # a share of seeds, from 0/1 values: exact however it is summed
+                changed = per.group_by("example_id").agg(pl.col(metric).mean()).sort("example_id")[metric]
+                add(task, "any order", metric, changed, part["seed"].n_unique())
     return out
 
 
@@ -106,18 +136,20 @@ def write_ablation(
     embeddings_paths map "task/seed" and task to the baseline's Table 2 rows and the embeddings."""
     frames = []
     for s in sets:
-        heldout = table_io.read_table(heldout_paths[f"{s['task']}/{s['seed']}"], tables.HELDOUT).to_pandas()
+        heldout = pl.from_arrow(table_io.read_table(heldout_paths[f"{s['task']}/{s['seed']}"], tables.HELDOUT))
         prompts = table_io.read_table(s["prompts"], tables.PROMPTS)
         shards = read_attention_rows(s["shards"])
-        held = heldout.drop_duplicates("prompt_id")
-        keep = set(ablation_ids(held.prompt_id.to_numpy(), held.label.to_numpy(), cfg["ablation_prompts"]).tolist())
+        held = heldout.unique("prompt_id", keep="first", maintain_order=True)
+        keep = set(ablation_ids(held["prompt_id"].to_numpy(), held["label"].to_numpy(), cfg["ablation_prompts"]).tolist())
         rows = prompt_rows(prompts, shards, chosen_head(heldout), keep, read_embeddings(embeddings_paths[s["task"]]), n_classes[s["task"]])
         if {r["prompt_id"] for r in rows} != keep:
             raise ValueError(f"{s['prompts']}: setting {s['setting']!r} lacks held-out prompts of the baseline; "
                              "were analysis.n_select / n_heldout / ablation_prompts changed without rebuilding it?")
-        frames.append(pd.DataFrame(rows).assign(task=s["task"], seed=s["seed"], setting=s["setting"]))
-    rows = pd.concat(frames, ignore_index=True)
-    table_io.write_table(pa.Table.from_pandas(rows, preserve_index=False), tables.ABLATION_PROMPTS, rows_out)
+        frames.append(pl.DataFrame(rows, schema=ROW_SCHEMA).with_columns(
+            task=pl.lit(s["task"]), seed=pl.lit(s["seed"], pl.Int64), setting=pl.lit(s["setting"])))
+    # A NaN bandwidth or similarity is written as null, as it always was.
+    rows = pl.concat(frames).with_columns(pl.col(FLOAT_METRICS).fill_nan(None))
+    table_io.write_table(rows.rechunk().to_arrow(), tables.ABLATION_PROMPTS, rows_out)
     table_io.write_table(ablation_summary(rows, kind, baseline, cfg["bootstrap_resamples"], cfg["bootstrap_seed"]), tables.ABLATION_SUMMARY, summary_out)
 
 

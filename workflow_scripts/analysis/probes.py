@@ -25,15 +25,27 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from workflow_scripts.core import stats, table_io, tables
-from workflow_scripts.core.readers import read_zero_shot, rows_for
+from workflow_scripts.core.readers import by_example, list_arrays, read_zero_shot, rows_for
 
 
 class ProbeError(ValueError):
     """Probe inputs that cannot give a meaningful accuracy; the message names the config key."""
+
+
+# What probe_samples reads of a shard: the vectors kept at the demonstrations' peak positions.
+KEPT_VECTORS = ["prompt_id", "kv_layers", "top_shape", "top_positions", "top_keys", "top_values"]
+
+
+def read_kept_vectors(paths: list[str]) -> pa.Table:
+    """The kept vectors of the prompts that kept them (extraction.kv_max_prompts), from one scan of the
+    shards: their attention rows, hidden states and full key/value rows are not read."""
+    files = [table_io.checked(p, tables.SHARD, KEPT_VECTORS) for p in paths]
+    return pl.scan_parquet(files).select(KEPT_VECTORS).filter(pl.col("top_keys").is_not_null()).collect().to_arrow()
 
 
 def probe_samples(prompts: pa.Table, shards: pa.Table) -> dict[str, np.ndarray]:
@@ -49,13 +61,15 @@ def probe_samples(prompts: pa.Table, shards: pa.Table) -> dict[str, np.ndarray]:
     demos = {r["prompt_id"]: r for r in prompts.select(["prompt_id", "demo_ids", "demo_labels", "input_ids"]).to_pylist()}
     keys, values, tokens, ids, labels = [], [], [], [], []
     layers = None
-    for row in kept.select(["prompt_id", "kv_layers", "top_shape", "top_positions", "top_keys", "top_values"]).to_pylist():
+    rows = kept.select(["prompt_id", "kv_layers", "top_shape", "top_positions"]).to_pylist()
+    vectors = zip(list_arrays(kept.column("top_keys")), list_arrays(kept.column("top_values")))
+    for row, (row_keys, row_values) in zip(rows, vectors):
         shape = row["top_shape"]  # (kv_layers, heads, k, offsets, head_dim)
         if layers is not None and row["kv_layers"] != layers:
             raise ProbeError(f"prompt {row['prompt_id']} kept layers {row['kv_layers']}, others {layers}: re-run the extraction")
         layers = row["kv_layers"]
-        keys.append(np.asarray(row["top_keys"], dtype=np.float32).reshape(shape))
-        values.append(np.asarray(row["top_values"], dtype=np.float32).reshape(shape))
+        keys.append(row_keys.astype(np.float32).reshape(shape))
+        values.append(row_values.astype(np.float32).reshape(shape))
         peaks = np.asarray(row["top_positions"]).reshape(shape[:3])
         tokens.append(peak_tokens(demos[row["prompt_id"]]["input_ids"], peaks)[..., None])  # a trailing dim, as the vectors
         ids += demos[row["prompt_id"]]["demo_ids"]
@@ -151,9 +165,9 @@ def write_probes(
     prompts_path: str | Path, shard_paths: list[str], zero_shot_path: str | Path, n_classes: int, cfg: dict,
     seed: int, out: str | Path,
 ) -> None:
-    samples = probe_samples(table_io.read_table(prompts_path, tables.PROMPTS), table_io.read_tables(shard_paths, tables.SHARD))
-    table = read_zero_shot(zero_shot_path, hidden=False)
-    predictions = np.asarray(rows_for(table.prediction, samples["example_ids"].tolist(), str(zero_shot_path)))
+    samples = probe_samples(table_io.read_table(prompts_path, tables.PROMPTS), read_kept_vectors(shard_paths))
+    predicted = by_example(read_zero_shot(zero_shot_path, hidden=False), "prediction")
+    predictions = np.asarray(rows_for(predicted, samples["example_ids"].tolist(), str(zero_shot_path)))
     columns = probe_table(samples, predictions, n_classes, cfg["probe_ridge"], cfg["probe_folds"], seed)
     table_io.write_table(columns, tables.PROBES, out)
 

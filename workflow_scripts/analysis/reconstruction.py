@@ -14,7 +14,7 @@ from workflow_scripts.analysis import baselines
 from workflow_scripts.analysis.query_dependence import weight_r2
 from workflow_scripts.core import table_io, tables
 from workflow_scripts.core.kernels import ATTENTION_KERNELS, kernel_vote
-from workflow_scripts.core.readers import kernel_weights, prediction_grid, read_attention_rows
+from workflow_scripts.core.readers import Shards, kernel_weights, prediction_grid, read_attention_rows
 
 
 def null_baseline(predictions: np.ndarray, gold: np.ndarray) -> tuple[float, float]:
@@ -67,13 +67,10 @@ def in_sample_baselines(rows: list[dict], n_classes: int) -> dict[str, list]:
     return out
 
 
-def sink_attention(shards: pa.Table) -> np.ndarray:
+def sink_attention(rows: list[dict]) -> np.ndarray:
     """Every head's mean attention from the last token to position 0 over the prompts: (layers, heads).
     Without a BOS token position 0 is the first demonstration's first token and the model's sink."""
-    meta = shards.select(["n_layers", "n_heads", "n_tokens"]).to_pylist()
-    attention = shards.column("attention")
-    rows = [attention[i].values.to_numpy(zero_copy_only=False)[:: m["n_tokens"]].astype(np.float64) for i, m in enumerate(meta)]
-    return np.mean(rows, axis=0).reshape(meta[0]["n_layers"], meta[0]["n_heads"])
+    return np.mean([r["sink"] for r in rows], axis=0)
 
 
 def heads_and_summary(recon: pa.Table, sink: np.ndarray, r2: dict[str, np.ndarray] | None = None) -> tuple[dict, dict]:
@@ -104,15 +101,15 @@ def heads_and_summary(recon: pa.Table, sink: np.ndarray, r2: dict[str, np.ndarra
     return heads, summary
 
 
-def score_set(prompts: pa.Table, shards: pa.Table, n_classes: int) -> tuple[pa.Table, dict, dict]:
+def score_set(prompts: pa.Table, shards: Shards | pa.Table, n_classes: int) -> tuple[pa.Table, dict, dict]:
     """RECONSTRUCTION, HEADS and SUMMARY of one prompt set, from one pass over its attention rows."""
     rows, weights = kernel_weights(prompts, shards)
     recon = pa.Table.from_pydict(predictions_from(rows, weights, n_classes), schema=tables.RECONSTRUCTION)
-    heads, summary = heads_and_summary(recon, sink_attention(shards), r2_columns(rows, weights))
+    heads, summary = heads_and_summary(recon, sink_attention(rows), r2_columns(rows, weights))
     return recon, heads, {**summary, **in_sample_baselines(rows, n_classes)}
 
 
-def score_heads(prompts: pa.Table, shards: pa.Table, n_classes: int) -> tuple[dict, dict]:
+def score_heads(prompts: pa.Table, shards: Shards | pa.Table, n_classes: int) -> tuple[dict, dict]:
     return score_set(prompts, shards, n_classes)[1:]
 
 

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+import polars as pl
 import pyarrow as pa
 
 from workflow_scripts.core import stats, table_io, tables
 from workflow_scripts.core.kernels import ATTENTION_KERNELS, attention_weights
-from workflow_scripts.core.readers import iter_prompts, read_attention_rows, read_zero_shot, rows_for
+from workflow_scripts.core.readers import Shards, by_example, iter_prompts, list_arrays, read_attention_rows, read_zero_shot, rows_for
 
 # The two readings of P(o|x), in the order the report shows them.
 SIMILARITIES = ("label_words", "next_token")
@@ -53,12 +53,13 @@ def truncation_bound(a: TopK, b: TopK) -> float:
     return min(float(b.probs[-1]), b.rest) + min(float(a.probs[-1]), a.rest)
 
 
-def top_k_of(zero_shot: pd.DataFrame) -> dict[str, TopK]:
+def top_k_of(zero_shot: pl.DataFrame) -> dict[str, TopK]:
     return {i: TopK(ids, probs, float(rest)) for i, ids, probs, rest in
-            zip(zero_shot.index, zero_shot.next_ids, zero_shot.next_probs, zero_shot.next_rest)}
+            zip(zero_shot["example_id"].to_list(), list_arrays(zero_shot["next_ids"]), list_arrays(zero_shot["next_probs"]),
+                zero_shot["next_rest"].to_list())}
 
 
-def head_correlations(prompts: pa.Table, shards: pa.Table, probs: pd.Series, top_k: dict[str, TopK],
+def head_correlations(prompts: pa.Table, shards: Shards | pa.Table, probs: dict[str, np.ndarray], top_k: dict[str, TopK],
                       where: str = "zero-shot table") -> dict:
     """Columns of SIMILARITY: every head's Pearson correlation, per kernel variant and similarity;
     `probs` maps example id -> zero-shot label distribution, `top_k` example id -> its next tokens."""
@@ -96,7 +97,7 @@ def write_similarity(prompts_path: str | Path, shard_paths: list[str], zero_shot
     prompts = table_io.read_table(prompts_path, tables.PROMPTS)
     shards = read_attention_rows(shard_paths)
     zero_shot = read_zero_shot(zero_shot_path, hidden=False, next_token=True)
-    columns = head_correlations(prompts, shards, zero_shot.probs, top_k_of(zero_shot), str(zero_shot_path))
+    columns = head_correlations(prompts, shards, by_example(zero_shot, "probs"), top_k_of(zero_shot), str(zero_shot_path))
     table_io.write_table(columns, tables.SIMILARITY, out)
 
 

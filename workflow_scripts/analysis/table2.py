@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+import polars as pl
 
 from workflow_scripts.analysis.baselines import BASELINES
 from workflow_scripts.analysis.table2_rows import GAIN, is_head, read_seeds
@@ -22,59 +22,94 @@ from workflow_scripts.core import stats, table_io, tables
 
 # A class predicted on less than this share of its gold share is flagged as under-predicted.
 UNDER_PREDICTED = 0.5
+KEYS = ["seed", "example_id"]
 
 
-def indicators(frame: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:
+def equal(a: str | pl.Expr, b: str | pl.Expr) -> pl.Expr:
+    # A missing value compares unequal (it did as pandas' NaN), rather than staying missing.
+    a, b = (pl.col(x) if isinstance(x, str) else x for x in (a, b))
+    return (a == b).fill_null(False)
+
+
+def of_method(frame: pl.DataFrame, method: str) -> pl.DataFrame:
+    return frame.filter(pl.col("method") == method)
+
+
+def by_method(frame: pl.DataFrame) -> dict[str, pl.DataFrame]:
+    """The rows of each method, in the order methods first appear."""
+    return {m: rows for (m,), rows in frame.partition_by("method", maintain_order=True, as_dict=True).items()}
+
+
+def indicators(frame: pl.DataFrame) -> dict[tuple[str, str], pl.DataFrame]:
     """Per (method, metric), the per-example value: a long table of seed, example_id and v."""
     out = {}
-    first = frame[frame.method == frame.method.iloc[0]]
-    out[("icl", "accuracy")] = first.assign(v=first.icl_prediction == first.label)
-    out[("null", "agreement")] = first.assign(v=first.null_prediction == first.icl_prediction)
-    out[("null", "accuracy")] = first.assign(v=first.null_prediction == first.label)
-    for method, rows in frame.groupby("method", sort=False):
-        out[(method, "agreement")] = rows.assign(v=rows.prediction == rows.icl_prediction)
-        out[(method, "accuracy")] = rows.assign(v=rows.prediction == rows.label)
-        if "tied" in rows and rows.tied.notna().all():
-            out[(method, "tie_rate")] = rows.assign(v=rows.tied.astype(bool))
-    return {key: rows[["seed", "example_id", "v"]].astype({"v": float}) for key, rows in out.items()}
+    first = of_method(frame, frame["method"][0])
+    out[("icl", "accuracy")] = first.with_columns(v=equal("icl_prediction", "label"))
+    out[("null", "agreement")] = first.with_columns(v=equal("null_prediction", "icl_prediction"))
+    out[("null", "accuracy")] = first.with_columns(v=equal("null_prediction", "label"))
+    for method, rows in by_method(frame).items():
+        out[(method, "agreement")] = rows.with_columns(v=equal("prediction", "icl_prediction"))
+        out[(method, "accuracy")] = rows.with_columns(v=equal("prediction", "label"))
+        if "tied" in rows.columns and rows["tied"].null_count() == 0:
+            out[(method, "tie_rate")] = rows.with_columns(v=pl.col("tied"))
+    return {key: rows.select(*KEYS, pl.col("v").cast(pl.Float64)) for key, rows in out.items()}
 
 
-def strongest_baseline(values: dict[tuple[str, str], pd.DataFrame]) -> str | None:
+# The values are 0/1 (a gain -1/0/1), so their sums are exact and every mean of them is the same
+# however it is summed.
+
+
+def strongest_baseline(values: dict[tuple[str, str], pl.DataFrame]) -> str | None:
     """The query-free reading with the highest held-out agreement: the strongest trivial explanation a
     head is read against (chosen on the held-out prompts, which favours the baseline, not the head)."""
-    scores = {b: values[(b, "agreement")].v.mean() for b in BASELINES if (b, "agreement") in values}
+    scores = {b: values[(b, "agreement")]["v"].mean() for b in BASELINES if (b, "agreement") in values}
     return max(scores, key=scores.get) if scores else None
 
 
-def gains(values: dict[tuple[str, str], pd.DataFrame], baseline: str) -> dict[str, pd.DataFrame]:
+def paired(rows: pl.DataFrame, reference: pl.DataFrame) -> pl.DataFrame:
+    """rows' v minus reference's on the same (seed, example); a pair only one side holds gives NaN
+    (the union of both, sorted)."""
+    if rows.select(KEYS).equals(reference.select(KEYS)):
+        return rows.with_columns(v=pl.col("v") - reference["v"])
+    both = rows.join(reference, on=KEYS, how="full", coalesce=True, suffix="_reference")
+    return both.sort(KEYS).select(*KEYS, v=(pl.col("v") - pl.col("v_reference")).fill_null(float("nan")))
+
+
+def gains(values: dict[tuple[str, str], pl.DataFrame], baseline: str) -> dict[str, pl.DataFrame]:
     """Per head method, its agreement minus the baseline's on the same held-out prompt of the same seed."""
-    reference = values[(baseline, "agreement")].set_index(["seed", "example_id"]).v
-    out = {}
-    for (method, metric), rows in values.items():
-        if metric == "agreement" and is_head(method):
-            paired = rows.set_index(["seed", "example_id"]).v - reference
-            out[method] = paired.reset_index()
-    return out
+    reference = values[(baseline, "agreement")]
+    return {method: paired(rows, reference) for (method, metric), rows in values.items()
+            if metric == "agreement" and is_head(method)}
 
 
-def seeds_share_examples(rows: pd.DataFrame) -> bool:
-    sets = rows.groupby("seed").example_id.apply(frozenset)
-    return sets.nunique() == 1
+def seeds_share_examples(rows: pl.DataFrame) -> bool:
+    sets = rows.group_by("seed").agg(pl.col("example_id"))["example_id"].to_list()
+    return len({frozenset(s) for s in sets}) == 1
 
 
-def interval_row(rows: pd.DataFrame, n_resamples: int, seed: int) -> dict:
+def example_grid(rows: pl.DataFrame, seeds: list[int]) -> np.ndarray:
+    """v as (examples sorted by id, seeds in order)."""
+    if rows.select("example_id", "seed").is_duplicated().any():
+        raise ValueError("Index contains duplicate entries, cannot reshape")
+    wide = rows.pivot(on="seed", index="example_id", values="v").sort("example_id")
+    return wide.select(str(s) for s in seeds).to_numpy()
+
+
+def interval_row(rows: pl.DataFrame, n_resamples: int, seed: int) -> dict:
     """mean and sd over seeds, and both bootstrap intervals, of one per-example value."""
-    per_seed = rows.groupby("seed").v.mean().to_numpy()
+    by_seed = rows.group_by("seed").agg(pl.col("v").fill_nan(None).mean(), n=pl.len()).sort("seed")
+    per_seed = by_seed["v"].to_numpy()
     if seeds_share_examples(rows):
-        grid = rows.pivot(index="example_id", columns="seed", values="v").to_numpy()
+        grid = example_grid(rows, by_seed["seed"].to_list())
         low, high = stats.bootstrap_ci(grid.mean(axis=1), n_resamples, seed)
         seeds_low, seeds_high = stats.hierarchical_bootstrap_ci(grid, n_resamples, seed)
         n_heldout = grid.shape[0]
     else:
-        low, high = stats.bootstrap_ci(rows.v.to_numpy(), n_resamples, seed)
-        groups = [g.to_numpy() for _, g in rows.groupby("seed").v]
+        low, high = stats.bootstrap_ci(rows["v"].to_numpy(), n_resamples, seed)
+        parts = rows.partition_by("seed", as_dict=True)
+        groups = [parts[(s,)]["v"].to_numpy() for s in by_seed["seed"].to_list()]
         seeds_low, seeds_high = stats.ragged_hierarchical_bootstrap_ci(groups, n_resamples, seed)
-        n_heldout = int(rows.groupby("seed").size().iloc[0])
+        n_heldout = int(by_seed["n"][0])
     return {
         "mean": float(per_seed.mean()), "sd": float(per_seed.std(ddof=1)) if len(per_seed) > 1 else float("nan"),
         "ci_low": low, "ci_high": high, "seeds_ci_low": seeds_low, "seeds_ci_high": seeds_high,
@@ -82,23 +117,25 @@ def interval_row(rows: pd.DataFrame, n_resamples: int, seed: int) -> dict:
     }
 
 
-def describe_choices(rows: pd.DataFrame) -> str:
+def choice_per_seed(rows: pl.DataFrame) -> pl.DataFrame:
+    """seed and the choice of its first row that has one, by seed."""
+    return rows.group_by("seed").agg(pl.col("choice").drop_nulls().first()).sort("seed")
+
+
+def describe_choices(rows: pl.DataFrame) -> str:
     """What each seed chose ("seed 0: L23 H2; seed 1: L22 H1"), or the choice once when all agree."""
-    per_seed = rows.groupby("seed").choice.first()
-    if per_seed.nunique() == 1:
-        return f"{per_seed.iloc[0]} (every seed)"
-    return "; ".join(f"seed {s}: {c}" for s, c in per_seed.items())
+    per_seed = choice_per_seed(rows)
+    if per_seed["choice"].drop_nulls().n_unique() == 1:
+        return f"{per_seed['choice'][0]} (every seed)"
+    return "; ".join(f"seed {s}: {c}" for s, c in per_seed.iter_rows())
 
 
-def same_heads(frame: pd.DataFrame) -> dict[str, str]:
+def same_heads(frame: pl.DataFrame) -> dict[str, str]:
     """Head methods that repeat an earlier one: the same head in every seed with the same held-out
     predictions (e.g. the max kernel without position 0 and the label-token kernel), method -> earlier."""
-    heads = [m for m in frame.method.unique() if is_head(m)]
-    signature = {
-        m: (tuple(frame[frame.method == m].sort_values(["seed", "prompt_id"]).choice),
-            tuple(frame[frame.method == m].sort_values(["seed", "prompt_id"]).prediction))
-        for m in heads
-    }
+    heads = [m for m in frame["method"].unique(maintain_order=True).to_list() if is_head(m)]
+    ordered = {m: of_method(frame, m).sort("seed", "prompt_id", maintain_order=True) for m in heads}
+    signature = {m: (tuple(rows["choice"].to_list()), tuple(rows["prediction"].to_list())) for m, rows in ordered.items()}
     out = {}
     for i, method in enumerate(heads):
         earlier = [m for m in heads[:i] if signature[m] == signature[method] and m not in out]
@@ -112,21 +149,23 @@ def same_heads(frame: pd.DataFrame) -> dict[str, str]:
 HEAD_COLUMNS = {"heads": ("r2_slot", "r2_slot_label"), "swap": ("weight_shift", "vote_change")}
 
 
-def chosen_head_rows(frame: pd.DataFrame, by_name: dict[str, pd.DataFrame | None]) -> list[tuple[tuple[str, str], dict]]:
+def chosen_head_rows(frame: pl.DataFrame, by_name: dict[str, pl.DataFrame | None]) -> list[tuple[tuple[str, str], dict]]:
     """((method, metric), row fields) of each head method's chosen head, mean and sd over seeds of the
     head each seed chose (no interval: these describe the head, they do not score it)."""
     out = []
-    for method in (m for m in frame.method.unique() if is_head(m)):
+    for method in (m for m in frame["method"].unique(maintain_order=True).to_list() if is_head(m)):
         kernel = method.removeprefix("head_")
-        chosen = frame[frame.method == method].groupby("seed").choice.first()
-        n_heldout = int(frame[frame.method == method].groupby("seed").size().iloc[0])
+        rows = of_method(frame, method)
+        chosen = list(choice_per_seed(rows).iter_rows())
+        n_heldout = int(rows.group_by("seed").len().sort("seed")["len"][0])
         for name, metrics in HEAD_COLUMNS.items():
             table = by_name.get(name)
-            if table is None or table.empty:
+            if table is None or table.is_empty():
                 continue
-            indexed = table[table.kernel == kernel].set_index(["seed", "layer", "head"])
+            of_kernel = table.filter(pl.col("kernel") == kernel)
             for metric in metrics:
-                values = np.array([indexed.loc[(s, *parse_head(c)), metric] for s, c in chosen.items()], dtype=float)
+                indexed = dict(zip(of_kernel.select("seed", "layer", "head").iter_rows(), of_kernel[metric].to_list()))
+                values = np.array([indexed[(s, *parse_head(c))] for s, c in chosen], dtype=float)
                 out.append(((method, metric), {
                     "mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
                     "ci_low": float("nan"), "ci_high": float("nan"), "seeds_ci_low": float("nan"),
@@ -141,11 +180,11 @@ def parse_head(choice: str) -> tuple[int, int]:
     return int(layer[1:]), int(head[1:])
 
 
-def table2_columns(frame: pd.DataFrame, n_resamples: int, seed: int, by_name: dict[str, pd.DataFrame | None] | None = None) -> dict[str, list]:
+def table2_columns(frame: pl.DataFrame, n_resamples: int, seed: int, by_name: dict[str, pl.DataFrame | None] | None = None) -> dict[str, list]:
     """Columns of TABLE2 from the held-out rows of all seeds (a `seed` column added); `by_name` adds the
     chosen heads' own numbers (HEAD_COLUMNS: heads and query-swap tables of every seed, a `seed` column added)."""
     columns: dict[str, list] = {name: [] for name in tables.TABLE2.names}
-    choices = frame.groupby("method").apply(describe_choices, include_groups=False)
+    choices = {method: describe_choices(rows) for method, rows in by_method(frame).items()}
     same = same_heads(frame)
     values = indicators(frame)
     baseline = strongest_baseline(values)
@@ -164,25 +203,27 @@ def table2_columns(frame: pd.DataFrame, n_resamples: int, seed: int, by_name: di
     return columns
 
 
-def health(frame: pd.DataFrame, classes: list[str]) -> dict[str, list]:
+def health(frame: pl.DataFrame, classes: list[str]) -> dict[str, list]:
     """Columns of HEALTH: per method (and ICL itself) and class, how often it is predicted against how
     often it is the gold label, and its recall, pooled over seeds."""
-    first = frame[frame.method == frame.method.iloc[0]]
-    predictions = {"icl": first.assign(prediction=first.icl_prediction)}
-    predictions.update({m: rows for m, rows in frame.groupby("method", sort=False)})
+    first = of_method(frame, frame["method"][0])
+    predictions = {"icl": first.with_columns(prediction=pl.col("icl_prediction"))}
+    predictions.update(by_method(frame))
     columns: dict[str, list] = {name: [] for name in tables.HEALTH.names}
     for method, rows in predictions.items():
-        n = len(rows)
+        n = rows.height
         for c, name in enumerate(classes):
-            gold = rows.label == c
-            predicted_share = float((rows.prediction == c).mean())
-            gold_share = float(gold.mean())
+            gold, hit = equal("label", pl.lit(c)), equal("prediction", pl.lit(c))
+            counts = rows.select(gold=gold.sum(), predicted=hit.sum(), recalled=(gold & hit).sum(),
+                                 n_seeds=pl.col("seed").n_unique()).row(0, named=True)
+            # shares of integer counts: a correctly rounded division, as the pandas means were
+            predicted_share, gold_share = counts["predicted"] / n, counts["gold"] / n
             row = {
-                "method": method, "class_index": c, "class_name": name, "predicted": int((rows.prediction == c).sum()),
-                "gold": int(gold.sum()), "predicted_share": predicted_share, "gold_share": gold_share,
-                "recall": float((rows.prediction[gold] == c).mean()) if gold.any() else float("nan"),
+                "method": method, "class_index": c, "class_name": name, "predicted": counts["predicted"],
+                "gold": counts["gold"], "predicted_share": predicted_share, "gold_share": gold_share,
+                "recall": counts["recalled"] / counts["gold"] if counts["gold"] else float("nan"),
                 "under_predicted": bool(gold_share > 0 and predicted_share < UNDER_PREDICTED * gold_share),
-                "n": n, "n_seeds": int(rows.seed.nunique()),
+                "n": n, "n_seeds": counts["n_seeds"],
             }
             for key in columns:
                 columns[key].append(row[key])

@@ -2,7 +2,7 @@
 kernel, for Table 2 itself and for every report section that cites it."""
 from __future__ import annotations
 
-import pandas as pd
+import polars as pl
 
 from workflow_scripts.core import stats, table_io
 
@@ -14,30 +14,31 @@ def is_head(method: str) -> bool:
     return method.startswith("head_")
 
 
-def read_seeds(paths: list[str], seeds: list[int], schema) -> pd.DataFrame | None:
+def read_seeds(paths: list[str], seeds: list[int], schema) -> pl.DataFrame | None:
     """Tables of every seed stacked with a `seed` column (None when there are none)."""
     if not paths:
         return None
-    return pd.concat([table_io.read_table(p, schema).to_pandas().assign(seed=s) for p, s in zip(paths, seeds)], ignore_index=True)
+    return pl.concat([pl.from_arrow(table_io.read_table(p, schema)).with_columns(seed=pl.lit(s, pl.Int64))
+                      for p, s in zip(paths, seeds)])
 
 
-def gain_interval(table: pd.DataFrame, method: str) -> tuple[float, float, float, str] | None:
+def gain_interval(table: pl.DataFrame, method: str) -> tuple[float, float, float, str] | None:
     """A head method's gain over the strongest query-free reading: (mean, low, high, reference), with the
     interval that resamples seeds, then examples (the examples' one when there is a single seed)."""
-    row = table[(table.method == method) & (table.metric == GAIN)]
-    if row.empty:
+    rows = table.filter((pl.col("method") == method) & (pl.col("metric") == GAIN))
+    if rows.is_empty():
         return None
-    r = row.iloc[0]
-    low, high = (r.seeds_ci_low, r.seeds_ci_high) if r.n_seeds > 1 else (r.ci_low, r.ci_high)
-    return float(r["mean"]), float(low), float(high), str(r.reference)
+    r = rows.row(0, named=True)
+    low, high = (r["seeds_ci_low"], r["seeds_ci_high"]) if r["n_seeds"] > 1 else (r["ci_low"], r["ci_high"])
+    return float(r["mean"]), float(low), float(high), str(r["reference"])
 
 
-def too_few_heldout(table: pd.DataFrame) -> bool:
+def too_few_heldout(table: pl.DataFrame) -> bool:
     """Whether the held-out prompts per seed are too few for an interval to be read (stats.MIN_EXAMPLES)."""
-    return "n_heldout" in table and stats.too_few(int(table.n_heldout.iloc[0]))
+    return "n_heldout" in table.columns and stats.too_few(int(table["n_heldout"][0]))
 
 
-def reads_like_kernel(table: pd.DataFrame, method: str) -> bool | None:
+def reads_like_kernel(table: pl.DataFrame, method: str) -> bool | None:
     """A head reads like a kernel only where its gain over every query-free reading excludes 0; None
     where that is not measured, or rests on too few held-out prompts."""
     gain = gain_interval(table, method)

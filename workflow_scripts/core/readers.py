@@ -6,11 +6,12 @@ read these without loading a model.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-import pandas as pd
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -24,9 +25,9 @@ class MissingExamplesError(ValueError):
     """A per-example table that lacks examples the prompts hold: it came from another split."""
 
 
-def rows_for(table: Mapping[str, Value] | pd.Series, ids: Sequence[str], where: str) -> list[Value]:
-    """The entries of `ids` in a per-example table (example id -> value, or a Series indexed by
-    example id), in the order of `ids`; an error that names the table when one is missing."""
+def rows_for(table: Mapping[str, Value], ids: Sequence[str], where: str) -> list[Value]:
+    """The entries of `ids` in a per-example table (example id -> value), in the order of `ids`; an
+    error that names the table when one is missing."""
     missing = [i for i in ids if i not in table]
     if missing:
         raise MissingExamplesError(
@@ -39,19 +40,44 @@ def rows_for(table: Mapping[str, Value] | pd.Series, ids: Sequence[str], where: 
 NEXT_TOKEN = ("next_ids", "next_probs", "next_rest")
 
 
-def read_zero_shot(path: str | Path, hidden: bool = True, next_token: bool = False) -> pd.DataFrame:
-    """The zero-shot table indexed by example_id; probs as arrays, hidden as (layers, size) arrays
-    and the next-token top k as arrays (each left out when not needed: hidden is most of the file)."""
+def list_arrays(column: pl.Series | pa.ChunkedArray | pa.Array) -> list[np.ndarray]:
+    """A list column as one numpy array per row, of the list's own value type (float16 stays float16)."""
+    lists = column.to_arrow() if isinstance(column, pl.Series) else column
+    if isinstance(lists, pa.ChunkedArray):
+        lists = lists.combine_chunks()
+    flat = lists.flatten().to_numpy(zero_copy_only=False)
+    if isinstance(lists, pa.FixedSizeListArray):
+        return list(flat.reshape(len(lists), lists.type.list_size))
+    offsets = lists.offsets.to_numpy()
+    # flatten() starts at the array's own offset, so the bounds are taken relative to it.
+    return [flat[a:b] for a, b in zip(offsets[:-1] - offsets[0], offsets[1:] - offsets[0])]
+
+
+def read_zero_shot(path: str | Path, hidden: bool = True, next_token: bool = False) -> pl.DataFrame:
+    """The zero-shot table, with hidden and the next-token top k left out when not needed (hidden is
+    most of the file). by_example and hidden_states map its rows by example id."""
     names = [n for n in tables.ZERO_SHOT.names
              if (hidden or n not in ("hidden", "hidden_shape")) and (next_token or n not in NEXT_TOKEN)]
-    table = table_io.read_table(path, tables.ZERO_SHOT, names).to_pandas()
-    table["probs"] = table.probs.map(np.asarray)
-    if next_token:
-        table["next_ids"] = table.next_ids.map(np.asarray)
-        table["next_probs"] = table.next_probs.map(np.asarray)
-    if hidden:
-        table["hidden"] = [np.asarray(h, dtype=np.float32).reshape(s) for h, s in zip(table.hidden, table.hidden_shape)]
-    return table.set_index("example_id")
+    return pl.scan_parquet(table_io.checked(path, tables.ZERO_SHOT, names)).select(names).collect()
+
+
+def by_example(frame: pl.DataFrame, column: str) -> dict[str, object]:
+    """Example id -> the row's value of `column` (a list column's values as a numpy array)."""
+    series = frame[column]
+    values = list_arrays(series) if isinstance(series.dtype, (pl.List, pl.Array)) else series.to_list()
+    return dict(zip(frame["example_id"].to_list(), values))
+
+
+def hidden_states(frame: pl.DataFrame) -> dict[str, np.ndarray]:
+    """Example id -> its hidden states (layers, size) as float32, from a zero-shot table read with hidden."""
+    shapes = frame["hidden_shape"].to_list()
+    return {i: h.astype(np.float32).reshape(s)
+            for i, h, s in zip(frame["example_id"].to_list(), list_arrays(frame["hidden"]), shapes)}
+
+
+def read_task_data(path: str | Path) -> pl.DataFrame:
+    """A task's normalized examples (TASK_DATA)."""
+    return pl.from_arrow(table_io.read_table(path, tables.TASK_DATA))
 
 
 def read_embeddings(path: str | Path) -> dict[str, np.ndarray]:
@@ -67,8 +93,8 @@ def retrieval_space(setting: dict, path: str | Path | None) -> dict[str, np.ndar
         return None
     if setting["similarity"] == "encoder":
         return read_embeddings(path)
-    hidden = read_zero_shot(path).hidden
-    layer = layers.resolve(setting["hidden_layer"], hidden.iloc[0].shape[0], "settings.*.hidden_layer")
+    hidden = hidden_states(read_zero_shot(path))
+    layer = layers.resolve(setting["hidden_layer"], next(iter(hidden.values())).shape[0], "settings.*.hidden_layer")
     return {i: h[layer] for i, h in hidden.items()}
 
 
@@ -77,33 +103,66 @@ def retrieval_space(setting: dict, path: str | Path | None) -> dict[str, np.ndar
 ATTENTION_ROWS = ["prompt_id", "n_tokens", "n_layers", "n_heads", "prediction", "attention"]
 
 
-def read_attention_rows(paths: list[str | Path]) -> pa.Table:
+@dataclass(frozen=True)
+class Shards:
+    """A prompt set's extraction shards, read lazily: each part's prompt ids are known up front, its
+    other columns are read only when a prompt needs them, one part at a time. A part is a shard file,
+    or (read_tables' concatenation, a test's table) a slice of a table already in memory."""
+
+    paths: tuple[str | None, ...]
+    ids: tuple[tuple[int, ...], ...]
+    columns: tuple[str, ...]
+    loaded: tuple[pa.Table, ...] | None = None
+
+    def read(self, part: int, prompt_ids: set[int]) -> pl.DataFrame:
+        if self.loaded is not None:
+            return pl.from_arrow(self.loaded[part].select(list(self.columns)))
+        scan = pl.scan_parquet(self.paths[part]).select(self.columns)
+        if len(prompt_ids) < len(self.ids[part]):
+            # Pushed down into the Parquet reader: the attention rows of other prompts are not decoded.
+            scan = scan.filter(pl.col("prompt_id").is_in(sorted(prompt_ids)))
+        return scan.collect()
+
+
+def scan_shards(paths: Sequence[str | Path], columns: Sequence[str] = ATTENTION_ROWS) -> Shards:
+    """The shards of one prompt set, checked against the contract from their footers, with only their
+    prompt ids read: one small column of each."""
+    files = [table_io.checked(p, tables.SHARD, list(columns)) for p in paths]
+    ids = tuple(tuple(pl.scan_parquet(f).select("prompt_id").collect()["prompt_id"].to_list()) for f in files)
+    return Shards(tuple(files), ids, tuple(columns))
+
+
+def shards_in_memory(table: pa.Table) -> Shards:
+    """A shard table read whole, one part per file read_tables concatenated (one unnamed part otherwise)."""
+    sources = table_io.sources_of(table) or [(None, table.num_rows)]
+    starts = np.cumsum([0] + [rows for _, rows in sources])
+    parts = tuple(table.slice(start, rows) for start, (_, rows) in zip(starts, sources))
+    ids = tuple(tuple(part.column("prompt_id").to_pylist()) for part in parts)
+    return Shards(tuple(path for path, _ in sources), ids, tuple(table.schema.names), parts)
+
+
+def read_attention_rows(paths: Sequence[str | Path]) -> Shards:
     """The shards of one prompt set, as much of them as iter_prompts needs."""
-    return table_io.read_tables(paths, tables.SHARD, ATTENTION_ROWS)
+    return scan_shards(paths, ATTENTION_ROWS)
 
 
-def lacking_files(missing: set[int], shards: pa.Table) -> list[str]:
+def lacking_files(missing: set[int], shards: Shards) -> list[str]:
     """The shard files that should hold the missing prompt ids. Each file holds a run of consecutive
     prompts, so a file's own ids lie between its neighbours' last and first: a missing id there is
     its (in a gap between two files, either may have lost it; both are named)."""
-    ids = shards.column("prompt_id").to_pylist()
-    ranges, start = [], 0
-    for path, rows in table_io.sources_of(shards):
-        part = ids[start : start + rows]
-        start += rows
-        ranges.append((path, min(part, default=None), max(part, default=None)))
+    ranges = [(path, min(ids, default=None), max(ids, default=None)) for path, ids in zip(shards.paths, shards.ids)]
     lacking = []
     for i, (path, _, _) in enumerate(ranges):
         before = next((r[2] for r in reversed(ranges[:i]) if r[2] is not None), None)
         after = next((r[1] for r in ranges[i + 1 :] if r[1] is not None), None)
         lo = float("-inf") if before is None else before + 1
         hi = float("inf") if after is None else after - 1
-        if any(lo <= m <= hi for m in missing):
+        if path is not None and any(lo <= m <= hi for m in missing):
             lacking.append(path)
     return lacking
 
 
-def missing_rows_message(missing: set[int], shards: pa.Table) -> str:
+def missing_rows_message(missing: set[int], shards: Shards) -> str:
     files = lacking_files(missing, shards)
     where = f" {' or '.join(files)} lacks them" if files else ""
     text = f"{len(missing)} prompts have no extraction row (e.g. prompt {min(missing)}):{where}."
@@ -114,33 +173,53 @@ def missing_rows_message(missing: set[int], shards: pa.Table) -> str:
             "(add the study's --configfile / --profile options).")
 
 
-def iter_prompts(prompts: pa.Table, shards: pa.Table) -> Iterator[dict]:
-    """Join prompts with their extraction rows; yields the attention row as (layers, heads, tokens)."""
-    by_id = {pid: i for i, pid in enumerate(shards.column("prompt_id").to_pylist())}
-    missing = set(prompts.column("prompt_id").to_pylist()) - set(by_id)
+SHARD_FIELDS = ["n_layers", "n_heads", "n_tokens", "prediction"]
+
+
+def attention_rows(frame: pl.DataFrame) -> dict[int, tuple[dict, np.ndarray]]:
+    """Prompt id -> (its row's sizes and prediction, its flat attention row as float32)."""
+    meta = frame.select(SHARD_FIELDS).to_dicts()
+    attention = list_arrays(frame["attention"])
+    return {pid: (m, a.astype(np.float32)) for pid, m, a in zip(frame["prompt_id"].to_list(), meta, attention)}
+
+
+def iter_prompts(prompts: pa.Table, shards: Shards | pa.Table) -> Iterator[dict]:
+    """Join prompts with their extraction rows; yields the attention row as (layers, heads, tokens).
+    Only the rows of `prompts` are read, one shard at a time: extraction writes runs of consecutive
+    prompts, so a prompt set read in its own order reads each shard once."""
+    if isinstance(shards, pa.Table):
+        shards = shards_in_memory(shards)
+    part_of = {pid: part for part, ids in enumerate(shards.ids) for pid in ids}
+    fields = ["prompt_id", "example_id", "label", "demo_ids", "demo_labels", "x_start", "y_pos", "query_start", "input_ids"]
+    missing = set(prompts.column("prompt_id").to_pylist()) - set(part_of)
     if missing:
         raise ValueError(missing_rows_message(missing, shards))
-    meta = shards.select(["n_layers", "n_heads", "n_tokens", "prediction"]).to_pylist()
-    attention = shards.column("attention")
-    fields = ["prompt_id", "example_id", "label", "demo_ids", "demo_labels", "x_start", "y_pos", "query_start", "input_ids"]
-    for row in prompts.select(fields).to_pylist():
-        i = by_id[row["prompt_id"]]
-        m = meta[i]
+    rows = prompts.select(fields).to_pylist()
+    wanted: dict[int, set[int]] = {}
+    for row in rows:
+        wanted.setdefault(part_of[row["prompt_id"]], set()).add(row["prompt_id"])
+    current, read = None, {}
+    for row in rows:
+        part = part_of[row["prompt_id"]]
+        if part != current:
+            current, read = part, attention_rows(shards.read(part, wanted[part]))
+        m, values = read[row["prompt_id"]]
         if m["n_tokens"] != len(row["input_ids"]):
             raise ValueError(f"prompt {row['prompt_id']}: attention covers {m['n_tokens']} tokens, prompt has {len(row['input_ids'])}")
-        values = attention[i].values.to_numpy(zero_copy_only=False).astype(np.float32)
         yield {**row, **m, "attention": values.reshape(m["n_layers"], m["n_heads"], m["n_tokens"])}
 
 
-def kernel_weights(prompts: pa.Table, shards: pa.Table) -> tuple[list[dict], dict[str, np.ndarray]]:
-    """Every prompt's fields (without its attention row) and every kernel's weights (prompts, layers,
-    heads, k), in prompt order: one pass over the attention rows serves the votes and the R^2."""
+def kernel_weights(prompts: pa.Table, shards: Shards | pa.Table) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """Every prompt's fields (without its attention row, with its last token's attention on position 0
+    as `sink`, (layers, heads)) and every kernel's weights (prompts, layers, heads, k), in prompt order:
+    one pass over the attention rows serves the votes, the R^2 and the sink."""
     rows: list[dict] = []
     weights: dict[str, list] = {name: [] for name in ATTENTION_KERNELS}
     for p in iter_prompts(prompts, shards):
-        for name, w in attention_weights(p.pop("attention"), p["x_start"], p["y_pos"]).items():
+        attention = p.pop("attention")
+        for name, w in attention_weights(attention, p["x_start"], p["y_pos"]).items():
             weights[name].append(w)
-        rows.append(p)
+        rows.append({**p, "sink": attention[..., 0].astype(np.float64)})
     return rows, {name: np.stack(w) for name, w in weights.items()}
 
 

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
+import polars as pl
 
 log = logging.getLogger(__name__)
 
@@ -76,24 +76,23 @@ def pool_shortfall(
     )
 
 
-def task_split(data: pd.DataFrame, task_cfg: dict, prompt_cfg: dict, task: str) -> tuple[pd.DataFrame, Split]:
+def task_split(data: pl.DataFrame, task_cfg: dict, prompt_cfg: dict, task: str) -> tuple[pl.DataFrame, Split]:
     """The examples a task's prompts draw from (after prompts.max_chars) and their eval/dev/pool split."""
     if prompt_cfg["max_chars"]:
-        data = data[data.text.str.len() + data.text_b.fillna("").str.len() <= prompt_cfg["max_chars"]]
-    data = data.reset_index(drop=True)
+        chars = pl.col("text").str.len_chars() + pl.col("text_b").fill_null("").str.len_chars()
+        data = data.filter(chars <= prompt_cfg["max_chars"])
     split = split_examples(
-        data.label.to_numpy(), len(task_cfg["classes"]), prompt_cfg["n_eval"], prompt_cfg["n_dev"],
+        data["label"].to_numpy(), len(task_cfg["classes"]), prompt_cfg["n_eval"], prompt_cfg["n_dev"],
         prompt_cfg["split_seed"], task, prompt_cfg["pool_size"], task_cfg["classes"],
     )
     return data, split
 
 
-def task_examples(data: pd.DataFrame, task_cfg: dict, prompt_cfg: dict, task: str) -> pd.DataFrame:
+def task_examples(data: pl.DataFrame, task_cfg: dict, prompt_cfg: dict, task: str) -> pl.DataFrame:
     """The test queries and the demonstration pool of a task, with their part ("eval" or "pool"):
     every example a prompt can contain, so per-example tables (zero-shot, embeddings) cover them all."""
     data, split = task_split(data, task_cfg, prompt_cfg, task)
-    parts = [data.iloc[split.eval].assign(part="eval"), data.iloc[split.pool].assign(part="pool")]
-    return pd.concat(parts, ignore_index=True)
+    return pl.concat([data[split.eval].with_columns(part=pl.lit("eval")), data[split.pool].with_columns(part=pl.lit("pool"))])
 
 
 def sample_balanced(pool_labels: np.ndarray, k: int, n_classes: int, rng: np.random.Generator) -> np.ndarray:
@@ -208,11 +207,11 @@ def ablation_ids(heldout: np.ndarray, labels: np.ndarray, limit: int) -> np.ndar
     return np.sort(ids[np.lexsort((labels, rank))[:limit]])
 
 
-def heldout_prompt_ids(data: pd.DataFrame, task_cfg: dict, prompt_cfg: dict, task: str, analysis_cfg: dict) -> np.ndarray:
+def heldout_prompt_ids(data: pl.DataFrame, task_cfg: dict, prompt_cfg: dict, task: str, analysis_cfg: dict) -> np.ndarray:
     """Prompt ids of the prompts the ablations read: Table 2's held-out test prompts (the split
     select_heldout makes of the task's test queries), or analysis.ablation_prompts of them."""
     data, split = task_split(data, task_cfg, prompt_cfg, task)
-    labels = data.label.to_numpy()[split.eval]
+    labels = data["label"].to_numpy()[split.eval]
     # analysis_cfg names the split's seed only when every study seed holds out its own examples.
     split_seed = analysis_cfg.get("split_seed", prompt_cfg["split_seed"])
     held = select_heldout(labels, analysis_cfg["n_select"], analysis_cfg["n_heldout"], split_seed)[1]

@@ -7,6 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -26,8 +27,10 @@ def rebuild_hint(path: str | Path, cause: str = "It is damaged or was edited by 
             "(add the study's --configfile / --profile options).")
 
 
-def write_table(rows: pa.Table | dict, schema: pa.Schema, path: str | Path) -> None:
+def write_table(rows: pa.Table | pl.DataFrame | dict, schema: pa.Schema, path: str | Path) -> None:
     """Write rows under `schema`, atomically: the file appears complete or not at all."""
+    if isinstance(rows, pl.DataFrame):
+        rows = rows.to_arrow()
     table = rows if isinstance(rows, pa.Table) else pa.Table.from_pydict(rows, schema=schema)
     table = table.select(schema.names).cast(schema)
     path = Path(path)
@@ -45,11 +48,47 @@ def write_table(rows: pa.Table | dict, schema: pa.Schema, path: str | Path) -> N
         raise
 
 
+def check_columns(path: str | Path, found: pa.Schema, schema: pa.Schema) -> None:
+    """That `found` (a file's schema, or the part of it read) carries every column of `schema` with its type."""
+    missing = [f.name for f in schema if f.name not in found.names]
+    if missing:
+        raise TableError(
+            f"{path}: missing columns {missing}; expected schema {schema.names}.\n{rebuild_hint(path, OLD_OR_EDITED)}"
+        )
+    wrong = [
+        f"{f.name} is {found.field(f.name).type}, expected {f.type}"
+        for f in schema
+        if not found.field(f.name).type.equals(f.type)
+    ]
+    if wrong:
+        raise TableError(f"{path}: {'; '.join(wrong)}.\n{rebuild_hint(path, OLD_OR_EDITED)}")
+
+
+def part_of(schema: pa.Schema, columns: list[str] | None) -> pa.Schema:
+    return schema if columns is None else pa.schema([schema.field(name) for name in columns])
+
+
+def file_schema(path: str | Path) -> pa.Schema:
+    """A Parquet file's schema, from its footer alone."""
+    try:
+        return pq.read_schema(path)
+    except (pa.ArrowException, OSError) as exc:
+        if not Path(path).is_file():
+            raise
+        raise TableError(f"{path} cannot be read as a Parquet table ({exc}).\n{rebuild_hint(path)}") from exc
+
+
+def checked(path: str | Path, schema: pa.Schema, columns: list[str] | None = None) -> str:
+    """`path`, once its footer shows the columns and types the contract names (only `columns` of it,
+    when given): what a lazy scan reads, checked before it reads anything."""
+    check_columns(path, file_schema(path), part_of(schema, columns))
+    return str(path)
+
+
 def read_table(path: str | Path, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
     """Read a stage's file and check it carries the columns and types the contract names (only
     `columns` of it, when given: a shard's label logits without its attention rows)."""
-    if columns is not None:
-        schema = pa.schema([schema.field(name) for name in columns])
+    schema = part_of(schema, columns)
     try:
         # Columns asked for but absent are left to the missing-columns error below.
         present = pq.read_schema(path).names if columns is not None else None
@@ -58,18 +97,7 @@ def read_table(path: str | Path, schema: pa.Schema, columns: list[str] | None = 
         if not Path(path).is_file():
             raise
         raise TableError(f"{path} cannot be read as a Parquet table ({exc}).\n{rebuild_hint(path)}") from exc
-    missing = [f.name for f in schema if f.name not in table.schema.names]
-    if missing:
-        raise TableError(
-            f"{path}: missing columns {missing}; expected schema {schema.names}.\n{rebuild_hint(path, OLD_OR_EDITED)}"
-        )
-    wrong = [
-        f"{f.name} is {table.schema.field(f.name).type}, expected {f.type}"
-        for f in schema
-        if not table.schema.field(f.name).type.equals(f.type)
-    ]
-    if wrong:
-        raise TableError(f"{path}: {'; '.join(wrong)}.\n{rebuild_hint(path, OLD_OR_EDITED)}")
+    check_columns(path, table.schema, schema)
     return table.select(schema.names)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workflow_scripts.core import table_io, tables
+from workflow_scripts.core import readers, table_io, tables
 from workflow_scripts.core.split import task_examples
 from workflow_scripts.sources.manifests import EncoderError, read_encoder_manifest
 
@@ -150,10 +150,10 @@ def embed(texts: list[str], model_dir: str | Path, batch_size: int = 64, max_len
     return out
 
 
-def input_text(row) -> str:
-    """What the encoder reads of an example: its text (and the second segment of a text pair)."""
-    text_b = getattr(row, "text_b", None)
-    return row.text if text_b is None or text_b != text_b else f"{row.text} {text_b}"
+def input_text(row: dict) -> str:
+    """What the encoder reads of an example (its TASK_DATA row): its text, and the second segment of a text pair."""
+    text_b = row.get("text_b")
+    return row["text"] if text_b is None else f"{row['text']} {text_b}"
 
 
 def write_embeddings(data_path: str | Path, manifest: str | Path, task: str, task_cfg: dict, prompt_cfg: dict, out: str | Path) -> None:
@@ -161,11 +161,11 @@ def write_embeddings(data_path: str | Path, manifest: str | Path, task: str, tas
     import torch
 
     torch.set_num_threads(1)
-    rows = task_examples(table_io.read_table(data_path, tables.TASK_DATA).to_pandas(), task_cfg, prompt_cfg, task)
+    rows = task_examples(readers.read_task_data(data_path), task_cfg, prompt_cfg, task)
     model_dir = read_encoder_manifest(manifest)["path"]
-    vectors = embed([input_text(r) for r in rows.itertuples()], model_dir)
+    vectors = embed([input_text(r) for r in rows.to_dicts()], model_dir)
     log.info("task %s: %d examples embedded (%d dimensions)", task, *vectors.shape)
-    columns = {"example_id": rows.example_id.tolist(), "part": rows.part.tolist(), "embedding": list(vectors)}
+    columns = {"example_id": rows["example_id"].to_list(), "part": rows["part"].to_list(), "embedding": list(vectors)}
     table_io.write_table(columns, tables.EMBEDDINGS, out)
 
 

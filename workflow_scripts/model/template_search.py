@@ -13,10 +13,10 @@ import argparse
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
+import polars as pl
 import yaml
 
-from workflow_scripts.core import paths, table_io, tables
+from workflow_scripts.core import paths, readers
 from workflow_scripts.core.config import setting_defaults, validate_config
 from workflow_scripts.core.split import SplitError
 from workflow_scripts.model import loading
@@ -34,7 +34,7 @@ class TemplateScore:
     predicted_counts: list[int]
 
 
-def dev_score(model, tokenizer, data: pd.DataFrame, task_cfg: dict, prompt_cfg: dict, seed: int, task: str) -> TemplateScore:
+def dev_score(model, tokenizer, data: pl.DataFrame, task_cfg: dict, prompt_cfg: dict, seed: int, task: str) -> TemplateScore:
     """ICL accuracy of the task's template and label words on its dev examples."""
     import torch
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     model = loading.load_model(manifest, "cpu", "float32", attn_implementation="sdpa")
     prompt_cfg = {**config["prompts"], "n_dev": spec["n_dev"]}
     for task, candidates in spec["tasks"].items():
-        data = table_io.read_table(paths.task_data(task), tables.TASK_DATA).to_pandas()
+        data = readers.read_task_data(paths.task_data(task))
         print(f"\n## {task}: k={prompt_cfg['k']} n_dev={spec['n_dev']} split_seed={prompt_cfg['split_seed']}")
         for cand in candidates:
             task_cfg = {**config["tasks"][task], "template": {**config["tasks"][task]["template"], **cand["template"]},

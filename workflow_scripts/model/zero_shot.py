@@ -11,9 +11,9 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+import polars as pl
 
-from workflow_scripts.core import stats, table_io, tables
+from workflow_scripts.core import readers, stats, table_io, tables
 from workflow_scripts.core.config import configured_label_words
 from workflow_scripts.core.split import task_examples
 from workflow_scripts.model import engine, loading
@@ -23,11 +23,11 @@ from workflow_scripts.sources import manifests, tokenizers
 log = logging.getLogger(__name__)
 
 
-def requests_for(rows: pd.DataFrame, task_cfg: dict, tokenizer) -> list:
+def requests_for(rows: pl.DataFrame, task_cfg: dict, tokenizer) -> list:
     """One request per example: the template's input part alone, scored on the label words."""
     template = task_cfg["template"]
     words = list(configured_label_words(task_cfg).values())
-    records = list(rows.itertuples())
+    records = rows.to_dicts()
     label_ids = label_token_ids(tokenizer, template, words, fields(records[0]))
     requests = []
     for row in records:
@@ -37,7 +37,7 @@ def requests_for(rows: pd.DataFrame, task_cfg: dict, tokenizer) -> list:
     return requests
 
 
-def zero_shot_columns(rows: pd.DataFrame, results: list[dict]) -> dict:
+def zero_shot_columns(rows: pl.DataFrame, results: list[dict]) -> dict:
     """Columns of the ZERO_SHOT schema; hidden is (layers, hidden_size) at the last input token."""
     logits = np.stack([r["label_logits"] for r in results])
     probs = stats.softmax(logits.astype(np.float64)).astype(np.float32)
@@ -47,9 +47,9 @@ def zero_shot_columns(rows: pd.DataFrame, results: list[dict]) -> dict:
         "next_ids": [r["next_ids"].astype(np.int32) for r in results],
         "next_probs": next_probs,
         "next_rest": [max(0.0, 1.0 - float(p.sum(dtype=np.float64))) for p in next_probs],
-        "example_id": rows.example_id.tolist(),
-        "part": rows.part.tolist(),
-        "label": rows.label.astype(int).tolist(),
+        "example_id": rows["example_id"].to_list(),
+        "part": rows["part"].to_list(),
+        "label": rows["label"].to_list(),
         "probs": probs.tolist(),
         "prediction": probs.argmax(axis=1).tolist(),
         "hidden_shape": [list(h.shape) for h in hidden],
@@ -62,7 +62,7 @@ def write_zero_shot(
     out: str | Path,
 ) -> None:
     manifest = manifests.read_manifest(manifest_path)
-    rows = task_examples(table_io.read_table(data_path, tables.TASK_DATA).to_pandas(), task_cfg, prompt_cfg, task)
+    rows = task_examples(readers.read_task_data(data_path), task_cfg, prompt_cfg, task)
     requests = requests_for(rows, task_cfg, tokenizers.load_tokenizer(manifest, prompt_cfg["prepend_bos"]))
     model, device, dtype = loading.prepared_model(manifest, cfg)
     layers = list(range(model.config.num_hidden_layers))

@@ -8,9 +8,9 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+import polars as pl
 
-from workflow_scripts.core import readers, table_io, tables
+from workflow_scripts.core import readers, tables
 from workflow_scripts.core.config import configured_label_words
 from workflow_scripts.core.kernels import unit_rows
 from workflow_scripts.core.split import SplitError, check_pool_choice, heldout_prompt_ids, sample_balanced, task_split
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def build_prompts(
-    data: pd.DataFrame, task_cfg: dict, prompt_cfg: dict, setting: dict, seed: int, tokenizer, task: str,
+    data: pl.DataFrame, task_cfg: dict, prompt_cfg: dict, setting: dict, seed: int, tokenizer, task: str,
     part: str = "eval", vectors: dict[str, np.ndarray] | None = None, queries_kept: np.ndarray | None = None,
     content_free: str | None = None,
 ) -> dict:
@@ -40,7 +40,7 @@ def build_prompts(
     """
     data, split = task_split(data, task_cfg, prompt_cfg, task)
     n_classes = len(task_cfg["classes"])
-    labels = data.label.to_numpy()
+    labels = data["label"].to_numpy()
     k = setting.get("k") or prompt_cfg["k"]
     k_key = "the setting's k" if setting.get("k") else "prompts.k"
     if k > len(split.pool):
@@ -51,12 +51,12 @@ def build_prompts(
         setting["labels"], list(configured_label_words(task_cfg).values()), setting["label_symbols"], setting["label_pool"]
     )
     template = task_cfg["template"]
-    rows = list(data.itertuples())
+    rows = data.to_dicts()
     queries = getattr(split, part)
     token_ids = label_token_ids(tokenizer, template, words, fields(rows[queries[0]]))
     by_similarity = setting["selection"] != "random"
     if by_similarity:
-        pool_ids = [rows[j].example_id for j in split.pool]
+        pool_ids = [rows[j]["example_id"] for j in split.pool]
         pool_matrix = unit_rows(np.stack(readers.rows_for(vectors or {}, pool_ids, "similarity vectors")))
     rng = np.random.default_rng(seed)
     swap = swap_partners(np.sort(queries_kept), labels[queries[np.sort(queries_kept)]]) if setting.get("query_swap") else {}
@@ -70,7 +70,7 @@ def build_prompts(
         if not kept:
             continue
         if by_similarity:
-            query = unit_rows(readers.rows_for(vectors, [rows[i].example_id], "similarity vectors")[0])
+            query = unit_rows(readers.rows_for(vectors, [rows[i]["example_id"]], "similarity vectors")[0])
             chosen = retrieval.top_k(
                 pool_matrix @ query, labels[split.pool], k, n_classes, setting["selection"] == "similar", setting["balanced"]
             )
@@ -97,9 +97,9 @@ def build_prompts(
             raise PromptError(f"task {task!r} prompt {prompt_id}: label tokens {found} differ from {expected} in context")
         row = {
             "prompt_id": prompt_id,
-            "example_id": rows[i].example_id,
+            "example_id": rows[i]["example_id"],
             "label": int(labels[i]),
-            "demo_ids": [rows[j].example_id for j in demos],
+            "demo_ids": [rows[j]["example_id"] for j in demos],
             "demo_labels": [int(c) for c in shown],
             "text": rendered.text,
             "label_token_ids": token_ids,
@@ -130,7 +130,7 @@ def prompt_set(
     content_free: str | None = None,
 ) -> dict:
     """The PROMPTS columns of one set, from the files its rule reads (build_prompts' arguments)."""
-    data = table_io.read_table(data_path, tables.TASK_DATA).to_pandas()
+    data = readers.read_task_data(data_path)
     tokenizer = tokenizers.load_tokenizer(manifests.read_manifest(manifest_path), prompt_cfg["prepend_bos"])
     kept = heldout_prompt_ids(data, task_cfg, prompt_cfg, task, heldout_cfg) if setting["queries"] == "heldout" else None
     vectors = readers.retrieval_space(setting, vectors_path)

@@ -6,10 +6,11 @@ character offsets. Nothing here imports torch.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from workflow_scripts.prompts import perturb
 
@@ -87,15 +88,15 @@ def label_token_ids(tokenizer, template: dict, words: list[str], example: dict) 
     return ids
 
 
-def fields(row) -> dict:
-    """An example's template fields: its text, and text_b for a text pair."""
-    fields = {"text": row.text}
-    if row.text_b is not None and not pd.isna(row.text_b):
-        fields["text_b"] = row.text_b
+def fields(row: Mapping[str, Any]) -> dict:
+    """An example's template fields (from its TASK_DATA row): its text, and text_b for a text pair."""
+    fields = {"text": row["text"]}
+    if row.get("text_b") is not None:
+        fields["text_b"] = row["text_b"]
     return fields
 
 
-def perturbed(row, setting: dict, rng: np.random.Generator) -> dict:
+def perturbed(row: Mapping[str, Any], setting: dict, rng: np.random.Generator) -> dict:
     """An example's template fields with typo noise at the setting's rate (none at rate 0)."""
     values = fields(row)
     if not setting["typo_rate"]:

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
+import polars as pl
 
 from workflow_scripts.analysis import table2_rows
 from workflow_scripts.analysis.baselines import BASELINES
 from workflow_scripts.core import paths, run_warnings, stats, table_io, tables
 from workflow_scripts.report.files import read_piece
+from workflow_scripts.report.frames import stored
 from workflow_scripts.report.headings import ablations_heading, causal_check_heading, header_lines, set_heading, table2_heading
 from workflow_scripts.report.inputs import read_all
 from workflow_scripts.report.text import set_title
@@ -19,7 +20,7 @@ from workflow_scripts.report.text import set_title
 PROBES_OFF = "**5.4** Probes are off: set extraction.kv_layers to keep key and value vectors."
 
 
-def table2_verdicts(by_name: dict[str, pd.DataFrame]) -> list[str]:
+def table2_verdicts(by_name: dict[str, pl.DataFrame]) -> list[str]:
     """One line per model x task x setting: does its paper head read like a kernel?"""
     passing = [title for title, t in by_name.items() if table2_rows.reads_like_kernel(t, "head_max")]
     failing = [title for title, t in by_name.items() if table2_rows.reads_like_kernel(t, "head_max") is False]
@@ -33,7 +34,7 @@ def table2_verdicts(by_name: dict[str, pd.DataFrame]) -> list[str]:
 
 
 def assemble(
-    title: str, study: dict, tables2: list[list[str]], sets: list[tuple[str, list[pd.DataFrame], list[list[str]]]],
+    title: str, study: dict, tables2: list[list[str]], sets: list[tuple[str, list[pl.DataFrame], list[list[str]]]],
     ablations: list[str], interventions: list[str], theory: list[str], warnings: list[str] = (),
 ) -> str:
     """results/report.md: the run's warnings, Table 2 (the paper's headline), then Sections 5.1-5.4 per
@@ -66,7 +67,7 @@ def from_snakemake(smk) -> None:
     for model, model_pieces in zip(study["models"], per_model):
         ablations += ablations_heading(model) + [line for piece in model_pieces for line in piece]
     # With several models, their side-by-side view follows every model's Table 2.
-    verdicts = table2_verdicts({set_title(*key): table_io.read_table(path, tables.TABLE2).to_pandas()
+    verdicts = table2_verdicts({set_title(*key): stored(table_io.read_table(path, tables.TABLE2))
                                 for key, path in zip(keys, smk.input.table2_tables)})
     tables2 = [verdicts, *(read_piece(p) for p in [*smk.input.table2, *smk.input.models])]
     pieces = [line for p in smk.input.interventions for line in read_piece(p)]

@@ -3,6 +3,7 @@ HTML page with a sortable table (Snakemake's HTML report shows HTML inline but o
 download), and its piece of results/report.md, which the `report` rule concatenates."""
 from __future__ import annotations
 
+import csv
 import html
 import math
 import numbers
@@ -10,9 +11,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
+import numpy as np
+import polars as pl
 
 from workflow_scripts.core import paths
+from workflow_scripts.report.frames import as_held
 
 
 @dataclass(frozen=True)
@@ -90,10 +93,29 @@ def cell(value) -> str:
     return f'<td data-value="{text}">{text}</td>'
 
 
-def table_html(frame: pd.DataFrame, title: str, notes: list[str] = ()) -> str:
+def csv_texts(column: pl.Series) -> list[str]:
+    """A column's CSV fields: floats in their shortest round-trip form (float32 as float32), missing
+    values (null or NaN) empty, booleans True / False."""
+    if column.dtype == pl.Float32:
+        return ["" if v is None or math.isnan(v) else str(np.float32(v)) for v in column.to_list()]
+    if column.dtype.is_float():
+        return ["" if v is None or math.isnan(v) else repr(v) for v in column.to_list()]
+    return ["" if v is None else str(v) for v in column.to_list()]
+
+
+def write_csv(frame: pl.DataFrame, path: str | Path) -> None:
+    """`frame` as CSV: a header, fields quoted only where they hold a comma, quote or line break."""
+    frame = as_held(frame)
+    with Path(path).open("w", newline="") as out:
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(frame.columns)
+        writer.writerows(zip(*(csv_texts(frame[c]) for c in frame.columns)))
+
+
+def table_html(frame: pl.DataFrame, title: str, notes: list[str] = ()) -> str:
     """A standalone HTML page: title, notes (plain text, one paragraph each) and the sortable table."""
     header = "".join(f"<th>{html.escape(str(c).replace('_', ' '))}</th>" for c in frame.columns)
-    rows = "\n".join("<tr>" + "".join(cell(v) for v in row) + "</tr>" for row in frame.itertuples(index=False))
+    rows = "\n".join("<tr>" + "".join(cell(v) for v in row) + "</tr>" for row in as_held(frame).iter_rows())
     paragraphs = "".join(f"<p>{html.escape(note)}</p>" for note in notes)
     return (
         f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
@@ -104,7 +126,7 @@ def table_html(frame: pd.DataFrame, title: str, notes: list[str] = ()) -> str:
     )
 
 
-def write_table(frame: pd.DataFrame, out: Outputs, title: str, notes: list[str] = ()) -> None:
+def write_table(frame: pl.DataFrame, out: Outputs, title: str, notes: list[str] = ()) -> None:
     Path(out.csv).parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out.csv, index=False)
+    write_csv(frame, out.csv)
     Path(out.html).write_text(table_html(frame, title, notes))

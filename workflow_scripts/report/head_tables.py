@@ -5,10 +5,11 @@ models side by side read heads through these."""
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
+import polars as pl
 from matplotlib.ticker import MaxNLocator
 
 from workflow_scripts.core.kernels import ATTENTION_KERNELS
+from workflow_scripts.core import aggregate
 from workflow_scripts.report.text import mean_sd
 
 # Per-head query dependence (query_dependence.py) shown beside agreement: R^2 of the weights on slot and
@@ -16,36 +17,41 @@ from workflow_scripts.report.text import mean_sd
 QUERY_COLUMNS = ["r2_slot", "r2_slot_label", "weight_shift", "vote_change"]
 
 
-def head_table(heads: pd.DataFrame) -> pd.DataFrame:
+def ranked(scores: pl.DataFrame) -> pl.DataFrame:
+    """Best mean agreement first, ties by accuracy, then in the given order; a missing score ranks last."""
+    return scores.sort(["agreement", "accuracy"], descending=True, nulls_last=True, maintain_order=True)
+
+
+def head_table(heads: pl.DataFrame) -> pl.DataFrame:
     """Per kernel, the head with the best mean agreement over seeds, with its per-seed numbers."""
-    mean = heads.groupby(["kernel", "layer", "head"])[["agreement", "accuracy"]].mean().reset_index()
+    mean = aggregate.group_stats(heads, ["kernel", "layer", "head"], ["agreement", "accuracy"])
     rows = []
     for kernel in ATTENTION_KERNELS:
-        best = mean[mean.kernel == kernel].sort_values(["agreement", "accuracy"], ascending=False).iloc[0]
-        per_seed = heads[(heads.kernel == kernel) & (heads.layer == best.layer) & (heads["head"] == best["head"])]
+        best = ranked(mean.filter(pl.col("kernel") == kernel)).row(0, named=True)
+        per_seed = heads.filter((pl.col("kernel") == kernel) & (pl.col("layer") == best["layer"]) & (pl.col("head") == best["head"]))
         rows.append(
             {
                 "kernel": kernel,
-                "layer": int(best.layer),
+                "layer": int(best["layer"]),
                 "head": int(best["head"]),
-                "agreement": mean_sd(per_seed.agreement),
-                "accuracy": mean_sd(per_seed.accuracy),
-                **{column: float(per_seed[column].mean()) for column in QUERY_COLUMNS},
+                "agreement": mean_sd(aggregate.values_of(per_seed["agreement"])),
+                "accuracy": mean_sd(aggregate.values_of(per_seed["accuracy"])),
+                **{column: aggregate.mean(per_seed[column]) for column in QUERY_COLUMNS},
             }
         )
-    return pd.DataFrame(rows)
+    return pl.DataFrame(rows)
 
 
-def head_grid(heads: pd.DataFrame, kernel: str, metric: str) -> np.ndarray:
-    """(layers, heads) grid of one metric of one kernel variant."""
-    return heads[heads.kernel == kernel].groupby(["layer", "head"])[metric].mean().unstack("head").to_numpy()
+def head_grid(heads: pl.DataFrame, kernel: str, metric: str) -> np.ndarray:
+    """(layers, heads) grid of one metric of one kernel variant, mean over seeds."""
+    return aggregate.grid(heads.filter(pl.col("kernel") == kernel), "layer", "head", metric)
 
 
-def top_head_count(heads: pd.DataFrame, kernel: str, fraction: float) -> int:
+def top_head_count(heads: pl.DataFrame, kernel: str, fraction: float) -> int:
     return max(1, int(round(fraction * head_grid(heads, kernel, "agreement").size)))
 
 
-def top_head_depth(heads: pd.DataFrame, kernel: str, fraction: float) -> tuple[int, float, float, float]:
+def top_head_depth(heads: pl.DataFrame, kernel: str, fraction: float) -> tuple[int, float, float, float]:
     """Where the top `fraction` of heads by agreement sit: (count, mean, min, max) of layer / (layers - 1)."""
     grid = head_grid(heads, kernel, "agreement")
     n = top_head_count(heads, kernel, fraction)
@@ -54,29 +60,30 @@ def top_head_depth(heads: pd.DataFrame, kernel: str, fraction: float) -> tuple[i
     return n, float(depth.mean()), float(depth.min()), float(depth.max())
 
 
-def top_heads(heads: pd.DataFrame, fraction: float) -> pd.DataFrame:
+def top_heads(heads: pl.DataFrame, fraction: float) -> pl.DataFrame:
     """Per kernel, the top `fraction` of heads by mean agreement over seeds (ties: better accuracy,
     then lower layer and head), with mean and sd over seeds and their depth (layer / last layer)."""
-    heads = heads.reindex(columns=list(dict.fromkeys([*heads.columns, *QUERY_COLUMNS])))
-    scores = heads.groupby(["kernel", "layer", "head"])[["agreement", "accuracy"]].agg(["mean", "std"])
-    scores.columns = ["agreement", "agreement_sd", "accuracy", "accuracy_sd"]
-    scores = scores.join(heads.groupby(["kernel", "layer", "head"])[QUERY_COLUMNS].mean()).reset_index()
-    last_layer = max(1, int(heads.layer.max()))
+    heads = heads.with_columns(pl.lit(None, pl.Float64).alias(c) for c in QUERY_COLUMNS if c not in heads.columns)
+    scores = aggregate.group_stats(heads, ["kernel", "layer", "head"], ["agreement", "accuracy", *QUERY_COLUMNS],
+                                sds=["agreement", "accuracy"])
+    last_layer = max(1, int(heads["layer"].max()))
     parts = []
     for kernel in ATTENTION_KERNELS:
-        part = scores[scores.kernel == kernel].sort_values(["agreement", "accuracy"], ascending=False, kind="stable")
-        part = part.head(top_head_count(heads, kernel, fraction))
-        parts.append(part.assign(rank=np.arange(1, len(part) + 1), depth=part.layer / last_layer))
+        part = ranked(scores.filter(pl.col("kernel") == kernel)).head(top_head_count(heads, kernel, fraction))
+        # numpy divides (polars would multiply by 1 / last_layer, off in the last bit)
+        depth = pl.Series("depth", part["layer"].to_numpy() / last_layer, pl.Float64)
+        parts.append(part.with_columns(rank=pl.int_range(1, pl.len() + 1, dtype=pl.Int64), depth=depth))
     columns = ["kernel", "rank", "layer", "head", "depth", "agreement", "agreement_sd", "accuracy", "accuracy_sd", *QUERY_COLUMNS]
-    return pd.concat(parts)[columns].reset_index(drop=True)
+    return pl.concat(parts).select(columns)
 
 
-def with_query_swap(heads: pd.DataFrame, swap: pd.DataFrame | None) -> pd.DataFrame:
-    """Heads (every seed, a `seed` column) with the query-swap columns (nan without a swap setting)."""
-    if swap is None or swap.empty:
-        return heads.assign(weight_shift=np.nan, vote_change=np.nan, icl_change=np.nan)
+def with_query_swap(heads: pl.DataFrame, swap: pl.DataFrame | None) -> pl.DataFrame:
+    """Heads (every seed, a `seed` column) with the query-swap columns (missing without a swap setting)."""
+    columns = ["weight_shift", "vote_change", "icl_change"]
+    if swap is None or swap.is_empty():
+        return heads.with_columns(pl.lit(None, pl.Float64).alias(c) for c in columns)
     keys = ["seed", "kernel", "layer", "head"]
-    return heads.merge(swap[[*keys, "weight_shift", "vote_change", "icl_change"]], on=keys, how="left")
+    return heads.join(swap.select(*keys, *columns), on=keys, how="left", maintain_order="left")
 
 
 def layer_head_axes(ax) -> None:

@@ -3,9 +3,10 @@ when the splits are too small to read), Table 2's heading with the paper's Table
 heading with its whole-set numbers, and the headings of the ablations and of the causal check."""
 from __future__ import annotations
 
-import pandas as pd
+import polars as pl
 
 from workflow_scripts.core import paper, stats
+from workflow_scripts.core import aggregate
 from workflow_scripts.report.text import mean_sd
 
 
@@ -59,18 +60,18 @@ def table2_heading() -> list[str]:
     return ["## Table 2 (Section 5.5): one head, chosen on the select split, on held-out prompts", "", *paper_table()]
 
 
-def set_heading(title: str, summaries: list[pd.DataFrame]) -> list[str]:
+def set_heading(title: str, summaries: list[pl.DataFrame]) -> list[str]:
     """A prompt set's heading and its whole-set numbers, over seeds."""
-    summary = pd.concat(summaries)
+    summary = pl.concat(summaries)
     return [
         f"## {title}",
         "",
-        f"All {int(summary.n_prompts.iloc[0])} prompts per seed, {len(summaries)} seeds: ICL accuracy {mean_sd(summary.icl_accuracy)}; "
-        f"null baseline: agreement {mean_sd(summary.null_agreement)}, accuracy {mean_sd(summary.null_accuracy)}. "
+        f"All {int(summary['n_prompts'][0])} prompts per seed, {len(summaries)} seeds: ICL accuracy {mean_sd(summary['icl_accuracy'])}; "
+        f"null baseline: agreement {mean_sd(summary['null_agreement'])}, accuracy {mean_sd(summary['null_accuracy'])}. "
         "Query-free readings fitted on all prompts (in-sample, like 5.2's best head), agreement with ICL: "
-        f"recency {mean_sd(summary.recency_agreement)}, uniform kernel {mean_sd(summary.uniform_agreement)} "
-        f"(ties on {summary.uniform_tie_rate.mean():.0%} of prompts), positional kernel {mean_sd(summary.positional_agreement)}, "
-        f"slot x label-word kernel {mean_sd(summary.slot_label_agreement)}.",
+        f"recency {mean_sd(summary['recency_agreement'])}, uniform kernel {mean_sd(summary['uniform_agreement'])} "
+        f"(ties on {aggregate.mean(summary['uniform_tie_rate']):.0%} of prompts), positional kernel {mean_sd(summary['positional_agreement'])}, "
+        f"slot x label-word kernel {mean_sd(summary['slot_label_agreement'])}.",
         "",
     ]
 

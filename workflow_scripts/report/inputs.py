@@ -2,27 +2,30 @@
 that set's title."""
 from __future__ import annotations
 
-import pandas as pd
+import polars as pl
 
 from workflow_scripts.analysis import table2_rows
 from workflow_scripts.core import table_io
+from workflow_scripts.core.aggregate import as_nulls
+from workflow_scripts.report.frames import frame_of
 from workflow_scripts.report.text import set_title
 
 
-def read_all(files: list[str], schema) -> list[pd.DataFrame]:
+def read_all(files: list[str], schema) -> list[pl.DataFrame]:
     """One table per seed."""
-    return [table_io.read_table(f, schema).to_pandas() for f in files]
+    return [frame_of(table_io.read_table(f, schema)) for f in files]
 
 
 def title_of(smk) -> str:
     return set_title(smk.wildcards.model, smk.wildcards.task, smk.wildcards.setting)
 
 
-def seeded(smk, name: str, schema) -> pd.DataFrame:
-    """stacked, with each table's seed (study order) in a `seed` column."""
-    return table2_rows.read_seeds(list(smk.input[name]), smk.params.seeds, schema)
+def seeded(smk, name: str, schema) -> pl.DataFrame | None:
+    """stacked, with each table's seed (study order) in a `seed` column (None without tables)."""
+    frame = table2_rows.read_seeds(list(smk.input[name]), smk.params.seeds, schema)
+    return None if frame is None else as_nulls(frame)
 
 
-def stacked(smk, name: str, schema) -> pd.DataFrame:
+def stacked(smk, name: str, schema) -> pl.DataFrame:
     """An analysis table of every seed of the rule's model x task x setting, stacked."""
-    return pd.concat(read_all(smk.input[name], schema))
+    return pl.concat(read_all(smk.input[name], schema))

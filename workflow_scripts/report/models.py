@@ -16,13 +16,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import polars as pl  # noqa: E402
 
 from workflow_scripts.analysis import table2_rows  # noqa: E402
 from workflow_scripts.core import (
     table_io,
     tables,  # noqa: E402
 )
+from workflow_scripts.core import aggregate  # noqa: E402
+from workflow_scripts.report import frames  # noqa: E402
 from workflow_scripts.report.edit_families import FAMILY_TEXT, MAIN  # noqa: E402
 from workflow_scripts.report.files import Outputs, link, outputs_of, write_piece, write_table  # noqa: E402
 from workflow_scripts.report.head_tables import head_grid, top_heads  # noqa: E402
@@ -57,37 +59,42 @@ FINDINGS = [
     Finding("contextual calibration raises ICL accuracy", ("icl_calibrated", "accuracy"), ("icl", "accuracy")),
 ]
 UPPER_HALF = "the top heads (max kernel) sit in the upper half of the network (mean depth > 0.5)"
+COMPARISON_SCHEMA = {"task": pl.String, "setting": pl.String, "row": pl.String, "model": pl.String, "mean": pl.Float64,
+                     "ci_low": pl.Float64, "ci_high": pl.Float64, "cell": pl.String}
+FINDINGS_SCHEMA = {"finding": pl.String, "model": pl.String, "task": pl.String, "setting": pl.String, "holds": pl.Boolean}
+# The causal check's summaries, as its report rule wrote them (interventions.csv): the columns read here.
+CAUSAL_CSV = {"family": pl.String, "target": pl.String, "measure": pl.String, "ci_low": pl.Float64}
 
 
-def number(table: pd.DataFrame, method: str, metric: str) -> pd.Series | None:
-    row = table[(table.method == method) & (table.metric == metric)]
-    return None if row.empty else row.iloc[0]
+def number(table: pl.DataFrame, method: str, metric: str) -> dict | None:
+    return frames.first_row(table.filter((pl.col("method") == method) & (pl.col("metric") == metric)))
 
 
 KERNEL_READING = ("the best head (max kernel) beats the strongest query-free reading (recency, uniform, positional, "
                   "slot x label; paired 95% CI above 0)")
 
 
-def holds(table: pd.DataFrame, finding: Finding) -> bool | None:
+def holds(table: pl.DataFrame, finding: Finding) -> bool | None:
     """None where the table lacks either number (e.g. calibration off)."""
     first, second = number(table, *finding.first), number(table, *finding.second)
     if first is None or second is None or table2_rows.too_few_heldout(table):
         return None
-    return bool(first.ci_low > second["mean"])
+    return bool(first["ci_low"] > second["mean"])
 
 
-def depth_of_top_heads(heads: pd.DataFrame, fraction: float) -> dict:
+def depth_of_top_heads(heads: pl.DataFrame, fraction: float) -> dict:
     """The best max-kernel head and the top `fraction` of heads, as layer / last layer."""
-    top = top_heads(heads, fraction)
-    top = top[top.kernel == "max"]
-    best = top.iloc[0]
+    top = top_heads(heads, fraction).filter(pl.col("kernel") == "max")
+    best = top.row(0, named=True)
+    depth = aggregate.values_of(top["depth"])
     return {
-        "layers": int(heads.layer.max()) + 1, "best": f"L{int(best.layer)} H{int(best['head'])}", "best_depth": float(best.depth),
-        "fraction": fraction, "top_n": len(top), "top_depth": float(top.depth.mean()), "top_min": float(top.depth.min()), "top_max": float(top.depth.max()),
+        "layers": int(heads["layer"].max()) + 1, "best": f"L{int(best['layer'])} H{int(best['head'])}", "best_depth": float(best["depth"]),
+        "fraction": fraction, "top_n": top.height, "top_depth": aggregate.mean(depth), "top_min": float(np.nanmin(depth)),
+        "top_max": float(np.nanmax(depth)),
     }
 
 
-def comparison_frame(by_name: dict[tuple, pd.DataFrame], depths: dict[tuple, dict]) -> pd.DataFrame:
+def comparison_frame(by_name: dict[tuple, pl.DataFrame], depths: dict[tuple, dict]) -> pl.DataFrame:
     """One row per (task, setting, row, model): Table 2's numbers and the depth of the top heads."""
     records = []
     for (model, task, setting), table in by_name.items():
@@ -95,7 +102,8 @@ def comparison_frame(by_name: dict[tuple, pd.DataFrame], depths: dict[tuple, dic
             row = number(table, method, metric)
             if row is not None:
                 records.append({"task": task, "setting": setting, "row": text, "model": model, "mean": row["mean"],
-                                "ci_low": row.ci_low, "ci_high": row.ci_high, "cell": f"{row['mean']:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}]"})
+                                "ci_low": row["ci_low"], "ci_high": row["ci_high"],
+                                "cell": f"{row['mean']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"})
         depth = depths[(model, task, setting)]
         records.append({"task": task, "setting": setting, "row": "best head in-sample (all prompts), max kernel: depth (layer / last layer)",
                         "model": model, "mean": depth["best_depth"], "ci_low": np.nan, "ci_high": np.nan,
@@ -104,25 +112,26 @@ def comparison_frame(by_name: dict[tuple, pd.DataFrame], depths: dict[tuple, dic
         records.append({"task": task, "setting": setting, "row": f"top {depth['fraction']:.0%} of heads, max kernel: mean depth [min, max]",
                         "model": model, "mean": depth["top_depth"], "ci_low": depth["top_min"], "ci_high": depth["top_max"],
                         "cell": f"{depth['top_depth']:.2f} [{depth['top_min']:.2f}, {depth['top_max']:.2f}] ({depth['top_n']} heads)"})
-    return pd.DataFrame.from_records(records)
+    return pl.DataFrame(records, schema=COMPARISON_SCHEMA)
 
 
-def causal_findings(summaries: dict[tuple, pd.DataFrame]) -> list[dict]:
+def causal_findings(summaries: dict[tuple, pl.DataFrame]) -> list[dict]:
     """Per causal check and edit family: does editing the top-m kernel heads beat random heads of the
     same layers for some m (the paired top - random CI above 0, the causal-check section's verdict)?"""
     records = []
     for (model, task, setting), summary in summaries.items():
         for family, measure in MAIN.items():
-            diffs = summary[(summary.family == family) & (summary.target == "top - random") & (summary.measure == measure)]
+            diffs = summary.filter((pl.col("family") == family) & (pl.col("target") == "top - random") & (pl.col("measure") == measure))
             records.append({
                 "finding": f"{FAMILY_TEXT[family]} in the top kernel heads beats random heads of the same layers",
-                "model": model, "task": task, "setting": setting, "holds": bool((diffs.ci_low > 0).any()) if len(diffs) else None,
+                "model": model, "task": task, "setting": setting,
+                "holds": bool((aggregate.values_of(diffs["ci_low"]) > 0).any()) if diffs.height else None,
             })
     return records
 
 
-def findings_frame(by_name: dict[tuple, pd.DataFrame], depths: dict[tuple, dict],
-                   causal: dict[tuple, pd.DataFrame] | None = None) -> pd.DataFrame:
+def findings_frame(by_name: dict[tuple, pl.DataFrame], depths: dict[tuple, dict],
+                   causal: dict[tuple, pl.DataFrame] | None = None) -> pl.DataFrame:
     """One row per (finding, model, task, setting): whether it holds (None: not measured)."""
     records = []
     for (model, task, setting), table in by_name.items():
@@ -132,26 +141,33 @@ def findings_frame(by_name: dict[tuple, pd.DataFrame], depths: dict[tuple, dict]
                         "holds": depths[(model, task, setting)]["top_depth"] > 0.5})
         records.append({"finding": KERNEL_READING, "model": model, "task": task, "setting": setting,
                         "holds": table2_rows.reads_like_kernel(table, "head_max")})
-    return pd.DataFrame.from_records(records + causal_findings(causal or {}))
+    return pl.DataFrame(records + causal_findings(causal or {}), schema=FINDINGS_SCHEMA)
 
 
-def verdict(rows: pd.DataFrame, models: list[str]) -> str:
+def verdict(rows: pl.DataFrame, models: list[str]) -> str:
     """Where one finding holds: in every model and set, in some models only, or in none."""
-    measured = rows.dropna(subset=["holds"])
-    if measured.empty:
+    measured = rows.drop_nulls("holds")
+    if measured.is_empty():
         return "not measured"
-    by_model = measured.groupby("model").holds.agg(["all", "any"])
-    if by_model["all"].all() and len(by_model) == len(models):
+    by_model = measured.group_by("model").agg(every=pl.col("holds").all(), some=pl.col("holds").any())
+    if by_model["every"].all() and by_model.height == len(models):
         return "**holds in every model**"
-    if not by_model["any"].any():
+    if not by_model["some"].any():
         return "holds in none"
-    partly = [m for m in models if m in by_model.index and by_model.loc[m, "any"]]
+    some = set(by_model.filter("some")["model"])
+    partly = [m for m in models if m in some]
     return "holds only in part: " + ", ".join(
-        f"{m} ({', '.join(measured[(measured.model == m) & measured.holds.astype(bool)].task.unique())})" for m in partly
+        f"{m} ({', '.join(measured.filter((pl.col('model') == m) & pl.col('holds'))['task'].unique(maintain_order=True))})"
+        for m in partly
     )
 
 
-def comparison_lines(frame: pd.DataFrame, findings: pd.DataFrame, models: list[str], figure: str) -> list[str]:
+def cell_text(cell: str | None) -> str:
+    """A model's cell of the side-by-side table; a dash where the model has no such row."""
+    return table_cell(cell) if isinstance(cell, str) else "—"
+
+
+def comparison_lines(frame: pl.DataFrame, findings: pl.DataFrame, models: list[str], figure: str) -> list[str]:
     lines = [
         f"## Models side by side: {', '.join(models)}",
         "",
@@ -160,12 +176,12 @@ def comparison_lines(frame: pd.DataFrame, findings: pd.DataFrame, models: list[s
         f"![Head agreement against depth per model]({figure})",
         "",
     ]
-    for (task, setting), part in frame.groupby(["task", "setting"], sort=False):
-        cells = part.pivot(index="row", columns="model", values="cell").reindex(columns=models)
-        order = list(dict.fromkeys(part.row))
+    for part in frame.partition_by(["task", "setting"], maintain_order=True):
+        task, setting = part["task"][0], part["setting"][0]
+        cells = {(r["row"], r["model"]): r["cell"] for r in part.iter_rows(named=True)}
+        order = part["row"].unique(maintain_order=True).to_list()
         lines += [f"### {task} / {setting}", "", "| | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
-        lines += [f"| {row} | " + " | ".join(table_cell(c) if isinstance(c, str) else "—" for c in cells.loc[row]) + " |"
-                  for row in order]
+        lines += [f"| {row} | " + " | ".join(cell_text(cells.get((row, m))) for m in models) + " |" for row in order]
         lines.append("")
     lines += [
         "### Which findings hold in every model",
@@ -176,17 +192,18 @@ def comparison_lines(frame: pd.DataFrame, findings: pd.DataFrame, models: list[s
         "| finding | " + " | ".join(models) + " | across models |",
         "|---|" + "---|" * (len(models) + 1),
     ]
-    for finding, rows in findings.groupby("finding", sort=False):
+    for rows in findings.partition_by("finding", maintain_order=True):
+        finding = rows["finding"][0]
         cells = []
         for model in models:
-            mine = rows[rows.model == model]
-            cells.append(", ".join(f"{t}: {'—' if h is None or pd.isna(h) else ('yes' if h else 'no')}"
-                                   for t, h in zip(mine.task + " / " + mine.setting, mine.holds)))
+            mine = rows.filter(pl.col("model") == model)
+            cells.append(", ".join(f"{r['task']} / {r['setting']}: {'—' if r['holds'] is None else ('yes' if r['holds'] else 'no')}"
+                                   for r in mine.iter_rows(named=True)))
         lines.append(f"| {finding} | " + " | ".join(cells) + f" | {verdict(rows, models)} |")
     return lines + [""]
 
 
-def depth_figure(heads: dict[tuple, pd.DataFrame], out: str | Path, dpi: int) -> None:
+def depth_figure(heads: dict[tuple, pl.DataFrame], out: str | Path, dpi: int) -> None:
     """Every head's agreement with ICL on all prompts of the set (max kernel, mean over seeds) against
     its depth, one panel per task x setting, one colour per model."""
     panels = list(dict.fromkeys((task, setting) for _, task, setting in heads))
@@ -208,18 +225,18 @@ def depth_figure(heads: dict[tuple, pd.DataFrame], out: str | Path, dpi: int) ->
 
 def from_snakemake(smk) -> None:
     keys = [tuple(key) for key in smk.params.sets]
-    by_name = {key: table_io.read_table(path, tables.TABLE2).to_pandas() for key, path in zip(keys, smk.input.tables)}
+    by_name = {key: frames.stored(table_io.read_table(path, tables.TABLE2)) for key, path in zip(keys, smk.input.tables)}
     per_set = len(smk.params.seeds)
     heads = {
-        key: pd.concat([table_io.read_table(p, tables.HEADS).to_pandas() for p in smk.input.heads[i * per_set:(i + 1) * per_set]])
+        key: pl.concat([frames.frame_of(table_io.read_table(p, tables.HEADS)) for p in smk.input.heads[i * per_set:(i + 1) * per_set]])
         for i, key in enumerate(keys)
     }
     depths = {key: depth_of_top_heads(frame, smk.params.top_head_fraction) for key, frame in heads.items()}
     out: Outputs = outputs_of(smk)
-    causal = {tuple(key): pd.read_csv(path) for key, path in zip(smk.params.interventions, smk.input.interventions)}
+    causal = {tuple(key): pl.read_csv(path, schema_overrides=CAUSAL_CSV) for key, path in zip(smk.params.interventions, smk.input.interventions)}
     frame, findings = comparison_frame(by_name, depths), findings_frame(by_name, depths, causal)
     depth_figure(heads, out.figure, smk.params.dpi)
-    write_table(frame.drop(columns="cell"), out, "Models side by side: Table 2 and the depth of the top heads",
+    write_table(frame.drop("cell"), out, "Models side by side: Table 2 and the depth of the top heads",
                 ["mean over seeds; ci_low and ci_high: bootstrap 95% CI over held-out examples (for the depth rows: "
                  "the shallowest and deepest of the top heads)."])
     write_piece(out.piece, comparison_lines(frame, findings, smk.params.models, link(out.figure)))

@@ -10,10 +10,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import polars as pl  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from workflow_scripts.core import tables  # noqa: E402
+from workflow_scripts.core import aggregate  # noqa: E402
+from workflow_scripts.report import frames  # noqa: E402
 from workflow_scripts.report.files import Outputs, link, outputs_of, write_piece, write_table  # noqa: E402
 from workflow_scripts.report.inputs import stacked, title_of  # noqa: E402
 from workflow_scripts.report.text import table_cell  # noqa: E402
@@ -25,6 +27,8 @@ PROBE_TARGET = {"key": "key -> argmax P(o|x_i) (zero-shot)", "value": "value -> 
 _PROBE_TIE = 1e-9
 PROBE_SCORES = ["accuracy", "majority", "balanced_accuracy", "shuffled_balanced_accuracy", "token_balanced_accuracy",
                 "chance", "n_samples"]
+# Read per offset (mean over heads, or over layers and heads).
+OFFSET_SCORES = ["balanced_accuracy", "shuffled_balanced_accuracy", "token_balanced_accuracy"]
 PROBE_READS = {"key": "a key that carries x_i's zero-shot answer", "value": "a value that carries e(y_i)"}
 
 
@@ -34,13 +38,12 @@ def token_margin(n_samples: float) -> float:
     return float(1.0 / np.sqrt(n_samples))
 
 
-def mean_probes(probes: pd.DataFrame) -> pd.DataFrame:
+def mean_probes(probes: pl.DataFrame) -> pl.DataFrame:
     """Probe scores per vector kind, offset, layer and head, mean over seeds."""
-    columns = ["vector", "offset", "layer", "head"]
-    return probes.groupby(columns)[PROBE_SCORES].mean().reset_index()
+    return aggregate.group_stats(probes, ["vector", "offset", "layer", "head"], PROBE_SCORES)
 
 
-def probes_table(probes: pd.DataFrame) -> pd.DataFrame:
+def probes_table(probes: pl.DataFrame) -> pl.DataFrame:
     """Per vector kind, read by balanced accuracy against the label-shuffled control: chance (1 /
     classes), the control over all cells (layer x head x offset: mean, sd, max), the offset with the
     best balanced accuracy averaged over heads and layers next to the control there, and the best cell
@@ -56,59 +59,61 @@ def probes_table(probes: pd.DataFrame) -> pd.DataFrame:
     reads more than the word may sit elsewhere than the best one."""
     rows = []
     for vector in ["key", "value"]:
-        part = probes[probes.vector == vector]
-        control = part.shuffled_balanced_accuracy
-        by_offset = part.groupby("offset")[["balanced_accuracy", "shuffled_balanced_accuracy", "token_balanced_accuracy"]].mean()
-        best_offset = int(by_offset.balanced_accuracy.idxmax())
-        best = part.loc[part.balanced_accuracy.idxmax()]
-        margin = float(best.balanced_accuracy - control.max())  # a tie (all at chance) is no margin, whatever the rounding
-        gain = part.balanced_accuracy - part.token_balanced_accuracy
-        most = part.loc[gain.idxmax()]
-        clear = token_margin(part.n_samples.min())
+        part = probes.filter(pl.col("vector") == vector)
+        cells = frames.rows(part)
+        control = aggregate.values_of(part["shuffled_balanced_accuracy"])
+        by_offset = frames.rows(aggregate.group_stats(part, ["offset"], OFFSET_SCORES, blocks=[OFFSET_SCORES]))
+        at_offset = by_offset[int(np.nanargmax([r["balanced_accuracy"] for r in by_offset]))]  # the first of the highest
+        best = cells[int(np.nanargmax(aggregate.values_of(part["balanced_accuracy"])))]
+        margin = float(best["balanced_accuracy"] - np.nanmax(control))  # a tie (all at chance) is no margin, whatever the rounding
+        gain = aggregate.values_of(part["balanced_accuracy"]) - aggregate.values_of(part["token_balanced_accuracy"])
+        most = cells[int(np.nanargmax(gain))]
+        clear = token_margin(np.nanmin(aggregate.values_of(part["n_samples"])))
         rows.append({
-            "vector": vector, "target": PROBE_TARGET[vector], "n_cells": len(part),
-            "chance": float(part.chance.mean()), "majority": float(part.majority.mean()),
-            "control_mean": float(control.mean()), "control_sd": float(control.std(ddof=1)) if len(part) > 1 else float("nan"),
-            "control_max": float(control.max()),
-            "best_offset": best_offset,
-            "best_offset_balanced_accuracy": float(by_offset.balanced_accuracy.loc[best_offset]),
-            "best_offset_control": float(by_offset.shuffled_balanced_accuracy.loc[best_offset]),
-            "best_offset_difference": float(by_offset.balanced_accuracy.loc[best_offset] - by_offset.shuffled_balanced_accuracy.loc[best_offset]),
-            "best_offset_token": float(by_offset.token_balanced_accuracy.loc[best_offset]),
-            "layer": int(best.layer), "head": int(best["head"]), "offset": int(best.offset),
-            "balanced_accuracy": float(best.balanced_accuracy), "shuffled_balanced_accuracy": float(best.shuffled_balanced_accuracy),
-            "difference": float(best.balanced_accuracy - best.shuffled_balanced_accuracy),
-            "accuracy": float(best.accuracy), "margin_over_control_max": margin, "beats_control": bool(margin > _PROBE_TIE),
-            "token_balanced_accuracy": float(best.token_balanced_accuracy),
-            "token_difference": float(best.balanced_accuracy - best.token_balanced_accuracy),
-            "token_margin": clear, "beats_token": bool(best.balanced_accuracy - best.token_balanced_accuracy > clear),
-            "gain_layer": int(most.layer), "gain_head": int(most["head"]), "gain_offset": int(most.offset),
-            "gain_balanced_accuracy": float(most.balanced_accuracy), "gain_token_balanced_accuracy": float(most.token_balanced_accuracy),
-            "gain_difference": float(gain.max()),
+            "vector": vector, "target": PROBE_TARGET[vector], "n_cells": part.height,
+            "chance": aggregate.mean(part["chance"]), "majority": aggregate.mean(part["majority"]),
+            "control_mean": aggregate.mean(control), "control_sd": aggregate.sd(control) if part.height > 1 else float("nan"),
+            "control_max": float(np.nanmax(control)),
+            "best_offset": int(at_offset["offset"]),
+            "best_offset_balanced_accuracy": float(at_offset["balanced_accuracy"]),
+            "best_offset_control": float(at_offset["shuffled_balanced_accuracy"]),
+            "best_offset_difference": float(at_offset["balanced_accuracy"] - at_offset["shuffled_balanced_accuracy"]),
+            "best_offset_token": float(at_offset["token_balanced_accuracy"]),
+            "layer": int(best["layer"]), "head": int(best["head"]), "offset": int(best["offset"]),
+            "balanced_accuracy": float(best["balanced_accuracy"]), "shuffled_balanced_accuracy": float(best["shuffled_balanced_accuracy"]),
+            "difference": float(best["balanced_accuracy"] - best["shuffled_balanced_accuracy"]),
+            "accuracy": float(best["accuracy"]), "margin_over_control_max": margin, "beats_control": bool(margin > _PROBE_TIE),
+            "token_balanced_accuracy": float(best["token_balanced_accuracy"]),
+            "token_difference": float(best["balanced_accuracy"] - best["token_balanced_accuracy"]),
+            "token_margin": clear, "beats_token": bool(best["balanced_accuracy"] - best["token_balanced_accuracy"] > clear),
+            "gain_layer": int(most["layer"]), "gain_head": int(most["head"]), "gain_offset": int(most["offset"]),
+            "gain_balanced_accuracy": float(most["balanced_accuracy"]), "gain_token_balanced_accuracy": float(most["token_balanced_accuracy"]),
+            "gain_difference": float(np.nanmax(gain)),
             # the largest gain is itself chosen among many cells: it also has to beat the shuffled control's highest
-            "gain_beats_token": bool(gain.max() > clear and most.balanced_accuracy - control.max() > _PROBE_TIE),
+            "gain_beats_token": bool(np.nanmax(gain) > clear and most["balanced_accuracy"] - np.nanmax(control) > _PROBE_TIE),
         })
-    return pd.DataFrame(rows)
+    return pl.DataFrame(rows)
 
 
-def probes_figure(probes: pd.DataFrame, title: str, out: str | Path, dpi: int) -> None:
+def probes_figure(probes: pl.DataFrame, title: str, out: str | Path, dpi: int) -> None:
     """Fig. 5: balanced accuracy of the probes by layer and offset from each demonstration's peak, keys
     and values, with chance, the label-shuffled control and, per offset, the token-identity control."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, vector in zip(axes, ["key", "value"]):
-        part = probes[probes.vector == vector]
-        by_offset = part.groupby(["offset", "layer"])[["balanced_accuracy", "shuffled_balanced_accuracy", "token_balanced_accuracy"]].mean()
-        control = by_offset.shuffled_balanced_accuracy.unstack("offset")  # layer x offset, mean over heads
-        ax.fill_between(control.index, control.min(axis=1), control.max(axis=1), color="grey", alpha=0.25, lw=0,
+        part = probes.filter(pl.col("vector") == vector)
+        by_offset = aggregate.group_stats(part, ["offset", "layer"], OFFSET_SCORES, blocks=[OFFSET_SCORES])
+        layers = by_offset["layer"].unique().sort().to_numpy()
+        control = aggregate.grid(by_offset, "layer", "offset", "shuffled_balanced_accuracy")  # layer x offset, mean over heads
+        ax.fill_between(layers, np.nanmin(control, axis=1), np.nanmax(control, axis=1), color="grey", alpha=0.25, lw=0,
                         label="shuffled control (range over offsets)")
-        ax.plot(control.index, control.mean(axis=1), color="grey", lw=1, ls=":")
-        for offset in sorted(part.offset.unique()):
-            line = by_offset.balanced_accuracy.loc[offset]
-            (drawn,) = ax.plot(line.index, line.to_numpy(), marker="o", ms=3, lw=2.5 if offset == 0 else 1, label=f"offset {offset:+d}")
-            token = by_offset.token_balanced_accuracy.loc[offset]
-            ax.plot(token.index, token.to_numpy(), color=drawn.get_color(), ls="--", lw=1)
+        ax.plot(layers, aggregate.row_means(control), color="grey", lw=1, ls=":")
+        for offset in part["offset"].unique().sort().to_list():
+            line = by_offset.filter(pl.col("offset") == offset)
+            (drawn,) = ax.plot(line["layer"].to_numpy(), aggregate.values_of(line["balanced_accuracy"]), marker="o", ms=3,
+                               lw=2.5 if offset == 0 else 1, label=f"offset {offset:+d}")
+            ax.plot(line["layer"].to_numpy(), aggregate.values_of(line["token_balanced_accuracy"]), color=drawn.get_color(), ls="--", lw=1)
         ax.plot([], [], color="dimgrey", ls="--", lw=1, label="token identity at that offset (dashed, same colour)")
-        ax.axhline(float(part.chance.mean()), color="black", ls="-.", lw=1, label="chance (1 / classes)")
+        ax.axhline(aggregate.mean(part["chance"]), color="black", ls="-.", lw=1, label="chance (1 / classes)")
         ax.set_title(PROBE_TARGET[vector], fontsize=10)
         ax.set_xlabel("layer")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -124,41 +129,42 @@ def probes_figure(probes: pd.DataFrame, title: str, out: str | Path, dpi: int) -
 MAJORITY_BAND = 0.02
 
 
-def probe_verdict(r) -> str:
+def probe_verdict(r: dict) -> str:
     """One line per vector kind: does the best cell beat its label-shuffled control?"""
-    name = "key" if r.vector == "key" else "value"
-    verdict = "beats" if r.beats_control else "does not beat"
+    name = "key" if r["vector"] == "key" else "value"
+    verdict = "beats" if r["beats_control"] else "does not beat"
     return (
-        f"- Best {name} probe, L{r.layer} H{r.head} offset {r.offset:+d}: balanced accuracy {r.balanced_accuracy:.3f}, "
-        f"its shuffled control {r.shuffled_balanced_accuracy:.3f} ({r.difference:+.3f}); the control's highest over all "
-        f"{r.n_cells} cells is {r.control_max:.3f}, so it **{verdict} its shuffled control** "
-        f"(margin {r.margin_over_control_max:+.3f}). Plain accuracy {r.accuracy:.3f}, majority share {r.majority:.3f}"
-        + (": at the majority share, which shows nothing by itself." if r.accuracy <= r.majority + MAJORITY_BAND else ".")
+        f"- Best {name} probe, L{r['layer']} H{r['head']} offset {r['offset']:+d}: balanced accuracy {r['balanced_accuracy']:.3f}, "
+        f"its shuffled control {r['shuffled_balanced_accuracy']:.3f} ({r['difference']:+.3f}); the control's highest over all "
+        f"{r['n_cells']} cells is {r['control_max']:.3f}, so it **{verdict} its shuffled control** "
+        f"(margin {r['margin_over_control_max']:+.3f}). Plain accuracy {r['accuracy']:.3f}, majority share {r['majority']:.3f}"
+        + (": at the majority share, which shows nothing by itself." if r["accuracy"] <= r["majority"] + MAJORITY_BAND else ".")
     )
 
 
-def token_verdict(r) -> str:
+def token_verdict(r: dict) -> str:
     """One line per vector kind: does the best cell read more than which word stands at its position?"""
-    cell = f"L{r.layer} H{r.head} offset {r.offset:+d}"
-    clear = f"a clear margin is over {r.token_margin:.3f}, two standard errors"
-    if r.beats_token:
-        return (f"- Best {r.vector} probe against token identity ({cell}): the token at that position alone reaches "
-                f"{r.token_balanced_accuracy:.3f}, so at {r.balanced_accuracy:.3f} it **beats its token-identity control** "
-                f"({r.token_difference:+.3f}; {clear}).")
-    gain = (f"L{r.gain_layer} H{r.gain_head} offset {r.gain_offset:+d}: {r.gain_balanced_accuracy:.3f} against "
-            f"{r.gain_token_balanced_accuracy:.3f} ({r.gain_difference:+.3f})")
+    cell = f"L{r['layer']} H{r['head']} offset {r['offset']:+d}"
+    clear = f"a clear margin is over {r['token_margin']:.3f}, two standard errors"
+    if r["beats_token"]:
+        return (f"- Best {r['vector']} probe against token identity ({cell}): the token at that position alone reaches "
+                f"{r['token_balanced_accuracy']:.3f}, so at {r['balanced_accuracy']:.3f} it **beats its token-identity control** "
+                f"({r['token_difference']:+.3f}; {clear}).")
+    gain = (f"L{r['gain_layer']} H{r['gain_head']} offset {r['gain_offset']:+d}: {r['gain_balanced_accuracy']:.3f} against "
+            f"{r['gain_token_balanced_accuracy']:.3f} ({r['gain_difference']:+.3f})")
     return (
-        f"- Best {r.vector} probe against token identity ({cell}): it reaches {r.balanced_accuracy:.3f} balanced accuracy, "
-        f"but the token at that position alone reaches {r.token_balanced_accuracy:.3f} ({r.token_difference:+.3f}; {clear}): "
-        f"it **does not beat its token-identity control**, so it reads which word stands there, not {PROBE_READS[r.vector]} beyond it. "
-        + (f"The largest gain over the token is at {gain}, a clear margin: there the {r.vector} carries more than its word."
-           if r.gain_beats_token else
+        f"- Best {r['vector']} probe against token identity ({cell}): it reaches {r['balanced_accuracy']:.3f} balanced accuracy, "
+        f"but the token at that position alone reaches {r['token_balanced_accuracy']:.3f} ({r['token_difference']:+.3f}; {clear}): "
+        f"it **does not beat its token-identity control**, so it reads which word stands there, not {PROBE_READS[r['vector']]} beyond it. "
+        + (f"The largest gain over the token is at {gain}, a clear margin: there the {r['vector']} carries more than its word."
+           if r["gain_beats_token"] else
            f"No cell beats both its token by a clear margin and the shuffled control's highest (the largest gain: {gain}).")
     )
 
 
-def probes_lines(table: pd.DataFrame, figure: str) -> list[str]:
-    majority = ", ".join(f"{r.vector} {r.majority:.3f}" for r in table.itertuples())
+def probes_lines(table: pl.DataFrame, figure: str) -> list[str]:
+    rows = frames.rows(table)
+    majority = ", ".join(f"{r['vector']} {r['majority']:.3f}" for r in rows)
     return [
         "**5.4 Where the kernel's features live.** Ridge probes (cross-validated, folds grouped by demonstration example)",
         "on each head's key and value vectors at offsets -1..+3 from the demonstration's highest-attention position,",
@@ -176,20 +182,20 @@ def probes_lines(table: pd.DataFrame, figure: str) -> list[str]:
         "| best offset (mean over heads): balanced, shuffled control, difference, token identity "
         "| best head: layer, head, offset: balanced, shuffled control, difference, token identity, difference |",
         "|---|---|---|---|---|",
-        *[f"| {table_cell(r.target)} | {r.chance:.3f} | {r.control_mean:.3f} ± {r.control_sd:.3f} ({r.control_max:.3f}) "
-          f"| {r.best_offset:+d}: {r.best_offset_balanced_accuracy:.3f}, {r.best_offset_control:.3f}, {r.best_offset_difference:+.3f}, "
-          f"{r.best_offset_token:.3f} "
-          f"| L{r.layer} H{r.head} offset {r.offset:+d}: {r.balanced_accuracy:.3f}, {r.shuffled_balanced_accuracy:.3f}, "
-          f"{r.difference:+.3f}, {r.token_balanced_accuracy:.3f}, {r.token_difference:+.3f} |" for r in table.itertuples()],
+        *[f"| {table_cell(r['target'])} | {r['chance']:.3f} | {r['control_mean']:.3f} ± {r['control_sd']:.3f} ({r['control_max']:.3f}) "
+          f"| {r['best_offset']:+d}: {r['best_offset_balanced_accuracy']:.3f}, {r['best_offset_control']:.3f}, {r['best_offset_difference']:+.3f}, "
+          f"{r['best_offset_token']:.3f} "
+          f"| L{r['layer']} H{r['head']} offset {r['offset']:+d}: {r['balanced_accuracy']:.3f}, {r['shuffled_balanced_accuracy']:.3f}, "
+          f"{r['difference']:+.3f}, {r['token_balanced_accuracy']:.3f}, {r['token_difference']:+.3f} |" for r in rows],
         "",
-        *[line for r in table.itertuples() for line in (probe_verdict(r), token_verdict(r))],
+        *[line for r in rows for line in (probe_verdict(r), token_verdict(r))],
         "",
         f"![probes]({figure})",
         "",
     ]
 
 
-def write_probes_section(probes: pd.DataFrame, title: str, out: Outputs, dpi: int) -> None:
+def write_probes_section(probes: pl.DataFrame, title: str, out: Outputs, dpi: int) -> None:
     probes = mean_probes(probes)
     probes_figure(probes, title, out.figure, dpi)
     table = probes_table(probes)

@@ -10,10 +10,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import polars as pl  # noqa: E402
 
 from workflow_scripts.core import stats, tables  # noqa: E402
 from workflow_scripts.core.kernels import ATTENTION_KERNELS  # noqa: E402
+from workflow_scripts.core import aggregate  # noqa: E402
+from workflow_scripts.report import frames  # noqa: E402
 from workflow_scripts.report.files import Outputs, link, outputs_of, write_piece, write_table  # noqa: E402
 from workflow_scripts.report.head_tables import head_grid, layer_head_axes  # noqa: E402
 from workflow_scripts.report.inputs import stacked, title_of  # noqa: E402
@@ -24,13 +26,13 @@ SIMILARITY_TEXT = {
 }
 
 
-def similarity_table(sim: pd.DataFrame, heads: pd.DataFrame) -> pd.DataFrame:
+def similarity_table(sim: pl.DataFrame, heads: pl.DataFrame) -> pl.DataFrame:
     """Per similarity and kernel: the head whose weights correlate best with the prediction similarity,
     the share of heads with a positive correlation, and how the correlation heatmap tracks the
     agreement heatmap."""
     rows = []
     for similarity in SIMILARITY_TEXT:
-        part = sim[sim.similarity == similarity]
+        part = sim.filter(pl.col("similarity") == similarity)
         for kernel in ATTENTION_KERNELS:
             grid = head_grid(part, kernel, "pearson")
             layer, head = np.unravel_index(np.nanargmax(grid), grid.shape)
@@ -39,15 +41,15 @@ def similarity_table(sim: pd.DataFrame, heads: pd.DataFrame) -> pd.DataFrame:
                 "pearson": float(grid[layer, head]), "share_positive": float(np.mean(grid > 0)),
                 "corr_with_agreement": stats.pearson(grid.ravel(), head_grid(heads, kernel, "agreement").ravel()),
             })
-    return pd.DataFrame(rows)
+    return pl.DataFrame(rows)
 
 
-def similarity_figure(sim: pd.DataFrame, title: str, out: str | Path, dpi: int) -> None:
+def similarity_figure(sim: pl.DataFrame, title: str, out: str | Path, dpi: int) -> None:
     """Fig. 4: per head, Pearson(kernel weight, prediction similarity), one row per reading of P(o|x)."""
     fig, axes = plt.subplots(len(SIMILARITY_TEXT), len(ATTENTION_KERNELS), figsize=(4 * len(ATTENTION_KERNELS), 8.5),
                              sharey=True, squeeze=False)
     for row, similarity in zip(axes, SIMILARITY_TEXT):
-        part = sim[sim.similarity == similarity]
+        part = sim.filter(pl.col("similarity") == similarity)
         for ax, kernel in zip(row, ATTENTION_KERNELS):
             grid = head_grid(part, kernel, "pearson")
             limit = np.nanmax(np.abs(grid)) or 1.0
@@ -63,11 +65,12 @@ def similarity_figure(sim: pd.DataFrame, title: str, out: str | Path, dpi: int) 
     plt.close(fig)
 
 
-def similarity_lines(table: pd.DataFrame, n_pairs: int, bound: float, figure: str) -> list[str]:
-    by = table.set_index(["similarity", "kernel"]).corr_with_agreement
-    closer, other = sorted(SIMILARITY_TEXT, key=lambda s: by.loc[s, "max"], reverse=True)
-    values = f"{closer.replace('_', ' ')} {by.loc[closer, 'max']:.3f}, {other.replace('_', ' ')} {by.loc[other, 'max']:.3f}"
-    if by.loc[closer, "max"] <= 0:
+def similarity_lines(table: pl.DataFrame, n_pairs: int, bound: float, figure: str) -> list[str]:
+    rows = frames.rows(table)
+    by = {(r["similarity"], r["kernel"]): r["corr_with_agreement"] for r in rows}
+    closer, other = sorted(SIMILARITY_TEXT, key=lambda s: by[s, "max"], reverse=True)
+    values = f"{closer.replace('_', ' ')} {by[closer, 'max']:.3f}, {other.replace('_', ' ')} {by[other, 'max']:.3f}"
+    if by[closer, "max"] <= 0:
         verdict = f"With the max kernel neither reading tracks Fig. 3 ({values}): the paper's resemblance does not reproduce here."
     else:
         verdict = f"With the max kernel the {closer.replace('_', ' ')} reading tracks Fig. 3 more closely ({values})."
@@ -80,8 +83,8 @@ def similarity_lines(table: pd.DataFrame, n_pairs: int, bound: float, figure: st
         "",
         "| P(o\\|x) over | kernel | best head: Pearson | heads with Pearson > 0 | corr. with the agreement heatmap (Fig. 3) |",
         "|---|---|---|---|---|",
-        *[f"| {r.similarity.replace('_', ' ')} | {r.kernel} | L{r.layer} H{r.head}: {r.pearson:.3f} | {r.share_positive:.0%} | "
-          f"{r.corr_with_agreement:.3f} |" for r in table.itertuples()],
+        *[f"| {r['similarity'].replace('_', ' ')} | {r['kernel']} | L{r['layer']} H{r['head']}: {r['pearson']:.3f} | "
+          f"{r['share_positive']:.0%} | {r['corr_with_agreement']:.3f} |" for r in rows],
         "",
         verdict,
         "",
@@ -90,12 +93,12 @@ def similarity_lines(table: pd.DataFrame, n_pairs: int, bound: float, figure: st
     ]
 
 
-def write_similarity_section(sim: pd.DataFrame, heads: pd.DataFrame, title: str, out: Outputs, dpi: int) -> None:
+def write_similarity_section(sim: pl.DataFrame, heads: pl.DataFrame, title: str, out: Outputs, dpi: int) -> None:
     similarity_figure(sim, title, out.figure, dpi)
     table = similarity_table(sim, heads)
     write_table(table, out, f"{title}: kernel weights vs. prediction similarity (label words and next token)")
-    bound = float(sim.truncation_bound.max())
-    write_piece(out.piece, similarity_lines(table, int(sim.n_pairs.iloc[0]), bound, link(out.figure)))
+    bound = float(np.nanmax(aggregate.values_of(sim["truncation_bound"])))
+    write_piece(out.piece, similarity_lines(table, int(sim["n_pairs"][0]), bound, link(out.figure)))
 
 
 def from_snakemake(smk) -> None:

@@ -6,11 +6,12 @@ headings.paper_table."""
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
+import polars as pl
 
 from workflow_scripts.analysis import table2_rows
 from workflow_scripts.core import paper, stats, table_io, tables
 from workflow_scripts.report.files import Outputs, outputs_of, write_piece, write_table
+from workflow_scripts.report.frames import first_row, frame_of, rows, stored
 from workflow_scripts.report.text import set_title
 
 METHOD_TEXT = {
@@ -54,12 +55,11 @@ def paper_number(method: str, metric: str, task: str) -> float:
     return paper.TABLE2[row][task] if row and task in paper.TABLE2[row] else float("nan")
 
 
-def row_of(table: pd.DataFrame, method: str, metric: str) -> pd.Series | None:
-    row = table[(table.method == method) & (table.metric == metric)]
-    return None if row.empty else row.iloc[0]
+def row_of(table: pl.DataFrame, method: str, metric: str) -> dict | None:
+    return first_row(table.filter((pl.col("method") == method) & (pl.col("metric") == metric)))
 
 
-def degenerate_warning(table: pd.DataFrame) -> list[str]:
+def degenerate_warning(table: pl.DataFrame) -> list[str]:
     """A warning where the ICL prediction is nearly constant (the null baseline's agreement)."""
     null = row_of(table, "null", "agreement")
     if null is None or null["mean"] < DEGENERATE_SHARE:
@@ -82,14 +82,14 @@ def gain_text(gain: tuple[float, float, float, str]) -> str:
     return f"{signed(mean)} [{signed(low)}, {signed(high)}]"
 
 
-def verdict_sentence(table: pd.DataFrame, method: str = "head_max") -> str:
+def verdict_sentence(table: pl.DataFrame, method: str = "head_max") -> str:
     """Whether the chosen head reads like a kernel: its paired gain in agreement over the strongest
     query-free reading, and a plain statement when the interval does not exclude 0."""
     gain = table2_rows.gain_interval(table, method)
     if gain is None:
         return ""
     if table2_rows.too_few_heldout(table):
-        return stats.too_few_text(table.n_heldout.iloc[0], "held-out prompts per seed", "analysis.n_heldout")
+        return stats.too_few_text(table["n_heldout"][0], "held-out prompts per seed", "analysis.n_heldout")
     measured = (f"{SHORT[method][0].upper()}{SHORT[method][1:]} agrees with ICL {gain_text(gain)} more often than the strongest query-free reading, "
                 f"{SHORT[gain[3]]} (paired per held-out prompt; 95% CI, seeds then examples)")
     if gain[1] > 0:
@@ -100,28 +100,28 @@ def verdict_sentence(table: pd.DataFrame, method: str = "head_max") -> str:
             "separate this head from a reading that never looks at the query.")
 
 
-def seeds_line(first: pd.Series, per_seed_split: bool) -> str:
+def seeds_line(first: dict, per_seed_split: bool) -> str:
     shared = ("Every seed holds out its own test examples (analysis.heldout_per_seed), so the intervals over seeds count "
               "that variation too." if per_seed_split else
               "The seeds share their held-out test examples (prompts.split_seed fixes the split; "
               "analysis.heldout_per_seed: true draws it per seed), so ± sd over seeds is over demonstration draws only.")
-    seeds = f"{int(first.n_seeds)} seed{'s' if first.n_seeds != 1 else ''}"
+    seeds = f"{int(first['n_seeds'])} seed{'s' if first['n_seeds'] != 1 else ''}"
     few = (f" † Fewer than {stats.MIN_EXAMPLES} held-out prompts per seed: the intervals are not to be read, and no "
-           "verdict is drawn from them (raise analysis.n_heldout)." if stats.too_few(first.n_heldout) else "")
-    return (f"Held out: {int(first.n_heldout)} test prompts per seed, {seeds}. {shared} Cells: mean ± sd "
+           "verdict is drawn from them (raise analysis.n_heldout)." if stats.too_few(first["n_heldout"]) else "")
+    return (f"Held out: {int(first['n_heldout'])} test prompts per seed, {seeds}. {shared} Cells: mean ± sd "
             f"over seeds [bootstrap 95% CI over held-out examples; seeds: the CI that resamples seeds, then examples].{few}")
 
 
-def interval_cell(r: pd.Series | None) -> str:
+def interval_cell(r: dict | None) -> str:
     if r is None:
         return "—"
     sd = "" if np.isnan(r["sd"]) else f" ± {r['sd']:.3f}"
-    seeds = "" if r.n_seeds < 2 else f"; seeds {r.seeds_ci_low:.3f}, {r.seeds_ci_high:.3f}"
-    few = " †" if stats.too_few(r.n_heldout) else ""
-    return f"{r['mean']:.3f}{sd} [{r.ci_low:.3f}, {r.ci_high:.3f}{seeds}]{few}"
+    seeds = "" if r["n_seeds"] < 2 else f"; seeds {r['seeds_ci_low']:.3f}, {r['seeds_ci_high']:.3f}"
+    few = " †" if stats.too_few(r["n_heldout"]) else ""
+    return f"{r['mean']:.3f}{sd} [{r['ci_low']:.3f}, {r['ci_high']:.3f}{seeds}]{few}"
 
 
-def head_cell(table: pd.DataFrame, method: str) -> str:
+def head_cell(table: pl.DataFrame, method: str) -> str:
     """The chosen head's own numbers: R^2 of its weights on slot and slot x label, its weight shift
     under a query swap (when the study has one)."""
     parts = []
@@ -134,7 +134,7 @@ def head_cell(table: pd.DataFrame, method: str) -> str:
     return "; ".join(parts)
 
 
-def method_label(table: pd.DataFrame, method: str, encoder: str) -> str:
+def method_label(table: pl.DataFrame, method: str, encoder: str) -> str:
     """A method's row label; the uniform kernel's says how often it ties and how ties are broken; a head
     method names the later readings that chose the same head with the same predictions."""
     text = METHOD_TEXT[method].format(encoder=encoder)
@@ -142,20 +142,20 @@ def method_label(table: pd.DataFrame, method: str, encoder: str) -> str:
     if ties is not None:
         text += f", ties on {ties['mean']:.0%} of prompts"
     if table2_rows.is_head(method):
-        same = sorted(set(table[table.same_as == method].method), key=HEAD_METHODS.index)
+        same = sorted(set(table.filter(pl.col("same_as") == method)["method"]), key=HEAD_METHODS.index)
         if same:
             text += " = " + " = ".join(METHOD_TEXT[m].removeprefix("best head, ") for m in same)
             text += " (the same head in every seed, identical predictions: one piece of evidence)"
     return text
 
 
-def table2_lines(table: pd.DataFrame, task: str, encoder: str, per_seed_split: bool = False) -> list[str]:
+def table2_lines(table: pl.DataFrame, task: str, encoder: str, per_seed_split: bool = False) -> list[str]:
     """Our Table 2 for one model x task x setting, with the paper's number for the same task beside it."""
     def paper(method: str, metric: str) -> str:
         number = paper_number(method, metric, task)
         return "—" if np.isnan(number) else f"{number:.3f}"
 
-    first = table.iloc[0]
+    first = rows(table.head(1))[0]
     lines = [
         *degenerate_warning(table),
         seeds_line(first, per_seed_split),
@@ -165,12 +165,12 @@ def table2_lines(table: pd.DataFrame, task: str, encoder: str, per_seed_split: b
         f"| {METHOD_TEXT['icl']} | — | {interval_cell(row_of(table, 'icl', 'accuracy'))} | | | — / {paper('icl', 'accuracy')} |",
         f"| {METHOD_TEXT['null']} | {interval_cell(row_of(table, 'null', 'agreement'))} | {interval_cell(row_of(table, 'null', 'accuracy'))} | | | |",
     ]
-    shown = table[table.same_as.fillna("") == ""].method
+    shown = set(table.filter(pl.col("same_as").fill_null("") == "")["method"])
     for method in METHOD_TEXT:
-        if method in ("icl", "null") or method not in set(shown):
+        if method in ("icl", "null") or method not in shown:
             continue
-        choices = table[table.method == method].choices
-        choice = choices.iloc[0] if len(choices) and isinstance(choices.iloc[0], str) else ""
+        choices = table.filter(pl.col("method") == method)["choices"]
+        choice = choices[0] if len(choices) and isinstance(choices[0], str) else ""
         lines.append(
             f"| {method_label(table, method, encoder)} | {interval_cell(row_of(table, method, 'agreement'))} "
             f"| {interval_cell(row_of(table, method, 'accuracy'))} | {choice} | {head_cell(table, method)} "
@@ -179,13 +179,13 @@ def table2_lines(table: pd.DataFrame, task: str, encoder: str, per_seed_split: b
     return lines + ["", *gain_lines(table)]
 
 
-def gain_lines(table: pd.DataFrame) -> list[str]:
+def gain_lines(table: pl.DataFrame) -> list[str]:
     """Every distinct head against the strongest query-free reading, and the verdict on the paper's head."""
-    gains = table[(table.metric == table2_rows.GAIN) & (table.same_as.fillna("") == "")]
-    if gains.empty:
+    gains = table.filter((pl.col("metric") == table2_rows.GAIN) & (pl.col("same_as").fill_null("") == ""))
+    if gains.is_empty():
         return []
     lines = [
-        f"Against the strongest query-free reading on these held-out prompts, {SHORT[gains.reference.iloc[0]]}: a head reads like a kernel "
+        f"Against the strongest query-free reading on these held-out prompts, {SHORT[gains['reference'][0]]}: a head reads like a kernel "
         "only where the paired gain's 95% CI (seeds, then examples) excludes 0.",
         "",
         "| head | gain in agreement with ICL | reads like a kernel |",
@@ -205,22 +205,25 @@ def gain_lines(table: pd.DataFrame) -> list[str]:
 HEALTH_METHODS = {"icl": "ICL", "icl_calibrated": "calibrated ICL"}
 
 
-def best_head(table: pd.DataFrame) -> str | None:
-    """The head method with the highest held-out agreement (the best head Table 2 shows)."""
-    rows = table[table.method.isin(HEAD_METHODS) & (table.metric == "agreement")]
-    return None if rows.empty else rows.sort_values("mean", ascending=False, kind="stable").method.iloc[0]
+def best_head(table: pl.DataFrame) -> str | None:
+    """The head method with the highest held-out agreement (the best head Table 2 shows); a missing
+    mean ranks last, ties keep the table's order."""
+    heads = table.filter(pl.col("method").is_in(HEAD_METHODS) & (pl.col("metric") == "agreement"))
+    ranked = heads.sort(pl.col("mean").fill_nan(None), descending=True, nulls_last=True, maintain_order=True)
+    return None if ranked.is_empty() else ranked["method"][0]
 
 
-def health_lines(health: pd.DataFrame, table: pd.DataFrame) -> list[str]:
+def health_lines(health: pl.DataFrame, table: pl.DataFrame) -> list[str]:
     """Per class: gold share, and for ICL, calibrated ICL and the best head the share predicted and the
     recall; a flag for every class predicted on less than half its gold share, with what it means."""
     methods = {**HEALTH_METHODS}
     head = best_head(table)
     if head is not None:
         methods[head] = METHOD_TEXT[head]
-    methods = {m: text for m, text in methods.items() if (health.method == m).any()}
-    by = health.set_index(["method", "class_name"])
-    classes = list(health[health.method == "icl"].sort_values("class_index").class_name)
+    present = set(health["method"])
+    methods = {m: text for m, text in methods.items() if m in present}
+    by = {(r["method"], r["class_name"]): r for r in rows(health)}
+    classes = health.filter(pl.col("method") == "icl").sort("class_index", maintain_order=True)["class_name"].to_list()
     lines = [
         "Prediction health on the held-out prompts of every seed (share of prompts predicted as each class / recall):",
         "",
@@ -228,35 +231,35 @@ def health_lines(health: pd.DataFrame, table: pd.DataFrame) -> list[str]:
         "|---|---|" + "---|" * len(methods),
     ]
     for c in classes:
-        cells = [f"{by.loc[(m, c)].predicted_share:.0%} / {by.loc[(m, c)].recall:.2f}" for m in methods]
-        lines.append(f"| {c} | {by.loc[('icl', c)].gold_share:.0%} | " + " | ".join(cells) + " |")
-    flagged = health[health.under_predicted & health.method.isin(list(methods))]
-    answered = health[health.predicted > 0].groupby("method").class_name.nunique()
-    for row in flagged.itertuples():
-        who = SHORT.get(row.method, METHOD_TEXT.get(row.method, row.method))
-        never = f"never predicts {row.class_name!r}" if row.predicted == 0 else \
-            f"predicts {row.class_name!r} on only {row.predicted_share:.0%} of prompts"
-        lines += ["", f"**Under-predicted class:** {who[0].upper()}{who[1:]} {never} (gold share {row.gold_share:.0%}, recall {row.recall:.2f})."]
-        if row.method == "icl":
-            lines[-1] += (f" Agreement with ICL is then agreement with a {answered.get('icl', 0)}-class answer: a head that "
-                          f"ignores {row.class_name!r} demonstrations can agree without reading the query, and accuracy is "
+        cells = [f"{by[(m, c)]['predicted_share']:.0%} / {by[(m, c)]['recall']:.2f}" for m in methods]
+        lines.append(f"| {c} | {by[('icl', c)]['gold_share']:.0%} | " + " | ".join(cells) + " |")
+    flagged = health.filter(pl.col("under_predicted") & pl.col("method").is_in(list(methods)))
+    # how many classes ICL answers at all
+    answered = health.filter((pl.col("method") == "icl") & (pl.col("predicted") > 0))["class_name"].drop_nulls().n_unique()
+    for row in rows(flagged):
+        who = SHORT.get(row["method"], METHOD_TEXT.get(row["method"], row["method"]))
+        never = f"never predicts {row['class_name']!r}" if row["predicted"] == 0 else \
+            f"predicts {row['class_name']!r} on only {row['predicted_share']:.0%} of prompts"
+        gold, recall = row["gold_share"], row["recall"]
+        lines += ["", f"**Under-predicted class:** {who[0].upper()}{who[1:]} {never} (gold share {gold:.0%}, recall {recall:.2f})."]
+        if row["method"] == "icl":
+            lines[-1] += (f" Agreement with ICL is then agreement with a {answered}-class answer: a head that "
+                          f"ignores {row['class_name']!r} demonstrations can agree without reading the query, and accuracy is "
                           "capped by the missing class.")
     return lines + [""]
 
 
-def table2_frame(table: pd.DataFrame, task: str) -> pd.DataFrame:
+def table2_frame(table: pl.DataFrame, task: str) -> pl.DataFrame:
     """Table 2 as one row per method and metric, with the paper's number for the same task."""
-    return pd.DataFrame({
-        "method": table.method, "chosen_on_select": table.choices.fillna(""), "metric": table.metric,
-        "mean": table["mean"], "sd": table["sd"], "ci_low": table.ci_low, "ci_high": table.ci_high,
-        "seeds_ci_low": table.seeds_ci_low, "seeds_ci_high": table.seeds_ci_high,
-        "paper_gptj": [paper_number(m, k, task) for m, k in zip(table.method, table.metric)],
-        "reference": table.reference, "same_as": table.same_as,
-        "n_seeds": table.n_seeds, "n_heldout": table.n_heldout,
-    })
+    paper_gptj = pl.Series("paper_gptj", [paper_number(m, k, task) for m, k in zip(table["method"], table["metric"])], pl.Float64)
+    return table.select(
+        "method", chosen_on_select=pl.col("choices").fill_null(""), metric="metric", mean="mean", sd="sd",
+        ci_low="ci_low", ci_high="ci_high", seeds_ci_low="seeds_ci_low", seeds_ci_high="seeds_ci_high",
+        paper_gptj=paper_gptj, reference="reference", same_as="same_as", n_seeds="n_seeds", n_heldout="n_heldout",
+    )
 
 
-def write_table2_section(table: pd.DataFrame, health: pd.DataFrame, title: str, task: str, encoder: str, per_seed_split: bool, out: Outputs) -> None:
+def write_table2_section(table: pl.DataFrame, health: pl.DataFrame, title: str, task: str, encoder: str, per_seed_split: bool, out: Outputs) -> None:
     methods = "; ".join(f"{method} = {text.format(encoder=encoder)}" for method, text in METHOD_TEXT.items())
     write_table(table2_frame(table, task), out, f"Table 2: {title}", [
         "One head, chosen on the select split, read as a kernel regression on held-out prompts: mean and sd over "
@@ -272,8 +275,8 @@ def write_table2_section(table: pd.DataFrame, health: pd.DataFrame, title: str, 
 
 def from_snakemake(smk) -> None:
     write_table2_section(
-        table_io.read_table(smk.input.table, tables.TABLE2).to_pandas(),
-        table_io.read_table(smk.input.health, tables.HEALTH).to_pandas(),
+        stored(table_io.read_table(smk.input.table, tables.TABLE2)),
+        frame_of(table_io.read_table(smk.input.health, tables.HEALTH)),
         set_title(smk.wildcards.model, smk.wildcards.task, smk.wildcards.setting), smk.wildcards.task,
         smk.params.encoder, smk.params.per_seed_split, outputs_of(smk),
     )

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
+import polars as pl
 
 from workflow_scripts.core import table_io, tables
 from workflow_scripts.report.files import Outputs, link, outputs_of, write_piece, write_table
+from workflow_scripts.report.frames import frame_of
 
 
-def theory_frame(table: pd.DataFrame) -> pd.DataFrame:
+def theory_frame(table: pl.DataFrame) -> pl.DataFrame:
     """The rows pooled over HMM seeds, our numbers beside the paper's Table 3, per HMM construction (variant)."""
-    pooled = table[table.hmm_seed.isna()]
+    pooled = table.filter(pl.col("hmm_seed").is_null())
     columns = ["variant", "kernel", "n_demos", "distance_mean", "distance_ci_low", "distance_ci_high", "paper_distance",
                "agreement_mean", "agreement_ci_low", "agreement_ci_high", "paper_agreement", "n_prompts"]
-    return pooled[columns].reset_index(drop=True)
+    return pooled.select(columns)
 
 
 def theory_lines(summary: str, figure: str) -> list[str]:
@@ -24,11 +25,11 @@ def theory_lines(summary: str, figure: str) -> list[str]:
     return [summary.strip(), "", f"![kernel regression vs. posterior]({figure})", ""]
 
 
-def write_theory_section(table: pd.DataFrame, summary: str, figure: str, out: Outputs) -> None:
+def write_theory_section(table: pl.DataFrame, summary: str, figure: str, out: Outputs) -> None:
     write_table(theory_frame(table), out, "Theorem 1 on synthetic HMMs: kernel regression vs. the exact posterior")
     write_piece(out.piece, theory_lines(summary, link(figure)))
 
 
 def from_snakemake(smk) -> None:
-    write_theory_section(table_io.read_table(smk.input.table, tables.THEORY).to_pandas(), Path(smk.input.summary).read_text(),
+    write_theory_section(frame_of(table_io.read_table(smk.input.table, tables.THEORY)), Path(smk.input.summary).read_text(),
                          smk.input.figure, outputs_of(smk))

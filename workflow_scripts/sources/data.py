@@ -6,10 +6,9 @@ import io
 import json
 import logging
 import math
-import warnings
 from pathlib import Path
 
-import pandas as pd
+import polars as pl
 
 from workflow_scripts.core import paths, table_io, tables
 from workflow_scripts.core.config import TASK_GATE_KEYS
@@ -36,12 +35,12 @@ def infer_format(path: str | Path, fmt: str | None) -> str:
 def read_source_file(
     path: str | Path, fmt: str, encoding: str, column_names: list[str] | None, task: str,
     encoding_errors: str = "strict", label: str | None = None,
-) -> pd.DataFrame:
+) -> pl.DataFrame:
     """Read a csv/tsv/jsonl/parquet file; undecodable bytes stop the read unless
     tasks.<task>.encoding_errors is replace, and a malformed file names its first bad line.
     `label` names the file in messages (default: the path)."""
     if fmt == "parquet":
-        return pd.read_parquet(path)
+        return pl.read_parquet(path)
     label = label or str(path)
     text = decode_source(Path(path).read_bytes(), encoding, encoding_errors, task, label)
     if fmt == "jsonl":
@@ -106,12 +105,23 @@ def _encoding_hint(raw: bytes) -> str:
     return "cp1252"
 
 
-def read_jsonl(text: str, path: str) -> pd.DataFrame:
-    """One JSON object per line (blank lines skipped); a bad line is named by its number."""
-    try:
-        return pd.read_json(io.StringIO(text), lines=True, dtype=False)
-    except ValueError as exc:
-        raise DataError(f"{path}: {_first_bad_json_line(text) or exc}") from exc
+def read_jsonl(text: str, path: str) -> pl.DataFrame:
+    """One JSON object per line (blank lines skipped); a bad line is named by its number. Values keep
+    their JSON types; a key absent from a line is null there, and a key whose values mix kinds (1 and
+    "pos") is read as text."""
+    problem = _first_bad_json_line(text)
+    if problem:
+        raise DataError(f"{path}: {problem}")
+    records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    names = list(dict.fromkeys(name for record in records for name in record))
+    return pl.DataFrame([json_column(name, [record.get(name) for record in records]) for name in names])
+
+
+def json_column(name: str, values: list) -> pl.Series:
+    kinds = {type(v) for v in values if v is not None}
+    if len(kinds) > 1 and not kinds <= {int, float}:
+        values = [None if v is None else str(v) for v in values]
+    return pl.Series(name, values, strict=False)
 
 
 def _first_bad_json_line(text: str) -> str | None:
@@ -134,24 +144,37 @@ def _first_bad_json_line(text: str) -> str | None:
     return None
 
 
-def read_delimited(text: str, sep: str, column_names: list[str] | None, task: str, path: str) -> pd.DataFrame:
-    """A csv/tsv file; a row with more fields than its header (or tasks.<task>.column_names) stops
-    the read with its line number."""
-    with warnings.catch_warnings():
-        # index_col=False: without it, rows with one field more than the names silently turn the
-        # first column into the index and shift every column by one; with it pandas warns instead.
-        warnings.simplefilter("error", pd.errors.ParserWarning)
-        try:
-            # Types are inferred so that a `query` can compare numbers; labels are compared as strings later.
-            return pd.read_csv(
-                io.StringIO(text), sep=sep, header=None if column_names else "infer", names=column_names, index_col=False
-            )
-        except (pd.errors.ParserError, pd.errors.ParserWarning) as exc:
-            raise DataError(f"{path}: {_delimited_problem(text, sep, column_names, task, str(exc))}") from exc
+def read_delimited(text: str, sep: str, column_names: list[str] | None, task: str, path: str) -> pl.DataFrame:
+    """A csv/tsv file (blank lines skipped, short rows padded with nulls); a row with more fields than
+    its header (or tasks.<task>.column_names), or a quote never closed, stops the read with its line.
+    Each column reads as integers, else floats, else text, so that a `query` can compare numbers;
+    labels are compared as strings later. Only empty fields are missing: a text "NA" stays a text."""
+    try:
+        records = [record for record in csv.reader(io.StringIO(text), delimiter=sep, strict=True) if record]
+    except csv.Error as exc:
+        raise DataError(f"{path}: {_delimited_problem(text, sep, column_names, task, str(exc))}") from exc
+    names = column_names or (records.pop(0) if records else [])
+    if any(len(record) > len(names) for record in records):
+        raise DataError(f"{path}: {_delimited_problem(text, sep, column_names, task, 'too many fields')}")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        where = f"tasks.{task}.column_names" if column_names else "the header row"
+        raise DataError(f"{path}: {where} names columns {repeated} more than once; give every column its own name")
+    fields = [[record[i] if i < len(record) and record[i] != "" else None for record in records] for i in range(len(names))]
+    return pl.DataFrame([narrowest(pl.Series(name, column, dtype=pl.String)) for name, column in zip(names, fields)])
+
+
+def narrowest(series: pl.Series) -> pl.Series:
+    """The text column as integers, or floats, where every value reads as one."""
+    for kind in (pl.Int64, pl.Float64):
+        cast = series.cast(kind, strict=False)
+        if cast.null_count() == series.null_count():
+            return cast
+    return series
 
 
 def _delimited_problem(text: str, sep: str, column_names: list[str] | None, task: str, error: str) -> str:
-    """pandas' parser `error` in words: the first row with more fields than the names, by line, or
+    """The parser's `error` in words: the first row with more fields than the names, by line, or
     the line of a quoted field that is never closed."""
     reader = csv.reader(io.StringIO(text), delimiter=sep)
     expected = len(column_names) if column_names else None
@@ -167,7 +190,7 @@ def _delimited_problem(text: str, sep: str, column_names: list[str] | None, task
                 f"separator {sep!r}, or give {holder} a name for every field"
             )
         last_start, start = start, reader.line_num + 1
-    if "EOF inside string" in error:
+    if "unexpected end of data" in error:
         # An unclosed quote swallows the rest of the file, so it opens in the last record read.
         return f"the quoted field on line {last_start} is never closed (its opening \" runs to the end of the file)"
     return error
@@ -186,11 +209,12 @@ def fetch_hub_dataset(task: str, path: str, name: str | None, split: str, out: s
         raise DataError(
             hub.not_available(f"tasks.{task}.path", what, hub.hf_home(), hub.reason(exc), paths.task_source(task), load)
         ) from exc
-    ds.to_pandas().to_parquet(out)
+    ds.to_parquet(out)
 
 
-def normalize(frame: pd.DataFrame, task: str, cfg: dict) -> pd.DataFrame:
-    """Map source columns and raw labels to the TASK_DATA contract; drop empty and duplicate inputs."""
+def normalize(frame: pl.DataFrame, task: str, cfg: dict) -> pl.DataFrame:
+    """Map source columns and raw labels to the TASK_DATA contract; drop empty and duplicate inputs.
+    Example ids number the source's rows, so a `query` leaves the kept rows' ids as they were."""
     columns = cfg["columns"]
     missing = [f"{field}: {col!r}" for field, col in columns.items() if col not in frame.columns]
     if missing:
@@ -198,61 +222,85 @@ def normalize(frame: pd.DataFrame, task: str, cfg: dict) -> pd.DataFrame:
             f"task {task!r}: config key 'tasks.{task}.columns' names columns not in the data "
             f"({', '.join(missing)}); the data has {list(frame.columns)}"
         )
+    keep = pl.repeat(True, len(frame), eager=True)
     if cfg.get("query"):
         try:
-            frame = frame.query(cfg["query"], engine="python")
+            keep = frame.select(pl.sql_expr(cfg["query"])).to_series().fill_null(False)
         except Exception as exc:
-            raise DataError(f"task {task!r}: config key 'tasks.{task}.query' failed: {exc}") from exc
+            raise DataError(
+                f"task {task!r}: config key 'tasks.{task}.query' failed: it is applied as a SQL condition (e.g. "
+                f"\"confidence >= 0.7 AND annotator = 'expert'\") over the columns {frame.columns}: {exc}"
+            ) from exc
+    frame = frame.with_row_index(ROW).filter(keep)
     classes = cfg["classes"]
-    raw = frame[columns["label"]].map(_raw_label)
-    names = raw.map({str(k): v for k, v in cfg["label_map"].items()})
-    out = pd.DataFrame(
+    label_map = {str(k): v for k, v in cfg["label_map"].items()}
+    labels = frame[columns["label"]]
+    absent_label = (labels.is_null() | labels.is_nan()) if labels.dtype.is_float() else labels.is_null()
+    raw = [_raw_label(v) for v in labels.to_list()]
+    names = [label_map.get(r) for r in raw]
+    check_unmapped_labels(raw, absent_label.to_list(), names, task, cfg)
+    out = pl.DataFrame(
         {
-            "example_id": [f"{task}-{i}" for i in frame.index],
-            "text": frame[columns["text"]].map(_clean),
-            "text_b": frame[columns["text_b"]].map(_clean) if "text_b" in columns else None,
+            "example_id": [f"{task}-{i}" for i in frame[ROW].to_list()],
+            "text": [_clean(v) for v in frame[columns["text"]].to_list()],
+            "text_b": [_clean(v) for v in frame[columns["text_b"]].to_list()] if "text_b" in columns else None,
             "label_name": names,
-        }
+        },
+        schema={"example_id": pl.String, "text": pl.String, "text_b": pl.String, "label_name": pl.String},
     )
-    check_unmapped_labels(raw, frame[columns["label"]].isna(), names.isna(), task, cfg)
-    out = out[names.notna() & (out["text"] != "")]
+    out = out.filter(pl.col("label_name").is_not_null() & (pl.col("text") != ""))
     if "text_b" in columns:
-        out = out[out["text_b"] != ""]
-    out = out.drop_duplicates(subset=["text", "text_b"])
-    out["label"] = out["label_name"].map({c: i for i, c in enumerate(classes)}).astype("int32")
-    absent = [c for c in classes if c not in set(out["label_name"])]
+        out = out.filter(pl.col("text_b") != "")
+    out = out.unique(subset=["text", "text_b"], keep="first", maintain_order=True)
+    out = out.with_columns(label=pl.col("label_name").replace_strict({c: i for i, c in enumerate(classes)}, return_dtype=pl.Int32))
+    absent = [c for c in classes if c not in set(out["label_name"].to_list())]
     if absent:
+        seen = sorted({r for r, gone in zip(raw, absent_label.to_list()) if not gone})
         raise DataError(
             f"task {task!r}: no examples of classes {absent} after mapping 'tasks.{task}.label_map' "
-            f"(raw labels seen: {sorted(map(str, raw.unique()))[:20]})"
+            f"(raw labels seen: {seen[:20]})"
         )
-    log.info("task %s: %d examples, per class %s", task, len(out), out["label_name"].value_counts().to_dict())
-    return out.reset_index(drop=True)[tables.TASK_DATA.names]
+    log.info("task %s: %d examples, per class %s", task, len(out), dict(most_common(out["label_name"].to_list())))
+    return out.select(tables.TASK_DATA.names)
+
+
+# The source row of each example, kept through the query for its example id.
+ROW = "__source_row"
+
+
+def most_common(values: list) -> list[tuple[object, int]]:
+    """(value, count), most frequent first, ties in the order first seen."""
+    counts: dict[object, int] = {}
+    for v in values:
+        counts[v] = counts.get(v, 0) + 1
+    return sorted(counts.items(), key=lambda item: -item[1])
 
 
 DEFAULT_MAX_UNMAPPED_SHARE = 0.01
 
 
-def check_unmapped_labels(raw: pd.Series, missing: pd.Series, unmapped: pd.Series, task: str, cfg: dict) -> None:
+def check_unmapped_labels(raw: list[str], missing: list[bool], unmapped: list[str | None], task: str, cfg: dict) -> None:
     """Warn about rows dropped because their raw label is not a key of label_map, and stop when more
     than tasks.<task>.max_unmapped_share of the labelled rows go: a typo in label_map ('Pos' for
     'pos') would otherwise drop a class's examples without a word. Rows without a label are only
     reported: there is nothing to map them to."""
     where = f"tasks.{task}.label_map"
-    if missing.any():
-        log.warning("task %s: dropping %d rows without a label (column %r)", task, missing.sum(), cfg["columns"]["label"])
-    dropped = raw[unmapped & ~missing].value_counts()
-    if dropped.empty:
+    if any(missing):
+        log.warning("task %s: dropping %d rows without a label (column %r)", task, sum(missing), cfg["columns"]["label"])
+    dropped = most_common([r for r, name, gone in zip(raw, unmapped, missing) if name is None and not gone])
+    if not dropped:
         return
-    labelled = int((~missing).sum())
-    share = dropped.sum() / labelled
+    labelled = len(missing) - sum(missing)
+    n_dropped = sum(n for _, n in dropped)
+    share = n_dropped / labelled
     limit = cfg.get("max_unmapped_share", DEFAULT_MAX_UNMAPPED_SHARE)
     label_map = {str(k): v for k, v in cfg["label_map"].items()}
     listed = _label_counts(dropped, list(label_map))
-    what = f"{dropped.sum()} of {labelled} labelled rows ({share:.1%})"
+    what = f"{n_dropped} of {labelled} labelled rows ({share:.1%})"
     if share > limit:
-        near = _near_key(str(dropped.index[0]), list(label_map))
-        example = f"{str(dropped.index[0])!r}: {label_map[near[0]] if near else '<class>'}"
+        first = dropped[0][0]
+        near = _near_key(first, list(label_map))
+        example = f"{first!r}: {label_map[near[0]] if near else '<class>'}"
         raise DataError(
             f"task {task!r}: {what} have a raw label that is not a key of {where}: {listed}. "
             f"tasks.{task}.max_unmapped_share (unset: {DEFAULT_MAX_UNMAPPED_SHARE:g}) lets at most {limit:.1%} of "
@@ -265,14 +313,14 @@ def check_unmapped_labels(raw: pd.Series, missing: pd.Series, unmapped: pd.Serie
     )
 
 
-def _label_counts(counts: pd.Series, keys: list[str], shown: int = 10) -> str:
+def _label_counts(counts: list[tuple[str, int]], keys: list[str], shown: int = 10) -> str:
     """'Pos' 6 ('Pos' differs from 'pos' only in case), ... for the most frequent unmapped labels."""
     parts = []
-    for label, n in counts.head(shown).items():
-        near = _near_key(str(label), keys)
-        parts.append(f"{str(label)!r} {n}" + (f" ({str(label)!r} differs from {near[0]!r} only in {near[1]})" if near else ""))
+    for label, n in counts[:shown]:
+        near = _near_key(label, keys)
+        parts.append(f"{label!r} {n}" + (f" ({label!r} differs from {near[0]!r} only in {near[1]})" if near else ""))
     if len(counts) > shown:
-        parts.append(f"and {len(counts) - shown} more labels ({counts.iloc[shown:].sum()} rows)")
+        parts.append(f"and {len(counts) - shown} more labels ({sum(n for _, n in counts[shown:])} rows)")
     return ", ".join(parts)
 
 
@@ -299,7 +347,9 @@ def _raw_label(value) -> str:
 
 
 def _clean(value) -> str:
-    return "" if pd.isna(value) else " ".join(str(value).split())
+    if value is None or isinstance(value, float) and math.isnan(value):
+        return ""
+    return " ".join(str(value).split())
 
 
 def prepare_task(task: str, cfg: dict, source_file: str | Path, out: str | Path) -> None:
@@ -315,7 +365,7 @@ def prepare_task(task: str, cfg: dict, source_file: str | Path, out: str | Path)
     except DataError as err:
         # normalize sees a frame; the researcher needs to know which file it came from.
         raise DataError(f"{label}: {err}") from err
-    table_io.write_table(table.to_dict("list"), tables.TASK_DATA, out)
+    table_io.write_table(table.to_arrow(), tables.TASK_DATA, out)
 
 
 def fetch_task_source(task: str, cfg: dict, out: str | Path, cache: str | Path) -> None:
