@@ -135,17 +135,22 @@ def paper_size_inputs(study: Path, folder: Path, code: Path) -> dict:
     return inputs
 
 
-def run_stage(code: Path, stage: str, inputs: dict, out: Path) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
-    spec = json.dumps({"stage": stage, "inputs": inputs, "out": str(out)})
+def run_stage(code: Path, stage: str, inputs: dict, work: Path, keep: Path) -> dict:
+    """One run of `stage` with `code`, writing into `work` (the same folder for both versions, since
+    the report's pieces link their figure by path), its outputs then kept in `keep`."""
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    spec = json.dumps({"stage": stage, "inputs": inputs, "out": str(work)})
     done = subprocess.run([sys.executable, "-c", CHILD, str(code), spec], capture_output=True, text=True, cwd=code)
     if done.returncode:
         raise SystemExit(f"{stage} with {code} failed:\n{done.stderr[-3000:]}")
+    shutil.rmtree(keep, ignore_errors=True)
+    shutil.copytree(work, keep)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def same_outputs(a: Path, b: Path) -> list[str]:
-    """Output files whose bytes differ between the two versions (figures aside: PNG metadata differs)."""
+    """Output files whose bytes differ between the two versions (figures aside)."""
     differ = []
     for f in sorted(a.iterdir()):
         if f.suffix != ".png" and f.read_bytes() != (b / f.name).read_bytes():
@@ -178,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
             got = {"before": [], "after": []}
             for r in range(args.repeats):
                 for name, code in (("before", before), ("after", REPO))[:: 1 if r % 2 == 0 else -1]:
-                    got[name].append(run_stage(code, stage, inputs, tmp / name / stage))
+                    got[name].append(run_stage(code, stage, inputs, tmp / "work" / stage, tmp / name / stage))
             med = {name: {k: statistics.median(run[k] for run in runs) for k in runs[0]} for name, runs in got.items()}
             above = {name: m["peak_mib"] - m["imports_mib"] for name, m in med.items()}
             differ = same_outputs(tmp / "before" / stage, tmp / "after" / stage)

@@ -77,19 +77,14 @@ def difference(a: pl.DataFrame, b: pl.DataFrame, metric: str) -> pl.Series:
     return both.sort("example_id").select((pl.col("a") - pl.col("b")).fill_null(float("nan")))["a"]
 
 
-def equal(a: str, b: str) -> pl.Expr:
-    # A missing value compares unequal (it did as pandas' NaN), rather than staying missing.
-    return (pl.col(a) == pl.col(b)).fill_null(False)
-
-
 def ablation_summary(rows: pl.DataFrame, kind: str, baseline: str, n_resamples: int, seed: int) -> dict[str, list]:
     """Columns of ABLATION_SUMMARY: per task and setting each metric's mean over prompts (seed-averaged)
     with a bootstrap CI, and for ICL accuracy, agreement and entropy the paired difference to `baseline`
     (metric "<name>_shift"); a k ablation adds that difference from its smallest to its largest k
     (setting "<largest> vs <smallest>"), an order ablation the share of prompts whose prediction changes."""
     rows = rows.with_columns(
-        icl_accuracy=equal("icl_prediction", "label"), agreement=equal("head_prediction", "icl_prediction"),
-        head_accuracy=equal("head_prediction", "label"),
+        icl_accuracy=aggregate.equal("icl_prediction", "label"), agreement=aggregate.equal("head_prediction", "icl_prediction"),
+        head_accuracy=aggregate.equal("head_prediction", "label"),
     )
     out: dict[str, list] = {name: [] for name in tables.ABLATION_SUMMARY.names}
 

@@ -19,16 +19,11 @@ import polars as pl
 from workflow_scripts.analysis.baselines import BASELINES
 from workflow_scripts.analysis.table2_rows import GAIN, is_head, read_seeds
 from workflow_scripts.core import stats, table_io, tables
+from workflow_scripts.core.aggregate import equal
 
 # A class predicted on less than this share of its gold share is flagged as under-predicted.
 UNDER_PREDICTED = 0.5
 KEYS = ["seed", "example_id"]
-
-
-def equal(a: str | pl.Expr, b: str | pl.Expr) -> pl.Expr:
-    # A missing value compares unequal (it did as pandas' NaN), rather than staying missing.
-    a, b = (pl.col(x) if isinstance(x, str) else x for x in (a, b))
-    return (a == b).fill_null(False)
 
 
 def of_method(frame: pl.DataFrame, method: str) -> pl.DataFrame:
@@ -90,7 +85,7 @@ def seeds_share_examples(rows: pl.DataFrame) -> bool:
 def example_grid(rows: pl.DataFrame, seeds: list[int]) -> np.ndarray:
     """v as (examples sorted by id, seeds in order)."""
     if rows.select("example_id", "seed").is_duplicated().any():
-        raise ValueError("Index contains duplicate entries, cannot reshape")
+        raise ValueError("a seed holds an example's held-out row twice; re-run heldout")
     wide = rows.pivot(on="seed", index="example_id", values="v").sort("example_id")
     return wide.select(str(s) for s in seeds).to_numpy()
 

@@ -19,6 +19,13 @@ import polars as pl
 import polars.selectors as cs
 
 
+def equal(a: str | pl.Expr, b: str | pl.Expr) -> pl.Expr:
+    """a == b, where a missing value on either side compares unequal (false, not missing): an indicator
+    averaged over examples counts a missing prediction as a miss."""
+    a, b = (pl.col(x) if isinstance(x, str) else x for x in (a, b))
+    return (a == b).fill_null(False)
+
+
 def as_nulls(frame: pl.DataFrame) -> pl.DataFrame:
     """`frame` with every NaN as null: polars orders NaN above every number (NaN > 0 is true, sorting
     descending puts it first), while a missing value is to compare false and sort last."""
