@@ -141,7 +141,8 @@ def run_stage(code: Path, stage: str, inputs: dict, work: Path, keep: Path) -> d
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     spec = json.dumps({"stage": stage, "inputs": inputs, "out": str(work)})
-    done = subprocess.run([sys.executable, "-c", CHILD, str(code), spec], capture_output=True, text=True, cwd=code)
+    # One working folder for both versions too: the pieces link their figure relative to it.
+    done = subprocess.run([sys.executable, "-c", CHILD, str(code), spec], capture_output=True, text=True, cwd=work.parent)
     if done.returncode:
         raise SystemExit(f"{stage} with {code} failed:\n{done.stderr[-3000:]}")
     shutil.rmtree(keep, ignore_errors=True)
