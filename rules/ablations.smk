@@ -17,6 +17,8 @@ rule ablation:
         analysis=analysis_params("bootstrap_resamples", "bootstrap_seed", "ablation_prompts"),
     group:
         "analysis"
+    benchmark:
+        paths.benchmark("ablation", "{model}", "{ablation}"),
     log:
         paths.log("ablation", "{model}", "{ablation}"),
     conda:

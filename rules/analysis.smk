@@ -13,6 +13,8 @@ rule reconstruct:
         n_classes=n_classes,
     group:
         "analysis"
+    benchmark:
+        paths.benchmark("reconstruct", "{model}", "{task}", "seed{seed}", "{setting}"),
     log:
         paths.log("reconstruct", "{model}", "{task}", "seed{seed}", "{setting}"),
     conda:
@@ -32,6 +34,8 @@ rule attention_map:
         resample_length=config["analysis"]["resample_length"],
     group:
         "analysis"
+    benchmark:
+        paths.benchmark("attention_map", "{model}", "{task}", "seed{seed}", "{setting}"),
     log:
         paths.log("attention_map", "{model}", "{task}", "seed{seed}", "{setting}"),
     conda:
@@ -49,6 +53,8 @@ rule similarity:
         paths.analysis("similarity.parquet"),
     group:
         "analysis"
+    benchmark:
+        paths.benchmark("similarity", "{model}", "{task}", "seed{seed}", "{setting}"),
     log:
         paths.log("similarity", "{model}", "{task}", "seed{seed}", "{setting}"),
     conda:
@@ -69,6 +75,8 @@ rule probes:
         analysis=analysis_params("probe_ridge", "probe_folds"),
     group:
         "analysis"
+    benchmark:
+        paths.benchmark("probes", "{model}", "{task}", "seed{seed}", "{setting}"),
     log:
         paths.log("probes", "{model}", "{task}", "seed{seed}", "{setting}"),
     conda:
@@ -89,6 +97,8 @@ rule query_swap:
         n_classes=n_classes,
     group:
         "analysis"
+    benchmark:
+        paths.benchmark("query_swap", "{model}", "{task}", "seed{seed}", "{setting}"),
     log:
         paths.log("query_swap", "{model}", "{task}", "seed{seed}", "{setting}"),
     conda:
@@ -114,6 +124,8 @@ rule heldout:
         content_free=config["calibration"]["content_free"] if config["calibration"]["enabled"] else [],
     group:
         "analysis"
+    benchmark:
+        paths.benchmark("heldout", "{model}", "{task}", "seed{seed}", "{setting}"),
     log:
         paths.log("heldout", "{model}", "{task}", "seed{seed}", "{setting}"),
     conda:
@@ -136,6 +148,8 @@ rule table2:
         **analysis_params("bootstrap_resamples", "bootstrap_seed"),
     group:
         "analysis"
+    benchmark:
+        paths.benchmark("table2", "{model}", "{task}", "{setting}"),
     log:
         paths.log("table2", "{model}", "{task}", "{setting}"),
     conda:

@@ -8,6 +8,8 @@ rule fetch_task_source:
     params:
         task=task_params(*TASK_SOURCE_KEYS),
         cache=paths.downloads("data"),
+    benchmark:
+        paths.benchmark("fetch_task_source", "{task}"),
     log:
         paths.log("fetch_task_source", "{task}"),
     conda:
@@ -25,6 +27,8 @@ rule prepare_task:
         task=task_params(*TASK_TABLE_KEYS),
     group:
         "prep"
+    benchmark:
+        paths.benchmark("prepare_task", "{task}"),
     log:
         paths.log("prepare_task", "{task}"),
     conda:

@@ -8,6 +8,8 @@ rule prepare_encoder:
     params:
         encoder=config["encoder"],
         cache=paths.downloads("encoders"),
+    benchmark:
+        paths.benchmark("prepare_encoder", "encoder"),
     log:
         paths.log("prepare_encoder", "encoder"),
     conda:
@@ -30,6 +32,8 @@ rule embed_task:
     priority: 10
     group:
         "prep"
+    benchmark:
+        paths.benchmark("embed_task", "{task}"),
     log:
         paths.log("embed_task", "{task}"),
     conda:

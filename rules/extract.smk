@@ -12,6 +12,8 @@ rule extract_shard:
     threads: config["extraction"]["threads"]
     resources:
         **model_job_resources(shard_prompts),
+    benchmark:
+        paths.benchmark("extract_shard", "{model}", "{task}", "seed{seed}", "{setting}", "{shard}"),
     log:
         paths.log("extract_shard", "{model}", "{task}", "seed{seed}", "{setting}", "{shard}"),
     conda:
@@ -36,6 +38,8 @@ rule zero_shot:
         **model_job_resources(zero_shot_examples),
     # Retrieval prompts wait on these; run them before the long extraction queue.
     priority: 10
+    benchmark:
+        paths.benchmark("zero_shot", "{model}", "{task}"),
     log:
         paths.log("zero_shot", "{model}", "{task}"),
     conda:
@@ -65,6 +69,8 @@ rule calibrate:
     threads: config["extraction"]["threads"]
     resources:
         **model_job_resources(calibration_prompts),
+    benchmark:
+        paths.benchmark("calibrate", "{model}", "{task}", "seed{seed}", "{setting}"),
     log:
         paths.log("calibrate", "{model}", "{task}", "seed{seed}", "{setting}"),
     conda:

@@ -18,6 +18,8 @@ rule interventions:
     threads: config["extraction"]["threads"]
     resources:
         **model_job_resources(intervention_prompts),
+    benchmark:
+        paths.benchmark("interventions", "{model}", "{task}", "seed{seed}", "{setting}"),
     log:
         paths.log("interventions", "{model}", "{task}", "seed{seed}", "{setting}"),
     conda:
@@ -40,6 +42,8 @@ rule report_interventions:
         dpi=config["report"]["dpi"],
     group:
         "figures"
+    benchmark:
+        paths.benchmark("report_interventions", "{model}", "{task}", "{setting}"),
     log:
         paths.log("report_interventions", "{model}", "{task}", "{setting}"),
     conda:

@@ -8,6 +8,8 @@ rule prepare_model:
     params:
         model=model_source,
         cache=paths.downloads("models"),
+    benchmark:
+        paths.benchmark("prepare_model", "{model}"),
     log:
         paths.log("prepare_model", "{model}"),
     conda:

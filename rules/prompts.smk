@@ -13,6 +13,8 @@ rule build_prompts:
         heldout=heldout_params,
     group:
         "prompts"
+    benchmark:
+        paths.benchmark("build_prompts", "{model}", "{task}", "seed{seed}", "{setting}"),
     log:
         paths.log("build_prompts", "{model}", "{task}", "seed{seed}", "{setting}"),
     conda:

@@ -18,6 +18,8 @@ rule report_table2:
         per_seed_split=config["analysis"]["heldout_per_seed"],
     group:
         "figures"
+    benchmark:
+        paths.benchmark("report_table2", "{model}", "{task}", "{setting}"),
     log:
         paths.log("report_table2", "{model}", "{task}", "{setting}"),
     conda:
@@ -39,6 +41,8 @@ rule report_attention:
         dpi=config["report"]["dpi"],
     group:
         "figures"
+    benchmark:
+        paths.benchmark("report_attention", "{model}", "{task}", "{setting}"),
     log:
         paths.log("report_attention", "{model}", "{task}", "{setting}"),
     conda:
@@ -63,6 +67,8 @@ rule report_heads:
         top_head_fraction=config["analysis"]["top_head_fraction"],
     group:
         "figures"
+    benchmark:
+        paths.benchmark("report_heads", "{model}", "{task}", "{setting}"),
     log:
         paths.log("report_heads", "{model}", "{task}", "{setting}"),
     conda:
@@ -84,6 +90,8 @@ rule report_similarity:
         dpi=config["report"]["dpi"],
     group:
         "figures"
+    benchmark:
+        paths.benchmark("report_similarity", "{model}", "{task}", "{setting}"),
     log:
         paths.log("report_similarity", "{model}", "{task}", "{setting}"),
     conda:
@@ -104,6 +112,8 @@ rule report_probes:
         dpi=config["report"]["dpi"],
     group:
         "figures"
+    benchmark:
+        paths.benchmark("report_probes", "{model}", "{task}", "{setting}"),
     log:
         paths.log("report_probes", "{model}", "{task}", "{setting}"),
     conda:
@@ -126,6 +136,8 @@ rule report_ablation:
         dpi=config["report"]["dpi"],
     group:
         "figures"
+    benchmark:
+        paths.benchmark("report_ablation", "{model}", "{ablation}"),
     log:
         paths.log("report_ablation", "{model}", "{ablation}"),
     conda:
@@ -160,6 +172,8 @@ rule report_theory:
         "figures"
     params:
         paper=paper.for_captions,  # the captions' numbers (not recorded: see core/paper.py)
+    benchmark:
+        paths.benchmark("report_theory"),
     log:
         paths.log("report_theory"),
     conda:
@@ -193,6 +207,8 @@ rule report:
             **{key: config["prompts"][key] for key in ("n_eval", "k", "prepend_bos")},
             **analysis_params("n_select", "n_heldout"),
         },
+    benchmark:
+        paths.benchmark("report", "report"),
     log:
         paths.log("report", "report"),
     conda:
@@ -235,6 +251,8 @@ rule report_models:
         dpi=config["report"]["dpi"],
     group:
         "figures"
+    benchmark:
+        paths.benchmark("report_models"),
     log:
         paths.log("report_models"),
     conda:

@@ -10,6 +10,8 @@ rule theory:
         theory=config["theory"],
     group:
         "analysis"
+    benchmark:
+        paths.benchmark("theory"),
     log:
         paths.log("theory"),
     conda:

@@ -106,6 +106,11 @@ def log(rule: str, *parts) -> str:
     return "/".join([LOGS, rule, *map(str, parts)]) + ".log"
 
 
+def benchmark(rule: str, *parts) -> str:
+    """Snakemake's benchmark file of one job (wall seconds, peak memory): logs/benchmarks/{rule}/{part}/....tsv."""
+    return "/".join([LOGS, "benchmarks", rule, *map(str, parts)]) + ".tsv"
+
+
 # Manifests (resources/models/{model}/manifest.json, resources/encoder/manifest.json) store where
 # their files are. Jobs run in the study folder, so a path inside it is stored relative to it: a
 # moved or copied study still finds its own files.
