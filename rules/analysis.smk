@@ -107,6 +107,28 @@ rule query_swap:
         stage("analysis.query_swap:from_snakemake")
 
 
+# Contextual calibration of every prompt of a Table 2 set (Table 2 reads its held-out ones) from the
+# label logits of its content-free twins, which the extraction ran over its own demonstrations.
+rule calibrate:
+    input:
+        prompts=paths.prompts(),
+        shards=shards_of,
+    output:
+        paths.analysis("calibration.parquet"),
+    params:
+        content_free=lambda wc: calibration_texts(config),
+    group:
+        "analysis"
+    benchmark:
+        paths.benchmark("calibrate", "{model}", "{task}", "seed{seed}", "{setting}"),
+    log:
+        paths.log("calibrate", "{model}", "{task}", "seed{seed}", "{setting}"),
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        stage("analysis.calibration:from_snakemake")
+
+
 rule heldout:
     input:
         unpack(calibration_input),
@@ -121,7 +143,7 @@ rule heldout:
         encoder=config["encoder"]["name"],
         analysis=analysis_params("n_select", "n_heldout"),
         split_seed=heldout_split_seed,
-        content_free=config["calibration"]["content_free"] if config["calibration"]["enabled"] else [],
+        content_free=calibration_texts(config) if config["calibration"]["enabled"] else [],
     group:
         "analysis"
     benchmark:

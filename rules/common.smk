@@ -13,7 +13,7 @@ sys.path.insert(0, ICL_ROOT)
 
 from workflow_scripts.core import code, paper, paths, resources, run_warnings
 from workflow_scripts.sources import manifests
-from workflow_scripts.core.config import TASK_GATE_KEYS, ConfigError, validate_config
+from workflow_scripts.core.config import TASK_GATE_KEYS, ConfigError, calibration_texts, validate_config
 
 try:
     validate_config(config)
@@ -111,6 +111,14 @@ def heldout_params(wildcards):
     if config["analysis"]["heldout_per_seed"]:
         params["split_seed"] = heldout_split_seed(wildcards)
     return params
+
+
+def prompt_params(wildcards):
+    """prompts.* as build_prompts reads it: content-free queries only in full sets (Table 2's), so
+    that a change of them rebuilds no set of the ablations."""
+    if config["settings"][wildcards.setting]["queries"] == "all":
+        return config["prompts"]
+    return {**config["prompts"], "content_free": []}
 
 
 def prompt_inputs(wildcards):
@@ -307,11 +315,6 @@ def intervention_prompts(wildcards, input):
     matched draws): about 2 prompt forwards."""
     analysis = config["analysis"]
     return 2.0 * min(config["interventions"]["prompts"] or analysis["n_heldout"], analysis["n_heldout"])
-
-
-def calibration_prompts(wildcards, input):
-    """Table 2's held-out prompts again, once per content-free input."""
-    return config["analysis"]["n_heldout"] * len(config["calibration"]["content_free"])
 
 
 def calibration_input(wildcards):

@@ -47,33 +47,3 @@ rule zero_shot:
     script:
         stage("model.zero_shot:from_snakemake")
 
-
-# Contextual calibration of Table 2's held-out prompts: each again with a content-free query (one
-# forward per content-free input); the ICL label logits come from the shards.
-rule calibrate:
-    input:
-        unpack(prompt_inputs),
-        prompts=paths.prompts(),
-        shards=shards_of,
-    output:
-        paths.analysis("calibration.parquet"),
-    params:
-        task=task_entry,
-        prompts=config["prompts"],
-        setting=lambda wc: config["settings"][wc.setting],
-        heldout=heldout_params,
-        content_free=config["calibration"]["content_free"],
-        analysis=analysis_params("n_select", "n_heldout"),
-        split_seed=heldout_split_seed,
-        extraction=extraction_params("device", "dtype"),
-    threads: config["extraction"]["threads"]
-    resources:
-        **model_job_resources(calibration_prompts),
-    benchmark:
-        paths.benchmark("calibrate", "{model}", "{task}", "seed{seed}", "{setting}"),
-    log:
-        paths.log("calibrate", "{model}", "{task}", "seed{seed}", "{setting}"),
-    conda:
-        "../envs/gpu.yaml"
-    script:
-        stage("model.calibration:from_snakemake")

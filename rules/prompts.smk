@@ -8,7 +8,7 @@ rule build_prompts:
         paths.prompts(),
     params:
         task=task_entry,
-        prompts=config["prompts"],
+        prompts=prompt_params,
         setting=lambda wc: config["settings"][wc.setting],
         heldout=heldout_params,
     group:

@@ -2,6 +2,7 @@
 # and for Theorem 1, so a changed analysis re-renders only its own figure. Each writes its figure and
 # table, flagged for the HTML report (`snakemake --report`; captions in report/), and its piece of
 # results/report.md, which the `report` rule assembles.
+from workflow_scripts.report import costs
 
 
 rule report_table2:
@@ -196,6 +197,7 @@ rule report:
         interventions=[paths.report_set("interventions.md", *key) for key in intervention_keys()],
         theory=paths.report_figure("theory.md"),
         models=[paths.report_figure("models.md")] if len(STUDY["models"]) > 1 else [],
+        costs=costs.PIECE,
     output:
         paths.report(),
     params:
@@ -215,6 +217,30 @@ rule report:
         "../envs/cpu.yaml"
     script:
         stage("report.assemble:from_snakemake")
+
+
+# Where the time goes (the appendix of results/report.md): job-seconds and peak memory per rule, from
+# the benchmark files of the study's jobs. Its inputs are the report's own, so it runs after every other
+# job; which jobs are the study's is the workflow's answer (report/costs.py walks the rules from
+# report.md down, as Snakemake builds the DAG), never a listing of logs/, so no benchmark file of an
+# earlier config's jobs is read. A job that re-runs rewrites a report input, and a change of the
+# study's jobs changes params.jobs: either re-runs this one.
+rule report_costs:
+    input:
+        lambda wildcards: costs.report_inputs(workflow.rules),
+    output:
+        csv=costs.TABLE,
+        piece=costs.PIECE,
+    params:
+        jobs=lambda wildcards: costs.study_benchmarks(workflow.rules),
+    benchmark:
+        paths.benchmark("report_costs"),
+    log:
+        paths.log("report_costs"),
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        stage("report.costs:from_snakemake")
 
 
 # Beyond the paper: every model's Table 2 and the depth of its top heads side by side, and which

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from workflow_scripts.analysis import table2_rows
-from workflow_scripts.core import config as config_mod
+from workflow_scripts.core import model_check
 from workflow_scripts.core import stats, table_io
 from workflow_scripts.core.config import ConfigError, validate_config
 from workflow_scripts.report import assemble, headings
@@ -74,14 +74,14 @@ def test_settings_the_model_cannot_serve_are_named_before_any_extraction(change,
     config = default_config()
     for section, values in change.items():
         config[section].update(values)
-    problems = config_mod.model_problems(validate_config(config), "m", model_config)
+    problems = model_check.model_problems(validate_config(config), "m", model_config)
     assert len(problems) == 1 and re.search(message, problems[0]), problems
 
 
 def test_a_model_that_serves_the_config_has_no_problems():
     config = validate_config(default_config())
-    assert config_mod.model_problems(config, "m", {"num_hidden_layers": 30, "num_attention_heads": 9}) == []
-    assert config_mod.model_shape({"text_config": {"num_hidden_layers": 18, "num_attention_heads": 4}}) == (18, 4)
+    assert model_check.model_problems(config, "m", {"num_hidden_layers": 30, "num_attention_heads": 9}) == []
+    assert model_check.model_shape({"text_config": {"num_hidden_layers": 18, "num_attention_heads": 4}}) == (18, 4)
 
 
 def test_probe_folds_beyond_the_kept_demonstrations_fail_at_parse_time():

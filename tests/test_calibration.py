@@ -1,17 +1,19 @@
-"""Contextual calibration: the content-free prompts are the prompt set's with only the query replaced,
-their label distribution is the model's, and the calibrated prediction divides by it."""
+"""Contextual calibration: each full prompt carries content-free twins (same demonstrations, the query
+replaced), the extraction runs only their own tokens over the prompt's keys and values, and the
+calibrated prediction divides by their label distribution: the same as running every twin in full."""
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from workflow_scripts.analysis import heldout
-from workflow_scripts.core import table_io, tables
-from workflow_scripts.model import calibration, loading
+from workflow_scripts.analysis import calibration, heldout
+from workflow_scripts.core import stats, table_io, tables
 from workflow_scripts.prompts import sets
 
 from .test_prompts_tokenize import PROMPT_CFG, RANDOM, TASK, toy_data
+
+TEXTS = ["N/A", ""]
 
 
 def test_calibrated_prediction_divides_by_the_content_free_distribution():
@@ -22,61 +24,100 @@ def test_calibrated_prediction_divides_by_the_content_free_distribution():
 
 
 @pytest.fixture(scope="module")
-def both(tokenizer) -> tuple[dict, dict]:
-    built = sets.build_prompts(toy_data(), TASK, PROMPT_CFG, RANDOM, 7, tokenizer, "toy")
-    free = sets.build_prompts(toy_data(), TASK, PROMPT_CFG, RANDOM, 7, tokenizer, "toy", content_free="N/A")
-    return built, free
+def built(tokenizer) -> dict:
+    return sets.build_prompts(toy_data(), TASK, PROMPT_CFG, RANDOM, 7, tokenizer, "toy", content_free=TEXTS)
 
 
-def test_content_free_prompts_keep_the_demonstrations_and_replace_the_query(both, tokenizer):
-    built, free = both
-    for key in ("prompt_id", "example_id", "demo_ids", "demo_labels", "x_start", "y_pos", "query_start", "label_token_ids"):
-        assert free[key] == built[key], key
-    for i in range(len(built["text"])):
-        start = built["query_start"][i]
-        assert free["input_ids"][i][:start] == built["input_ids"][i][:start]
-        assert tokenizer.decode(free["input_ids"][i][start:]) == TASK["template"]["input"].format(text="N/A")
-    calibration.check_same_prompts(pa.table({k: built[k] for k in ("prompt_id", "demo_ids", "demo_labels")}), free, "N/A")
+def twin(built: dict, i: int, n: int) -> list[int]:
+    return built["input_ids"][i][: built["content_free_start"][i][n]] + built["content_free_ids"][i][n]
 
 
-def test_prompts_with_other_demonstrations_are_refused(both):
-    built, free = both
-    stale = pa.table({"prompt_id": built["prompt_id"], "demo_ids": built["demo_ids"][::-1], "demo_labels": built["demo_labels"]})
-    with pytest.raises(calibration.CalibrationError, match="re-run build_prompts"):
-        calibration.check_same_prompts(stale, free, "N/A")
+def test_content_free_twins_are_the_prompt_with_only_the_query_replaced(built, tokenizer):
+    plain = sets.build_prompts(toy_data(), TASK, PROMPT_CFG, RANDOM, 7, tokenizer, "toy")
+    for key in ("prompt_id", "demo_ids", "input_ids", "text"):
+        assert plain[key] == built[key], key  # the twins change nothing of the prompts themselves
+    assert plain["content_free"] == [None] * len(plain["prompt_id"])
+    texts = dict(zip(toy_data()["example_id"], toy_data()["text"]))
+    template = TASK["template"]["input"]
+    for i, text in enumerate(built["text"]):
+        query = template.format(text=texts[built["example_id"][i]])
+        assert text.endswith(query) and built["content_free"][i] == TEXTS
+        for n, free in enumerate(TEXTS):
+            # Independently: the whole content-free prompt's text tokenized in one piece.
+            expected = tokenizer(text[: len(text) - len(query)] + template.format(text=free))["input_ids"]
+            assert twin(built, i, n) == expected
+            start = built["content_free_start"][i][n]
+            assert built["query_start"][i] <= start < len(expected)  # the demonstrations are shared
+            assert built["input_ids"][i][:start] == expected[:start]
 
 
-def test_content_free_probs_are_the_models_label_softmax_averaged_over_inputs(tiny_llama_dir, tokenizer):
-    import torch
+def test_content_free_twins_are_built_only_where_asked(tokenizer):
+    none = sets.build_prompts(toy_data(), TASK, PROMPT_CFG, RANDOM, 7, tokenizer, "toy", content_free=[])
+    assert none["content_free_start"] == [None] * len(none["prompt_id"])
 
-    from workflow_scripts.model import engine, extract
+
+def test_shared_prefix_leaves_the_twin_a_token_of_its_own():
+    assert sets.shared_prefix([1, 2, 3, 4], [1, 2, 9]) == 2
+    assert sets.shared_prefix([1, 2, 3, 4], [1, 2, 3]) == 2  # a twin that is a prefix of the prompt
+    assert sets.shared_prefix([5], [1, 2]) == 0
+
+
+def prompts_table(built: dict) -> pa.Table:
+    return pa.Table.from_pydict({name: built[name] for name in tables.PROMPTS.names}, schema=tables.PROMPTS)
+
+
+def test_calibration_from_the_extracted_continuations_equals_running_every_twin_in_full(built, tiny_llama_dir):
+    """The issue's check: the shard's content-free logits (prefix reused) against the full forward of
+    every content-free prompt (the calibration as it ran before) and the eager oracle."""
+    from workflow_scripts.model import engine, extract, loading
 
     manifest = {"path": str(tiny_llama_dir), "revision": None, "trust_remote_code": False}
     model = engine.prepare(loading.load_model(manifest, "cpu", "float32", attn_implementation="sdpa"))
     eager = loading.load_model(manifest, "cpu", "float32", attn_implementation="eager")
-    free_sets = [sets.build_prompts(toy_data(), TASK, PROMPT_CFG, RANDOM, 7, tokenizer, "toy", content_free=text)
-            for text in ("N/A", "")]
-    rows = np.array([0, 2, 3, 5])
-    got = calibration.content_free_probs(model, free_sets, rows, batch_size=3)
-    assert got.shape == (4, 2)
-    for n, i in enumerate(rows):
-        expected = np.mean([
-            torch.softmax(torch.from_numpy(extract.eager_outputs(eager, s["input_ids"][i], s["label_token_ids"][i])[0]).double(), -1).numpy()
-            for s in free_sets
-        ], axis=0)
-        np.testing.assert_allclose(got[n], expected, atol=1e-5)
+    cfg = {"batch_size": 3, "kv_layers": [], "kv_max_prompts": 0, "hidden_layers": [], "hidden_positions": ["last"],
+           "head_outputs": False}
+    shard = pa.Table.from_pydict(extract.extract_shard(prompts_table(built), model, cfg), schema=tables.SHARD)
+    n = len(built["prompt_id"])
+    full = engine.run(model, [engine.Request(twin(built, i, t), built["label_token_ids"][i]) for i in range(n) for t in range(2)], 3)
+    full_logits = np.stack([r["label_logits"] for r in full]).reshape(n, 2, 2)
+    reused = np.asarray(shard.column("content_free_logits").to_pylist()).reshape(n, 2, 2)
+    np.testing.assert_allclose(reused, full_logits, atol=1e-5)
+    for i in (0, 4):
+        oracle = extract.eager_outputs(eager, twin(built, i, 1), built["label_token_ids"][i])[0]
+        np.testing.assert_allclose(reused[i, 1], oracle, atol=1e-5)
+    ids = list(range(n))
+    columns = calibration.calibration_columns(ids, shard, [0, 1], 2, "shard")
+    before = np.mean(stats.softmax(full_logits.astype(np.float64)), axis=1)
+    icl = np.asarray(shard.column("label_logits").to_pylist())
+    assert columns["calibrated_prediction"] == calibration.calibrate(icl, before).tolist()
+    np.testing.assert_allclose(columns["content_free_probs"], before, atol=1e-5)
+    only_free = calibration.calibration_columns(ids, shard, [1], 2, "shard")  # one of the two, by position
+    np.testing.assert_allclose(only_free["content_free_probs"], stats.softmax(full_logits[:, 1].astype(np.float64)), atol=1e-5)
 
 
 def test_calibration_columns_read_the_shards_label_logits(tmp_path):
-    shards = pa.table({"prompt_id": [2, 0, 1], "label_logits": [[0.0, 1.0], [2.0, 0.0], [0.1, 0.0]]})
-    cf = np.array([[0.5, 0.5], [0.5, 0.5], [0.9, 0.1]])
-    columns = calibration.calibration_columns([0, 1, 2], shards, cf)
+    shards = pa.table({"prompt_id": [2, 0, 1], "label_logits": [[0.0, 1.0], [2.0, 0.0], [0.1, 0.0]],
+                       "content_free_logits": [[0.0, 0.0, 5.0, 0.0], [0.0, 0.0, 9.0, 9.0], [np.log(9.0), 0.0, 0.0, 0.0]]})
+    columns = calibration.calibration_columns([0, 1, 2], shards, [0], 2, "shards")
+    # content-free probs of query 0: prompt 0 (.5, .5), 1 (.9, .1), 2 (.5, .5)
+    np.testing.assert_allclose(columns["content_free_probs"], [[0.5, 0.5], [0.9, 0.1], [0.5, 0.5]], atol=1e-6)
     assert columns["icl_prediction"] == [0, 0, 1]
-    assert columns["calibrated_prediction"] == [0, 0, 1]
+    assert columns["calibrated_prediction"] == [0, 1, 1]  # prompt 1: .52/.9 < .48/.1
     table_io.write_table(columns, tables.CALIBRATION, tmp_path / "calibration.parquet")
     assert table_io.read_table(tmp_path / "calibration.parquet", tables.CALIBRATION).num_rows == 3
     with pytest.raises(calibration.CalibrationError, match="re-run extract_shard"):
-        calibration.calibration_columns([0, 5], shards, cf[:2])
+        calibration.calibration_columns([0, 5], shards, [0], 2, "shards")
+    stale = shards.set_column(3, "content_free_logits", pa.array([None, None, None], pa.list_(pa.float32())))
+    with pytest.raises(calibration.CalibrationError, match="shards: .*re-run extract_shard"):
+        calibration.calibration_columns([0, 1], stale, [0], 2, "shards")
+
+
+def test_a_content_free_query_the_prompts_lack_is_refused_with_the_rule_to_rerun():
+    assert calibration.text_indices(["N/A", ""], ["", "N/A"], "p") == [1, 0]
+    with pytest.raises(calibration.CalibrationError, match=r"p holds content-free queries \['N/A'\].*\['\[MASK\]'\].*re-run build_prompts"):
+        calibration.text_indices(["N/A"], ["[MASK]"], "p")
+    with pytest.raises(calibration.CalibrationError, match="re-run build_prompts"):
+        calibration.text_indices(None, ["N/A"], "p")
 
 
 def test_heldout_reads_the_calibrated_prediction_of_each_prompt(tmp_path):
@@ -87,15 +128,3 @@ def test_heldout_reads_the_calibrated_prediction_of_each_prompt(tmp_path):
     assert name == "content-free 'N/A'" and predictions == {3: 1, 1: 0, 2: 1}  # prompt 0: not held out
     with pytest.raises(heldout.HeldoutError, match="re-run calibrate"):
         heldout.calibrated_predictions(path, np.array([1, 2, 4]), ["N/A"])
-
-
-def test_only_table_2s_held_out_prompts_are_calibrated(both):
-    built, _ = both
-    from workflow_scripts.core.split import select_heldout
-
-    labels = np.array(built["label"])
-    shuffled = np.random.default_rng(0).permutation(len(labels))  # a table in another row order
-    stored = pa.table({"prompt_id": np.array(built["prompt_id"])[shuffled], "label": labels[shuffled]})
-    rows = calibration.heldout_positions(stored, 4, 4, seed=3)
-    _, held = select_heldout(labels, 4, 4, 3)
-    assert sorted(stored.column("prompt_id").to_numpy()[rows]) == sorted(np.array(built["prompt_id"])[held])

@@ -182,3 +182,30 @@ def test_head_outputs_are_the_inputs_of_the_output_projection(arch):
         assert (n_layers, n_heads) == (3, 4)
         np.testing.assert_allclose(result["head_outputs"].reshape(n_layers, -1), want, atol=1e-5, err_msg=arch)
     assert "head_outputs" not in engine.run_batch(model, [Request(ids[0], [1, 2])])[0]
+
+
+@pytest.mark.parametrize("arch", sorted(CONFIGS))
+def test_a_continuation_over_the_prompts_keys_and_values_is_the_full_forward_of_its_prompt(arch):
+    """A content-free twin shares the prompt's first tokens: running only its own tokens over the
+    prompt's keys and values gives the label logits of its full forward (the eager oracle), alone
+    and in a left-padded batch; the sliding-window layers of gemma3 see a prefix longer than the window."""
+    model = build(arch)
+    prompts = [prompt(1, 21), prompt(2, 14), prompt(3, 30)]
+    twins = [(p[:-3] + [9, 8], len(p) - 3) for p in prompts] + [(p[:5] + [4], 5) for p in prompts]
+    expected = [oracle(model, ids)[0][[5, 6, 7]] for ids, _ in twins]
+    engine.prepare(model)
+    requests = [Request(p, [5, 6, 7], continuations=tuple((start, tuple(ids[start:])) for ids, start in (twins[i], twins[i + 3])))
+                for i, p in enumerate(prompts)]
+    for batch in ([r] for r in requests), [requests]:
+        results = [res for chunk in batch for res in engine.run_batch(model, chunk)]
+        for i, res in enumerate(results):
+            assert res["continuation_logits"].shape == (2, 3)
+            np.testing.assert_allclose(res["continuation_logits"], [expected[i], expected[i + 3]], atol=1e-4)
+    # engine.run holds the keys and values of CONTINUATION_BATCH prompts and runs their continuations together.
+    many = engine.run(model, requests * 4, batch_size=1)
+    assert len(many) == 12 and not any("_pending" in r for r in many)
+    for n, res in enumerate(many):
+        np.testing.assert_allclose(res["continuation_logits"], [expected[n % 3], expected[n % 3 + 3]], atol=1e-4)
+    plain = engine.run_batch(model, [Request(prompts[0], [5, 6, 7])])[0]
+    assert "continuation_logits" not in plain
+    np.testing.assert_allclose(plain["label_logits"], results[0]["label_logits"], atol=1e-6)

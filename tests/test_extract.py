@@ -36,6 +36,7 @@ def prompt_table(n: int = 3) -> pa.Table:
     return pa.table({
         "prompt_id": list(range(n)), "input_ids": ids, "label_token_ids": [[1000, 2000, 3000]] * n,
         "x_start": [[1, 7]] * n, "y_pos": [[5, 11]] * n, "query_start": [14] * n,
+        "content_free_start": pa.nulls(n, pa.list_(pa.int32())), "content_free_ids": pa.nulls(n, pa.list_(pa.list_(pa.int32()))),
     })
 
 

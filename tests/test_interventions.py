@@ -100,9 +100,9 @@ def planted_set() -> tuple[pa.Table, pa.Table]:
 
 
 def add_rows(prompts: dict, shards: dict, row: dict, shard: dict) -> None:
-    """One prompt's PROMPTS row and SHARD row appended to column lists (optional captures stay null)."""
+    """One prompt's PROMPTS row and SHARD row appended to column lists (optional columns stay null)."""
     for name in prompts:
-        prompts[name].append(row[name])
+        prompts[name].append(row.get(name))
     for name in shards:
         shards[name].append(shard.get(name))
 

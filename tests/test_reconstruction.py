@@ -88,7 +88,7 @@ def synthetic_set(n_prompts: int = 12, seed: int = 0):
             "query_start": query_start, "query_end": T, "label_token_ids": [11, 12, 13],
         }
         for name in prompts:
-            prompts[name].append(row[name])
+            prompts[name].append(row.get(name))  # no content-free twins
         shard = {
             "prompt_id": pid, "n_tokens": T, "n_layers": L, "n_heads": H,
             "label_logits": rng.normal(size=C).tolist(), "prediction": prediction,

@@ -22,6 +22,7 @@ import yaml
 
 from workflow_scripts.core import paths, table_io, tables
 from workflow_scripts.model import loading
+from workflow_scripts.report import costs
 
 from .conftest import REPO, toy_sentiment_rows
 from .plans import declared_model_rules, gpu_rules, loaded_modules, planned_resources, rule_stages
@@ -51,7 +52,7 @@ def tiny_config(model_dir: Path, data_file: Path, encoder_dir: Path) -> dict:
                 "template": {"input": "Review: {text}\nSentiment:"},
             }
         },
-        "prompts": {"n_eval": 8, "k": 4, "pool_size": 40},
+        "prompts": {"n_eval": 8, "k": 4, "pool_size": 40, "content_free": ["N/A", ""]},
         "extraction": {"shard_size": 4, "kv_layers": [0, 1]},
         "analysis": {"n_select": 4, "n_heldout": 4, "probe_folds": 3, "bootstrap_resamples": 200, "query_swap_setting": "swap"},
         "encoder": {"name": "tiny-bert", "source": "local", "path": str(encoder_dir)},
@@ -142,8 +143,12 @@ def test_full_run_writes_every_stage(study):
     assert probes.num_rows == 2 * 4 * 5 * 2  # layers x heads x offsets x (key, value)
     held = table_io.read_table(workdir / paths.analysis("heldout.parquet", "tiny", "toy", 0, "random"), tables.HELDOUT)
     assert held.num_rows == 4 * 11  # held-out prompts x methods (4 heads, 4 query-free readings, 2 cosine baselines, calibrated ICL)
+    # Each prompt of the full set ran its two content-free twins; the held-out sets' prompts none.
+    assert all(len(v) == 2 * 2 for v in rows.column("content_free_logits").to_pylist())
+    symbols = table_io.read_tables(sorted((workdir / paths.prompt_set("tiny", "toy", 0, "symbols") / "shards").glob("*.parquet")), tables.SHARD)
+    assert symbols.column("content_free_logits").null_count == symbols.num_rows
     calibrated = table_io.read_table(workdir / paths.analysis("calibration.parquet", "tiny", "toy", 0, "random"), tables.CALIBRATION)
-    assert set(calibrated.column("prompt_id").to_pylist()) == set(held.column("prompt_id").to_pylist())  # held out only
+    assert calibrated.column("prompt_id").to_pylist() == list(range(8))  # every prompt: its twins ran anyway
     icl = dict(zip(rows.column("prompt_id").to_pylist(), rows.column("prediction").to_pylist()))
     assert dict(zip(calibrated.column("prompt_id").to_pylist(), calibrated.column("icl_prediction").to_pylist())).items() <= icl.items()
     table = table_io.read_table(workdir / paths.over_seeds("table2.parquet", "tiny", "toy", "random"), tables.TABLE2)
@@ -194,6 +199,41 @@ def test_the_jobs_that_load_the_model_are_the_ones_that_ask_for_gpus(study):
     assert done.returncode == 0, done.stderr[-3000:]
     asking = gpu_rules(planned_resources(done.stdout))
     assert loaded and loaded == asking == declared_model_rules(), (loaded, asking)
+
+
+def appendix_jobs(report: str) -> dict[str, tuple[str, int]]:
+    """Rule -> (its "loads the model" cell, its job count) in the report's appendix, the cost table."""
+    rows = [line.split("|")[1:4] for line in report.split(costs.HEADING)[1].splitlines() if line.startswith("| `")]
+    return {rule.strip().strip("`"): (model.strip(), int(jobs)) for rule, model, jobs in rows}
+
+
+def test_every_job_writes_a_benchmark_and_the_appendix_holds_a_row_per_rule(study):
+    """Every job of the study (but `all`) has its benchmark file, and the appendix of report.md one
+    row per rule that ran with its job count, but for the cost table's own and the report's. A
+    benchmark file left by a job no longer in the study (another seed) is not counted."""
+    workdir, _ = study
+    plan = snakemake(workdir, "--dry-run", "--forceall")
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    benchmarks = re.findall(r"^ +benchmark: (\S+)$", plan.stdout, flags=re.MULTILINE)
+    jobs = planned_jobs(workdir, "--forceall")
+    assert len(set(benchmarks)) == len(benchmarks) == sum(jobs.values()) - jobs["all"]
+    assert [b for b in benchmarks if not (workdir / b).is_file()] == []
+    stray = workdir / paths.benchmark("extract_shard", "tiny", "toy", "seed7", "random", "000")
+    stray.parent.mkdir(parents=True)
+    shutil.copy(workdir / paths.benchmark("extract_shard", "tiny", "toy", "seed0", "random", "000"), stray)
+    try:
+        done = snakemake(workdir, "--forcerun", "report_costs")
+        assert done.returncode == 0, done.stderr[-3000:]
+    finally:
+        shutil.rmtree(stray.parents[1])
+    ran = {rule: n for rule, n in jobs.items() if rule not in ("all", "report", "report_costs")}
+    model_rules = declared_model_rules()
+    expected = {rule: ("yes" if rule in model_rules else "", n) for rule, n in ran.items()}
+    assert appendix_jobs((workdir / paths.report()).read_text()) == expected
+    table = pl.read_csv(workdir / costs.TABLE)
+    assert table["rule"].to_list()[-1] == "total" and table["jobs"].to_list()[-1] == sum(ran.values())
+    assert table["job_seconds"].to_list()[-1] > 0 and table["peak_rss_mib"].to_list()[-1] > 0
+    assert planned_jobs(workdir) == {}
 
 
 def test_rerun_with_nothing_changed_does_nothing_quickly(study):
@@ -286,7 +326,9 @@ def test_another_workflow_runs_the_study_as_a_snakemake_module(study, tmp_path):
     done = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2"], cwd=host, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-5000:]
     report = (host / paths.report()).read_text()
-    assert report == (study[0] / paths.report()).read_text()
+    # The same report, but for the appendix's seconds, which no two runs share: the same rules and jobs there.
+    assert report.split(costs.HEADING)[0] == (study[0] / paths.report()).read_text().split(costs.HEADING)[0]
+    assert appendix_jobs(report) == appendix_jobs((study[0] / paths.report()).read_text())
     tables_made = sorted((study[0] / "results").rglob("*.parquet"))
     assert len(tables_made) > 20
     for table in tables_made:  # byte for byte (pyarrow's equals has NaN != NaN)
@@ -380,7 +422,8 @@ ANALYSES = {"reconstruct": 1, "attention_map": 1, "similarity": 1, "probes": 1, 
 SWAP = {"query_swap": 1}
 # The report's figures and tables of one model x task x setting (over its seeds).
 SET_REPORT = {"report_table2": 1, "report_attention": 1, "report_heads": 1, "report_similarity": 1, "report_probes": 1}
-REPORT = {"report": 1, "all": 1}
+# The report and its appendix, the cost table, which re-runs after any job before it.
+REPORT = {"report_costs": 1, "report": 1, "all": 1}
 # The causal check of the interventions setting (random) and its figure.
 CAUSAL = {"interventions": 1, "report_interventions": 1}
 EVERY_SET = {"build_prompts": 6, "extract_shard": 7, **ANALYSES, **SWAP, "ablation": 3, **SET_REPORT, "report_ablation": 3, **CAUSAL, **REPORT}
@@ -391,7 +434,7 @@ CONTRACT = {
     "extraction.zero_shot_batch_size": ({"extraction": {"zero_shot_batch_size": 5}}, {}),
     "models.<name>.parameters": ({"models": {"tiny": {"parameters": 7.0}}}, {}),
     "extraction.gpus, device_map, max_memory": ({"extraction": {"gpus": 2, "device_map": "auto", "max_memory": {"0": "1GiB"}}}, {}),
-    "report.title": ({"report": {"title": "Another title"}}, REPORT),
+    "report.title": ({"report": {"title": "Another title"}}, {"report": 1, "all": 1}),
     "analysis.top_head_fraction": ({"analysis": {"top_head_fraction": 0.5}}, {"report_heads": 1, **REPORT}),
     "report.dpi": (
         {"report": {"dpi": 60}},
@@ -408,9 +451,11 @@ CONTRACT = {
     "interventions.*": ({"interventions": {"top_m": [1]}}, {**CAUSAL, **REPORT}),
     "interventions.batch_size": ({"interventions": {"batch_size": 2}}, {}),
     "calibration.content_free": (
-        {"calibration": {"content_free": ["N/A", ""]}},
+        {"calibration": {"content_free": [""]}},
         {"calibrate": 1, "heldout": 1, "table2": 1, "report_table2": 1, "ablation": 3, "report_ablation": 3, **REPORT},
     ),
+    # Only the full set's twins change: it is rebuilt and re-extracted, no held-out ablation set.
+    "prompts.content_free": ({"prompts": {"content_free": ["N/A"]}}, {**EVERY_SET, "build_prompts": 1, "extract_shard": 2}),
     "calibration.enabled": (
         {"calibration": {"enabled": False}}, {"heldout": 1, "table2": 1, "report_table2": 1, "ablation": 3, "report_ablation": 3, **REPORT},
     ),
@@ -570,7 +615,7 @@ def test_changing_a_probe_parameter_reruns_only_the_probes_and_the_report(study)
     config["analysis"]["probe_ridge"] = 1.0
     write_config(workdir, config)
     seeds = len(config["study"]["seeds"])
-    assert planned_jobs(workdir) == {"probes": seeds, "report_probes": 1, "report": 1, "all": 1}
+    assert planned_jobs(workdir) == {"probes": seeds, "report_probes": 1, "report_costs": 1, "report": 1, "all": 1}
     done = snakemake(workdir)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -584,15 +629,15 @@ def test_changing_the_heldout_size_reruns_table_2_and_the_ablations_only(study):
     # sim, sim_hidden, symbols, order_1 (seed 0) and every seed's query swap build only the held-out prompts
     heldout_sets = 4 + seeds
     assert planned_jobs(workdir) == {
-        "calibrate": seeds, "heldout": seeds, "table2": 1, "build_prompts": heldout_sets, "extract_shard": heldout_sets,
+        "heldout": seeds, "table2": 1, "build_prompts": heldout_sets, "extract_shard": heldout_sets,
         "ablation": 3, "report_table2": 1, "report_ablation": 3, "interventions": seeds, "report_interventions": 1,
-        "query_swap": seeds, "report_heads": 1, "report": 1, "all": 1,
+        "query_swap": seeds, "report_heads": 1, "report_costs": 1, "report": 1, "all": 1,
     }
     done = snakemake(workdir)
     assert done.returncode == 0, done.stderr[-3000:]
     table = table_io.read_table(workdir / paths.over_seeds("table2.parquet", "tiny", "toy", "random"), tables.TABLE2)
     assert set(table.column("n_heldout").to_pylist()) == {3}
-    split = {"calibration", "heldout", "interventions", "query_swap"}  # the tables the held-out split decides
+    split = {"heldout", "interventions", "query_swap"}  # the tables the held-out split decides (calibration: every prompt)
 
     def kept(times: dict[str, float]) -> dict[str, float]:
         return {k: v for k, v in times.items() if Path(k).stem not in split}

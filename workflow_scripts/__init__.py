@@ -6,7 +6,7 @@ this list (tests/test_structure.py checks the order, cycles, and that torch stay
             job runs its stage (code, job)
   sources   where tasks, models and the encoder come from (registry, hub, local) and their manifests
   prompts   the ICL prompts: demonstrations, templates, perturbations, retrieval
-  model     runs the studied model (torch): extraction, zero-shot, calibration, embeddings
+  model     runs the studied model (torch): extraction, zero-shot, embeddings
   analysis  the paper's Sections 5.1-5.5 and the ablations, on the extracted tables (no torch)
   causal    the edits at the last token and the causal check of the kernel heads (torch)
   theory    the synthetic check of Theorem 1 on HMMs

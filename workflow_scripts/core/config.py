@@ -11,7 +11,6 @@ import jsonschema
 import yaml
 
 from workflow_scripts.core import model_check
-from workflow_scripts.core.layers import LayerError, resolve_all
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
 
@@ -136,6 +135,7 @@ def _check_references(config: dict) -> None:
     problems += _label_format_problems(config)
     problems += _placement_problems(config["extraction"])
     problems += probe_problems(config)
+    problems += _calibration_problems(config)
     encoder = config["encoder"]
     needs = {"registry": ["package", "sha256", "member"], "local": ["path"]}[encoder["source"]]
     problems += [f"config key 'encoder.{key}': required when source is {encoder['source']!r}" for key in needs if key not in encoder]
@@ -162,6 +162,25 @@ def _placement_problems(extraction: dict) -> list[str]:
     if extraction["max_memory"] and not extraction["device_map"]:
         problems.append("config key 'extraction.max_memory': caps the devices of a split model; set extraction.device_map too")
     return problems
+
+
+def calibration_texts(config: dict) -> list[str]:
+    """The content-free queries the calibration averages: calibration.content_free, or every one
+    of prompts.content_free when that is null."""
+    chosen = config["calibration"]["content_free"]
+    return list(config["prompts"]["content_free"] if chosen is None else chosen)
+
+
+def _calibration_problems(config: dict) -> list[str]:
+    if not config["calibration"]["enabled"]:
+        return []
+    built = config["prompts"]["content_free"]
+    if not built:
+        return ["config key 'prompts.content_free' is empty, so no content-free query is built: "
+                "name one (e.g. [\"N/A\"]) or set 'calibration.enabled' to false"]
+    missing = [text for text in calibration_texts(config) if text not in built]
+    return [f"config key 'calibration.content_free': {missing} are not among 'prompts.content_free' {built}, "
+            "the queries the extraction runs; add them there (that re-runs extraction of the full sets)"] if missing else []
 
 
 def _ablation_problems(config: dict) -> list[str]:
@@ -335,42 +354,6 @@ def configured_label_words(task: dict) -> dict[str, str]:
     """Class name -> label word, in class order (the class name where no word is configured)."""
     words = task.get("label_words", {})
     return {c: words.get(c, c) for c in task["classes"]}
-
-
-def model_shape(model_config: dict) -> tuple[int | None, int | None]:
-    """(layers, attention heads per layer) from a model's config.json, None where it does not say
-    (the names differ across architectures: llama's num_hidden_layers, GPT-2's n_layer, ...)."""
-    text = model_config.get("text_config") or {}
-    def first(*keys):
-        return next((c[k] for c in (model_config, text) for k in keys if isinstance(c.get(k), int)), None)
-    return first("num_hidden_layers", "n_layer", "num_layers"), first("num_attention_heads", "n_head", "num_heads")
-
-
-def model_problems(config: dict, name: str, model_config: dict) -> list[str]:
-    """What the config asks of a model that this one cannot give, from its config.json: checked as
-    soon as the model is known (at parse time for a local or prepared model, else by prepare_model),
-    so that nothing fails after the extraction has run."""
-    n_layers, n_heads = model_shape(model_config)
-    problems = []
-    if n_layers is not None:
-        keys = [(f"extraction.{key}", config["extraction"][key]) for key in ("kv_layers", "hidden_layers")]
-        keys += [(f"settings.{s}.hidden_layer", [config["settings"][s]["hidden_layer"]]) for s in config["study"]["settings"]
-                 if config["settings"][s].get("similarity") == "hidden" and config["settings"][s].get("hidden_layer") is not None]
-        for key, specs in keys:
-            try:
-                resolve_all(specs, n_layers, key)
-            except LayerError as err:
-                problems.append(f"model {name!r}: {err}")
-    interventions = config["interventions"]
-    if interventions["enabled"] and n_layers is not None and n_heads is not None:
-        total = n_layers * n_heads
-        if 2 * max(interventions["top_m"]) > total:
-            problems.append(
-                f"config key 'interventions.top_m': {max(interventions['top_m'])} heads and as many controls need "
-                f"{2 * max(interventions['top_m'])} heads, but model {name!r} has {n_layers} layers x {n_heads} heads = {total}; "
-                f"use top_m of at most {total // 2}"
-            )
-    return problems
 
 
 def probe_problems(config: dict) -> list[str]:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from workflow_scripts.core.layers import LayerError, resolve_all
+
 EXPECTED = "a causal (decoder-only) language model is expected (e.g. llama, gpt2, gptj, gpt_neox, mistral, qwen2, gemma3)"
 
 # Bidirectional encoders: every token sees the whole text, so there is no next-token prediction to
@@ -95,4 +97,40 @@ def model_dir_problems(folder: Path, key: str) -> list[str]:
             "needs both (save them with model.save_pretrained(folder) and tokenizer.save_pretrained(folder)), "
             f"so point {key} at a complete one"
         )
+    return problems
+
+
+def model_shape(model_config: dict) -> tuple[int | None, int | None]:
+    """(layers, attention heads per layer) from a model's config.json, None where it does not say
+    (the names differ across architectures: llama's num_hidden_layers, GPT-2's n_layer, ...)."""
+    text = model_config.get("text_config") or {}
+    def first(*keys):
+        return next((c[k] for c in (model_config, text) for k in keys if isinstance(c.get(k), int)), None)
+    return first("num_hidden_layers", "n_layer", "num_layers"), first("num_attention_heads", "n_head", "num_heads")
+
+
+def model_problems(config: dict, name: str, model_config: dict) -> list[str]:
+    """What the config asks of a model that this one cannot give, from its config.json: checked as
+    soon as the model is known (at parse time for a local or prepared model, else by prepare_model),
+    so that nothing fails after the extraction has run."""
+    n_layers, n_heads = model_shape(model_config)
+    problems = []
+    if n_layers is not None:
+        keys = [(f"extraction.{key}", config["extraction"][key]) for key in ("kv_layers", "hidden_layers")]
+        keys += [(f"settings.{s}.hidden_layer", [config["settings"][s]["hidden_layer"]]) for s in config["study"]["settings"]
+                 if config["settings"][s].get("similarity") == "hidden" and config["settings"][s].get("hidden_layer") is not None]
+        for key, specs in keys:
+            try:
+                resolve_all(specs, n_layers, key)
+            except LayerError as err:
+                problems.append(f"model {name!r}: {err}")
+    interventions = config["interventions"]
+    if interventions["enabled"] and n_layers is not None and n_heads is not None:
+        total = n_layers * n_heads
+        if 2 * max(interventions["top_m"]) > total:
+            problems.append(
+                f"config key 'interventions.top_m': {max(interventions['top_m'])} heads and as many controls need "
+                f"{2 * max(interventions['top_m'])} heads, but model {name!r} has {n_layers} layers x {n_heads} heads = {total}; "
+                f"use top_m of at most {total // 2}"
+            )
     return problems

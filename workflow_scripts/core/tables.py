@@ -39,6 +39,12 @@ PROMPTS = pa.schema(
         ("query_start", _i32),
         ("query_end", _i32),
         ("label_token_ids", _ints),  # token id of each class's label word, by label index
+        # Contextual calibration (prompts.content_free; null in sets of held-out prompts): per content-free
+        # query, the tokens its prompt shares with input_ids (the prefix the extraction does not run
+        # again) and its tokens after those. That prompt is input_ids[:start] + ids.
+        ("content_free", pa.list_(pa.string())),
+        ("content_free_start", _ints),
+        ("content_free_ids", pa.list_(_ints)),
     ]
 )
 
@@ -79,6 +85,8 @@ SHARD = pa.schema(
         ("hidden_shape", _ints),
         ("hidden", _f16s),
         ("head_outputs", _f16s),
+        # (len(content_free), n_classes): label logits of each content-free prompt of the prompt row
+        ("content_free_logits", pa.list_(pa.float32())),
     ]
 )
 

@@ -13,6 +13,7 @@ import contextvars
 import itertools
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -48,6 +49,7 @@ class _Capture:
     kv_positions: torch.Tensor | None  # (B, P) positions whose keys/values to keep
     kv_layers: set[int] | None
     keep_outputs: bool = False  # each head's attention output at the last position, per layer
+    keep_values: bool = False  # every layer's values (continuations run over the prompt's keys and values)
     outputs: list[torch.Tensor] = field(default_factory=list)  # per layer (B, H, D)
     stash: list[tuple] = field(default_factory=list)  # per layer (last query, key, value, mask row, scale)
     keys: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B, KVH, P, D)
@@ -62,7 +64,7 @@ class _Capture:
             raise EngineError(f"layer {len(self.stash)}: {n_heads} query heads do not divide over {n_kv} key/value heads")
         mask = attention_mask[:, :, -1, : key.shape[2]] if attention_mask is not None else None
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        keep = self.kv_layers is not None and len(self.stash) in self.kv_layers
+        keep = self.keep_values or (self.kv_layers is not None and len(self.stash) in self.kv_layers)
         self.stash.append((query[:, :, -1], key, value if keep else None, mask, float(scale)))
 
     def finish(self, device: torch.device) -> torch.Tensor:
@@ -76,9 +78,9 @@ class _Capture:
         else:  # layers of different shapes, or split over devices: one layer at a time, same arithmetic
             rows = [attention_rows(q[None], k[None], b[None], scale[i : i + 1].to(k.device))[0]
                     for i, (q, k, b) in enumerate(zip(queries, keys, biases))]
-        for layer, (_, key, value, _, _) in enumerate(self.stash):
-            if value is not None:
-                self._keep(layer, rows[layer], key, value)
+        for layer in sorted(self.kv_layers or ()):
+            _, key, value, _, _ = self.stash[layer]
+            self._keep(layer, rows[layer], key, value)
         return torch.stack([row.to(device) for row in rows], dim=1)
 
     def _keep(self, layer: int, row: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
@@ -208,10 +210,14 @@ class Request:
     spans: list[tuple[int, int]] = ()  # (x_start, y_pos) per demonstration
     kv_positions: list[int] = ()  # keep keys/values here (e.g. each y_i -1..+3)
     hidden_positions: list[int] = ()
+    # Other prompts that share this one's first `start` tokens, as (start, their tokens after those):
+    # each runs only those tokens, over this prompt's keys and values (content-free calibration).
+    continuations: tuple[tuple[int, tuple[int, ...]], ...] = ()
 
 
 def run_batch(model, requests: list[Request], kv_layers: list[int] | None = None,
-              hidden_layers: list[int] | None = None, head_outputs: bool = False, top_k: int = 0) -> list[dict]:
+              hidden_layers: list[int] | None = None, head_outputs: bool = False, top_k: int = 0,
+              defer_continuations: bool = False) -> list[dict]:
     """One left-padded forward; per prompt the label logits, attention (L, H, T) and optional captures
     (head_outputs: every head's attention output at the last position, (L, H, D), before the output
     projection; top_k: the k most probable next tokens of the full-vocabulary softmax, as next_ids
@@ -226,7 +232,7 @@ def run_batch(model, requests: list[Request], kv_layers: list[int] | None = None
     spans = torch.tensor([[(s + o, y + o) for s, y in r.spans] for r, o in zip(requests, offsets)], device=device) if requests[0].spans else None
     kv_pos = torch.tensor([[p + o for p in r.kv_positions] for r, o in zip(requests, offsets)], device=device) if requests[0].kv_positions else None
     state = _Capture(spans=spans, kv_positions=kv_pos, kv_layers=set(kv_layers) if kv_layers is not None else None,
-                     keep_outputs=head_outputs)
+                     keep_outputs=head_outputs, keep_values=any(r.continuations for r in requests))
     hidden: dict[int, torch.Tensor] = {}
     hooks = []
     if hidden_layers and requests[0].hidden_positions:
@@ -266,14 +272,70 @@ def run_batch(model, requests: list[Request], kv_layers: list[int] | None = None
             top = torch.softmax(out.logits[:, -1].float(), dim=-1).topk(min(top_k, out.logits.shape[-1]), dim=-1)
             captured["next_ids"], captured["next_probs"] = top.indices, top.values
         host = {name: t.cpu().numpy() for name, t in captured.items() if t is not None}
+        pending = {i: _Pending(r, [(key[i, :, o:], value[i, :, o:]) for _, key, value, _, _ in state.stash])
+                   for i, (r, o) in enumerate(zip(requests, offsets)) if r.continuations}
+        continued = {} if defer_continuations or not pending else dict(zip(pending, continue_batch(model, list(pending.values()))))
     results = []
     for i, (r, o) in enumerate(zip(requests, offsets)):
         result = {name: array[i] for name, array in host.items()}
+        if i in pending:  # run() batches deferred continuations over several prompts
+            result.update({"_pending": pending[i]} if defer_continuations else {"continuation_logits": continued[i]})
         result["attention"] = result["attention"][..., o:]
         result["label_logits"] = result["label_logits"][r.label_token_ids]
         if "top_positions" in result:
             result["top_positions"] = result["top_positions"] - o
         results.append(result)
+    return results
+
+
+# Continuations of this many prompts run as one batch: a pass of a few tokens reads all the weights
+# (memory-bound on a CPU) however few rows it has, so they are shared by several prompts' rows.
+CONTINUATION_BATCH = 8
+
+
+@dataclass
+class _Pending:
+    """A request's continuations waiting for a batch: its prompt's keys and values per layer
+    ((KVH, T, D) views on the forward's tensors)."""
+
+    request: Request
+    prefix: list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def continue_batch(model, pending: list[_Pending]) -> list[np.ndarray]:
+    """Label logits (len(continuations), C) of each pending request's continuations, float32.
+
+    Each continuation is the prompt input_ids[:start] + tokens; only its last tokens run, over the
+    prompt's own keys and values, as a model with a key/value cache runs (keys and values at a
+    position depend only on the tokens up to it, so this is its full forward up to float rounding).
+    All run in one left-padded batch: row i is its whole prompt left-padded to the longest, whose
+    last Q positions (Q = the most tokens any continuation adds) run as the pass's queries and the
+    rest come from the cache; a row that adds fewer than Q tokens runs its last shared ones again."""
+    from transformers import DynamicCache
+
+    items = [(p, start, list(p.request.input_ids[:start]) + list(tokens)) for p in pending for start, tokens in p.request.continuations]
+    device = input_device(model)
+    pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    n_query = max(len(full) - start for _, start, full in items)
+    ids, mask, positions = left_pad([full for _, _, full in items], pad_id)
+    n_cached = ids.shape[1] - n_query
+    kept = [max(0, len(full) - n_query) for _, _, full in items]  # <= start: the shared prefix only
+    layers = []
+    for layer in range(len(pending[0].prefix)):
+        k0 = pending[0].prefix[layer][0]
+        keys, values = (k0.new_zeros((len(items), k0.shape[0], n_cached, k0.shape[2])) for _ in range(2))
+        for row, ((p, _, _), n) in enumerate(zip(items, kept)):
+            k, v = p.prefix[layer]
+            keys[row, :, n_cached - n :] = k[:, :n]
+            values[row, :, n_cached - n :] = v[:, :n]
+        layers.append((keys, values))
+    cache = DynamicCache(ddp_cache_data=layers, config=model.config)
+    out = model(input_ids=ids[:, n_cached:].to(device), attention_mask=mask.to(device),
+                position_ids=positions[:, n_cached:].to(device), past_key_values=cache, use_cache=True, logits_to_keep=1)
+    logits = out.logits[:, -1].float().cpu().numpy()
+    rows, results = iter(range(len(items))), []
+    for p in pending:
+        results.append(np.stack([logits[next(rows)][p.request.label_token_ids] for _ in p.request.continuations]))
     return results
 
 
@@ -296,13 +358,28 @@ def run(model, requests: list[Request], batch_size: int, **captures) -> list[dic
     that runs out of memory is split and retried."""
     order = sorted(range(len(requests)), key=lambda i: (_shape(requests[i]), len(requests[i].input_ids)))
     results: list[dict | None] = [None] * len(requests)
+    waiting: list[int] = []
     for _, group in itertools.groupby(order, key=lambda i: _shape(requests[i])):
         group = list(group)
         for start in range(0, len(group), batch_size):
             chunk = group[start : start + batch_size]
-            for i, result in zip(chunk, _run_splitting(model, [requests[i] for i in chunk], **captures)):
+            for i, result in zip(chunk, _run_splitting(model, [requests[i] for i in chunk], defer_continuations=True, **captures)):
                 results[i] = result
+                waiting += [i] if "_pending" in result else []
+            if len(waiting) >= CONTINUATION_BATCH:
+                _continue(model, results, waiting)
+    _continue(model, results, waiting)
     return results
+
+
+def _continue(model, results: list[dict], waiting: list[int]) -> None:
+    """Run the waiting results' continuations as one batch and release their keys and values."""
+    if waiting:
+        with torch.inference_mode():
+            logits = continue_batch(model, [results[i].pop("_pending") for i in waiting])
+        for i, value in zip(waiting, logits):
+            results[i]["continuation_logits"] = value
+        waiting.clear()
 
 
 def _run_splitting(model, requests: list[Request], **captures) -> list[dict]:

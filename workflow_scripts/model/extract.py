@@ -73,6 +73,7 @@ def requests_for(rows: list[dict], cfg: dict, where: str, max_length: int | None
                 spans=list(zip(row["x_start"], row["y_pos"])) if keep_kv else (),
                 kv_positions=[min(y + d, n - 1) for y in row["y_pos"] for d in tables.DEMO_OFFSETS] if keep_kv else (),
                 hidden_positions=[p for name in cfg["hidden_positions"] for p in hidden[name]] if cfg["hidden_layers"] else (),
+                continuations=tuple(zip(row["content_free_start"] or (), map(tuple, row["content_free_ids"] or ()))),
             )
         )
     return requests
@@ -88,7 +89,7 @@ def shard_columns(rows: list[dict], results: list[dict], requests: list[engine.R
     """Columns of the SHARD schema, checking every prompt's numbers are finite."""
     columns: dict[str, list] = {name: [] for name in tables.SHARD.names}
     for row, result, request in zip(rows, results, requests):
-        check_finite(row["prompt_id"], result["label_logits"], result["attention"])
+        check_finite(row["prompt_id"], np.append(result["label_logits"], result.get("continuation_logits", [])), result["attention"])
         n_layers, n_heads, n_tokens = result["attention"].shape
         keys, kv_shape = _flat(result, "keys")
         hidden, hidden_shape = _flat(result, "hidden")
@@ -114,6 +115,7 @@ def shard_columns(rows: list[dict], results: list[dict], requests: list[engine.R
             "hidden_shape": hidden_shape,
             "hidden": hidden,
             "head_outputs": _flat(result, "head_outputs")[0],
+            "content_free_logits": continued.ravel() if (continued := result.get("continuation_logits")) is not None else None,
         }
         for name, value in values.items():
             columns[name].append(value)
@@ -124,10 +126,13 @@ def extract_shard(prompts: pa.Table, model, cfg: dict, where: str = "prompts") -
     """Run one shard of prompts through the engine-prepared `model`."""
     from tqdm import tqdm
 
-    rows = prompts.select(["prompt_id", "input_ids", "label_token_ids", "x_start", "y_pos", "query_start"]).to_pylist()
+    rows = prompts.select(["prompt_id", "input_ids", "label_token_ids", "x_start", "y_pos", "query_start",
+                           "content_free_start", "content_free_ids"]).to_pylist()
     requests = requests_for(rows, cfg, where, context_length(model))
     results: list[dict] = []
-    step = cfg["batch_size"] * 8  # progress in chunks; the engine buckets by length within each
+    # Progress in chunks; the engine buckets by length within each and batches the content-free
+    # continuations of a whole chunk.
+    step = max(cfg["batch_size"] * 8, engine.CONTINUATION_BATCH)
     for start in tqdm(range(0, len(requests), step), desc="prompts", mininterval=10):
         results += engine.run(model, requests[start : start + step], cfg["batch_size"], kv_layers=cfg["kv_layers"],
                               hidden_layers=cfg["hidden_layers"], head_outputs=cfg["head_outputs"])

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 def build_prompts(
     data: pl.DataFrame, task_cfg: dict, prompt_cfg: dict, setting: dict, seed: int, tokenizer, task: str,
     part: str = "eval", vectors: dict[str, np.ndarray] | None = None, queries_kept: np.ndarray | None = None,
-    content_free: str | None = None,
+    content_free: list[str] = (),
 ) -> dict:
     """All prompts of one task x seed x setting, as columns of the PROMPTS schema.
 
@@ -34,9 +34,9 @@ def build_prompts(
     ablations run on the held-out prompts only); prompt ids stay those of the full set, and random
     demonstrations are drawn in the same sequence, so prompt i holds the same test example and, for
     the same k, the same demonstrations in every random setting of a seed. `vectors` are the
-    similarity space of retrieval settings (example id -> vector). `content_free` writes that text in
-    every field of the query, after the same draws: the same prompts with a content-free input, for
-    contextual calibration.
+    similarity space of retrieval settings (example id -> vector). Each `content_free` text, written
+    in every field of the query, makes a content-free twin of every prompt (same demonstrations, same
+    order) for contextual calibration: the columns hold where its tokens leave the prompt's.
     """
     data, split = task_split(data, task_cfg, prompt_cfg, task)
     n_classes = len(task_cfg["classes"])
@@ -86,15 +86,14 @@ def build_prompts(
             for n, j in enumerate(demos)
         ]
         query = perturbed(rows[i], setting, noise[0])
-        if content_free is not None:
-            query = dict.fromkeys(query, content_free)
-        rendered = render(template, [(f, words[c]) for f, c in zip(demo_fields, shown)], query)
-        demo_words = [words[c] for c in shown]
-        spans = tokenize(tokenizer, rendered, demo_words)
-        found = [spans["input_ids"][p] for p in spans["y_pos"]]
-        expected = [token_ids[c] for c in shown]
-        if found != expected:
-            raise PromptError(f"task {task!r} prompt {prompt_id}: label tokens {found} differ from {expected} in context")
+        demos_shown = [(f, words[c]) for f, c in zip(demo_fields, shown)]
+        demo_words, expected = [words[c] for c in shown], [token_ids[c] for c in shown]
+        rendered = render(template, demos_shown, query)
+        spans = tokenized(tokenizer, rendered, demo_words, expected, f"task {task!r} prompt {prompt_id}")
+        twins = [tokenized(tokenizer, render(template, demos_shown, dict.fromkeys(query, text)), demo_words, expected,
+                           f"task {task!r} prompt {prompt_id} with content-free query {text!r}")["input_ids"]
+                 for text in content_free]
+        starts = [shared_prefix(spans["input_ids"], twin) for twin in twins]
         row = {
             "prompt_id": prompt_id,
             "example_id": rows[i]["example_id"],
@@ -104,12 +103,35 @@ def build_prompts(
             "text": rendered.text,
             "label_token_ids": token_ids,
             **spans,
+            "content_free": list(content_free) if content_free else None,
+            "content_free_start": starts if content_free else None,
+            "content_free_ids": [twin[start:] for twin, start in zip(twins, starts)] if content_free else None,
         }
         for name in columns:
             columns[name].append(row[name])
     lengths = [len(ids) for ids in columns["input_ids"]]
     log.info("task %s seed %d: %d prompts, tokens min %d mean %.0f max %d", task, seed, len(lengths), min(lengths), np.mean(lengths), max(lengths))
     return columns
+
+
+def tokenized(tokenizer, rendered, label_words: list[str], label_ids: list[int], where: str) -> dict:
+    """tokenize(), checked to hold each demonstration's label token where the spans say."""
+    spans = tokenize(tokenizer, rendered, label_words)
+    found = [spans["input_ids"][p] for p in spans["y_pos"]]
+    if found != label_ids:
+        raise PromptError(f"{where}: label tokens {found} differ from {label_ids} in context")
+    return spans
+
+
+def shared_prefix(ids: list[int], twin: list[int]) -> int:
+    """How many leading tokens `twin` shares with `ids`, leaving it at least one of its own (the
+    pass that gives its last-token logits)."""
+    n = 0
+    for a, b in zip(ids, twin):
+        if a != b:
+            break
+        n += 1
+    return min(n, len(twin) - 1)
 
 
 def swap_partners(prompt_ids: np.ndarray, labels: np.ndarray) -> dict[int, int]:
@@ -127,7 +149,7 @@ def swap_partners(prompt_ids: np.ndarray, labels: np.ndarray) -> dict[int, int]:
 def prompt_set(
     data_path: str | Path, manifest_path: str | Path, task: str, task_cfg: dict, prompt_cfg: dict,
     setting: dict, seed: int, vectors_path: str | Path | None = None, heldout_cfg: dict | None = None,
-    content_free: str | None = None,
+    content_free: list[str] = (),
 ) -> dict:
     """The PROMPTS columns of one set, from the files its rule reads (build_prompts' arguments)."""
     data = readers.read_task_data(data_path)
@@ -139,12 +161,13 @@ def prompt_set(
     )
 
 
-def set_from_snakemake(smk, content_free: str | None = None) -> dict:
+def set_from_snakemake(smk) -> dict:
     """prompt_set for the rule's prompt set; errors name the setting."""
     try:
         return prompt_set(
             smk.input.data, smk.input.manifest, smk.wildcards.task, smk.params.task, smk.params.prompts,
-            smk.params.setting, int(smk.wildcards.seed), smk.input.get("vectors"), smk.params.heldout, content_free,
+            smk.params.setting, int(smk.wildcards.seed), smk.input.get("vectors"), smk.params.heldout,
+            smk.params.prompts["content_free"],
         )
     except (PromptError, SplitError) as err:
         raise type(err)(f"settings.{smk.wildcards.setting}: {err}") from err

@@ -1,7 +1,7 @@
 """results/report.md, assembled from the pieces the section rules wrote: the run's warnings, Table 2
 (the paper's headline) with the study-wide verdict list, Sections 5.1-5.4 per model x task x setting
 (attention.py, heads.py, similarity.py, probes.py), the Section 4.2 ablations (ablations.py), the causal
-check (interventions.py) and Theorem 1 (theory.py)."""
+check (interventions.py), Theorem 1 (theory.py) and the appendix: where the time goes (costs.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,11 +35,11 @@ def table2_verdicts(by_name: dict[str, pl.DataFrame]) -> list[str]:
 
 def assemble(
     title: str, study: dict, tables2: list[list[str]], sets: list[tuple[str, list[pl.DataFrame], list[list[str]]]],
-    ablations: list[str], interventions: list[str], theory: list[str], warnings: list[str] = (),
+    ablations: list[str], interventions: list[str], theory: list[str], warnings: list[str] = (), appendix: list[str] = (),
 ) -> str:
     """results/report.md: the run's warnings, Table 2 (the paper's headline), then Sections 5.1-5.4 per
     model x task x setting (title, its summaries over seeds, its pieces), the Section 4.2 ablations,
-    the causal check and the theorem check."""
+    the causal check, the theorem check and the appendix (the cost table)."""
     lines = header_lines(title, study) + list(warnings) + table2_heading()
     for piece in tables2:
         lines += piece
@@ -47,7 +47,7 @@ def assemble(
         lines += set_heading(set_name, summaries)
         for piece in pieces:
             lines += piece
-    return "\n".join(lines + ablations + interventions + theory) + "\n"
+    return "\n".join(lines + ablations + interventions + theory + list(appendix)) + "\n"
 
 
 def chunks(items: list, size: int) -> list[list]:
@@ -74,4 +74,5 @@ def from_snakemake(smk) -> None:
     interventions = causal_check_heading() + pieces if pieces else []
     warnings = run_warnings.warning_lines(run_warnings.study_warnings(paths.LOGS))
     Path(smk.output[0]).write_text(
-        assemble(smk.params.title, study, tables2, sets, ablations, interventions, read_piece(smk.input.theory), warnings))
+        assemble(smk.params.title, study, tables2, sets, ablations, interventions, read_piece(smk.input.theory), warnings,
+                 read_piece(smk.input.costs)))

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from workflow_scripts.core import paths
-from workflow_scripts.core.config import model_problems
+from workflow_scripts.core.model_check import model_problems
 
 
 class ModelError(RuntimeError):
