@@ -93,7 +93,7 @@ def tables_of(*specs):
         shard = {"prompt_id": pid, "n_tokens": T, "n_layers": 1, "n_heads": 2,
                  "label_logits": [0.0, 1.0], "prediction": 1, "attention": att.ravel().tolist()}
         for name in prompts:
-            prompts[name].append(row[name])
+            prompts[name].append(row.get(name))  # no content-free twins
         for name in shards:
             shards[name].append(shard.get(name))  # optional captures stay null
     return (pa.Table.from_pydict(prompts, schema=tables.PROMPTS),
