@@ -114,9 +114,9 @@ def heldout_params(wildcards):
 
 
 def prompt_params(wildcards):
-    """prompts.* as build_prompts reads it: content-free queries only in full sets (Table 2's), so
-    that a change of them rebuilds no set of the ablations."""
-    if config["settings"][wildcards.setting]["queries"] == "all":
+    """prompts.* as build_prompts reads it: content-free twins only in the sets Table 2 calibrates
+    (study.settings), so that a change of them rebuilds no set of the ablations."""
+    if wildcards.setting in STUDY["settings"]:
         return config["prompts"]
     return {**config["prompts"], "content_free": []}
 

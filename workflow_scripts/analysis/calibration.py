@@ -37,7 +37,7 @@ def text_indices(built: list[str] | None, texts: list[str], where: str) -> list[
     if missing:
         raise CalibrationError(
             f"{where} holds content-free queries {built} but calibration.content_free asks for {missing}; "
-            "re-run build_prompts with them in prompts.content_free (a set of held-out prompts holds none)"
+            "re-run build_prompts with them in prompts.content_free (only the sets of study.settings hold them)"
         )
     return [built.index(t) for t in texts]
 

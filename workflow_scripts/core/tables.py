@@ -39,7 +39,7 @@ PROMPTS = pa.schema(
         ("query_start", _i32),
         ("query_end", _i32),
         ("label_token_ids", _ints),  # token id of each class's label word, by label index
-        # Contextual calibration (prompts.content_free; null in sets of held-out prompts): per content-free
+        # Contextual calibration (prompts.content_free; null in sets Table 2 does not read): per content-free
         # query, the tokens its prompt shares with input_ids (the prefix the extraction does not run
         # again) and its tokens after those. That prompt is input_ids[:start] + ids.
         ("content_free", pa.list_(pa.string())),
