@@ -34,6 +34,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from checkout import checkout  # benchmarks/checkout.py, beside this script
+
 REPO = Path(__file__).resolve().parents[1]
 PAPER_PROMPTS = 700  # config/paper_size.yaml: prompts.n_eval
 SHARD_SIZE = 80  # config.yaml: extraction.shard_size (paper_size.yaml keeps it)
@@ -170,10 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     study = Path(args.study).resolve()
     with tempfile.TemporaryDirectory(prefix="readers-bench-") as tmp:
         tmp = Path(tmp)
-        before = tmp / "before"
-        before.mkdir()
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", args.before], capture_output=True, check=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(before)], input=archive, check=True)
+        before = checkout(args.before, tmp / "before")
         inputs = paper_size_inputs(study, tmp / "inputs", REPO)
         n_bytes = sum(Path(s).stat().st_size for s in inputs["shards"])
         print(f"inputs: {PAPER_PROMPTS} prompts of {study} ({inputs['task']}, seed 0, random) in {len(inputs['shards'])} "

@@ -47,6 +47,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from checkout import checkout  # benchmarks/checkout.py, beside this script
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Packages worth naming when a stage import loads them.
@@ -286,10 +288,7 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory(prefix="startup-bench-") as tmp:
         tmp = Path(tmp)
-        before = tmp / "before"
-        before.mkdir()
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", args.before], capture_output=True, check=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(before)], input=archive, check=True)
+        before = checkout(args.before, tmp / "before")
         versions = {"before": (before, rule_stages(before / "rules")), "after": (REPO, after_stages)}
         moved = {name: fingerprints(code, {r: s for r, s in stages.items() if r in rules})
                  for name, (code, stages) in versions.items()}

@@ -116,7 +116,7 @@ rule calibrate:
     output:
         paths.analysis("calibration.parquet"),
     params:
-        content_free=lambda wc: calibration_texts(config),
+        content_free=calibration_texts(config),
     group:
         "analysis"
     benchmark:
