@@ -192,9 +192,11 @@ def head_dim(config) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
-def intervene(model, input_ids: list[int], label_token_ids: list[int], edits: list[Edit], batch_size: int = 64) -> np.ndarray:
+def intervene(model, input_ids: list[int], label_token_ids: list[int], edits: list[Edit], batch_size: int = 128) -> np.ndarray:
     """Label logits (1 + len(edits), len(label_token_ids)), float32: row 0 without edits, row i + 1 with
-    edits[i]. The prefix runs once; the edits run in last-token passes of up to `batch_size` rows."""
+    edits[i]. The prefix runs once; the edits run in last-token passes of up to `batch_size` rows, as
+    few and as even as that allows (a pass of a few rows costs nearly what a full one does: it reads
+    every weight)."""
     if len(input_ids) < 2:
         raise EngineError("an edit needs a prompt of at least 2 tokens (a prefix and the last token)")
     config = model.config
@@ -216,7 +218,8 @@ def intervene(model, input_ids: list[int], label_token_ids: list[int], edits: li
         if len(prefix.keys) != config.num_hidden_layers:
             raise EngineError(f"{config.model_type}: {len(prefix.keys)} of {config.num_hidden_layers} layers went through the engine")
         rows = [np.zeros((0, len(label_token_ids)), np.float32)]
-        chunks = [edits[i : i + batch_size] for i in range(0, len(edits), batch_size)] or [[]]
+        size = -(-len(edits) // -(-len(edits) // batch_size)) if edits else 1  # even passes of <= batch_size
+        chunks = [edits[i : i + size] for i in range(0, len(edits), size)] or [[]]
         for n, chunk in enumerate(chunks):
             state = _Edits(prefix, layer_edits(chunk, config.num_hidden_layers, config.num_attention_heads, n_tokens,
                                                head_dim(config), device))
