@@ -14,6 +14,7 @@ attention; `replace` overrides the head's output (knockout by a mean or zero vec
 from __future__ import annotations
 
 import contextvars
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -218,7 +219,8 @@ def intervene(model, input_ids: list[int], label_token_ids: list[int], edits: li
         if len(prefix.keys) != config.num_hidden_layers:
             raise EngineError(f"{config.model_type}: {len(prefix.keys)} of {config.num_hidden_layers} layers went through the engine")
         rows = [np.zeros((0, len(label_token_ids)), np.float32)]
-        size = -(-len(edits) // -(-len(edits) // batch_size)) if edits else 1  # even passes of <= batch_size
+        passes = max(1, math.ceil(len(edits) / batch_size))
+        size = max(1, math.ceil(len(edits) / passes))  # even passes, each of at most batch_size edits
         chunks = [edits[i : i + size] for i in range(0, len(edits), size)] or [[]]
         for n, chunk in enumerate(chunks):
             state = _Edits(prefix, layer_edits(chunk, config.num_hidden_layers, config.num_attention_heads, n_tokens,
